@@ -1,0 +1,153 @@
+"""create_app(settings): the FastAPI app with the API under /api/v1, health, metrics and the web UI."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from clearscan import __version__
+from clearscan.auth import service as users
+from clearscan.auth.service import LoginLimiter
+from clearscan.config import Settings
+from clearscan.db import create_db_engine, make_session_factory
+from clearscan.db.migrate import upgrade
+from clearscan.middleware import CoreMiddleware
+from clearscan.observability.metrics import Metrics
+from clearscan.registry.service import BUNDLED_DIR, ModelRegistry
+from clearscan.state import AppState
+from clearscan.storage import LocalBlobStore
+
+log = logging.getLogger(__name__)
+API_PREFIX = "/api/v1"
+
+
+def initialise(settings: Settings) -> str | None:
+    """Create the data dir, secret and schema; create `admin` on first start.
+    Returns the generated admin password when one was generated (print it once)."""
+    settings.check_production()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.sqlalchemy_url)
+    engine = create_db_engine(settings.sqlalchemy_url)
+    try:
+        with make_session_factory(engine)() as db:
+            return users.ensure_admin(db=db, password=settings.admin_password)
+    finally:
+        engine.dispose()
+
+
+def build_registry(settings: Settings) -> ModelRegistry:
+    dirs = [BUNDLED_DIR, settings.models_dir or settings.data_dir / "models"]
+    registry = ModelRegistry(dirs, threads=settings.intra_op_threads)
+    registry.load_all()
+    return registry
+
+
+def create_app(settings: Settings | None = None, *, registry: ModelRegistry | None = None) -> FastAPI:
+    settings = settings or Settings()
+    initialise(settings)
+    engine = create_db_engine(settings.sqlalchemy_url)
+    metrics = Metrics()
+    state = AppState(
+        settings=settings,
+        engine=engine,
+        sessions=make_session_factory(engine),
+        blobs=LocalBlobStore(settings.blob_dir),
+        registry=registry or build_registry(settings),
+        metrics=metrics,
+        limiter=LoginLimiter(max_failures=settings.login_max_failures,
+                             window_seconds=settings.login_window_seconds),
+        secret=settings.resolved_secret_key,
+    )
+    app = FastAPI(
+        title="ClearScan",
+        version=__version__,
+        description="Self-hosted medical-imaging AI: upload, predict, explain, review. "
+        "Not for clinical use unless a model's card says otherwise.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=f"{API_PREFIX}/openapi.json",
+    )
+    app.state.clearscan = state
+
+    from clearscan.audit.views import router as audit_router
+    from clearscan.auth.views import router as auth_router
+    from clearscan.cases.views import router as cases_router
+    from clearscan.observability.views import router as health_router
+    from clearscan.registry.views import router as models_router
+
+    for r in (auth_router, models_router, cases_router, audit_router):
+        app.include_router(r, prefix=API_PREFIX)
+    app.include_router(health_router)
+    _mount_docs(app)
+    _mount_web(app)
+    _error_handlers(app)
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
+            allow_methods=["GET", "POST", "PATCH"], allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(
+        CoreMiddleware, metrics=metrics, max_body=settings.max_upload_bytes,
+        hsts=settings.secure_cookies == "always",
+    )
+    return app
+
+
+def _mount_docs(app: FastAPI) -> None:
+    import swagger_ui_bundle
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "",
+            title="ClearScan API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
+
+
+def _mount_web(app: FastAPI) -> None:
+    try:
+        from clearscan.web.views import mount as mount_web
+    except ImportError:  # pragma: no cover - the web package is always shipped
+        log.warning("web UI not available")
+        return
+    mount_web(app)
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _describe(exc.errors())}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unhandled(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse({"detail": "internal error; see the server log"}, status_code=500)
+
+    _ = HTTPException  # FastAPI's HTTPException subclasses Starlette's
+
+
+def _describe(errors: Any) -> str:
+    parts = []
+    for e in list(errors)[:5]:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "form"))
+        parts.append(f"{loc or 'request'}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts)

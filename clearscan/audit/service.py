@@ -1,0 +1,148 @@
+"""Append-only, hash-chained audit trail.
+
+Each event's hash is sha256(prev_hash || canonical JSON of the event). The chain head row is
+locked while appending, so concurrent writers (threads or processes) never fork the chain. Events
+are committed in the same transaction as the change they describe."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from clearscan.audit.models import AuditEvent, AuditHead
+
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Who is asking and from where; passed from the HTTP layer or the CLI."""
+
+    actor: str | None = None
+    client_addr: str | None = None
+    request_id: str | None = None
+
+
+@dataclass
+class Entry:
+    action: str
+    outcome: str = "success"
+    object_type: str | None = None
+    object_id: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    actor: str | None = None  # overrides the context's actor (e.g. a failed login's username)
+
+
+def _digest(prev_hash: str, payload: dict[str, Any]) -> str:
+    body = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+def _payload(ev: AuditEvent) -> dict[str, Any]:
+    return {
+        "seq": ev.seq,
+        "at": ev.at.astimezone(UTC).isoformat(),
+        "actor": ev.actor,
+        "action": ev.action,
+        "object_type": ev.object_type,
+        "object_id": ev.object_id,
+        "outcome": ev.outcome,
+        "client_addr": ev.client_addr,
+        "request_id": ev.request_id,
+        "details": ev.details,
+    }
+
+
+def append(db: Session, ctx: RequestContext, *entries: Entry) -> list[AuditEvent]:
+    """Add `entries` to the chain inside the session's current transaction (caller commits)."""
+    db.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq))
+    head = db.execute(select(AuditHead).where(AuditHead.id == 1)).scalar_one()
+    prev, seq = head.hash, head.seq
+    now = datetime.now(UTC)
+    events = []
+    for e in entries:
+        seq += 1
+        ev = AuditEvent(
+            seq=seq,
+            at=now,
+            actor=e.actor if e.actor is not None else ctx.actor,
+            action=e.action,
+            object_type=e.object_type,
+            object_id=e.object_id,
+            outcome=e.outcome,
+            client_addr=ctx.client_addr,
+            request_id=ctx.request_id,
+            details=dict(e.details),
+        )
+        ev.prev_hash = prev
+        ev.hash = prev = _digest(prev, _payload(ev))
+        db.add(ev)
+        events.append(ev)
+    head.seq, head.hash = seq, prev
+    db.flush()
+    return events
+
+
+def record(db: Session, ctx: RequestContext, *entries: Entry) -> list[AuditEvent]:
+    """Append and commit at once (for events that stand alone: denials, failed logins)."""
+    events = append(db, ctx, *entries)
+    db.commit()
+    return events
+
+
+def list_events(
+    db: Session,
+    *,
+    limit: int = 50,
+    offset: int = 0,
+    actor: str | None = None,
+    action: str | None = None,
+) -> tuple[Sequence[AuditEvent], int]:
+    q = select(AuditEvent)
+    if actor:
+        q = q.where(AuditEvent.actor == actor)
+    if action:
+        q = q.where(AuditEvent.action == action)
+    total = db.execute(select(func.count()).select_from(q.subquery())).scalar_one()
+    rows = db.execute(q.order_by(AuditEvent.seq.desc()).limit(limit).offset(offset)).scalars()
+    return rows.all(), total
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    ok: bool
+    checked: int
+    first_bad_seq: int | None = None
+    reason: str | None = None
+
+
+def verify_chain(db: Session, *, batch: int = 5000) -> ChainReport:
+    """Recompute every hash in order; report the first break (edit, deletion or reorder)."""
+    prev, expected_seq, checked, last_id = GENESIS, 1, 0, -1
+    while True:
+        rows = (
+            db.execute(
+                select(AuditEvent).where(AuditEvent.seq > last_id).order_by(AuditEvent.seq).limit(batch)
+            )
+            .scalars()
+            .all()
+        )
+        if not rows:
+            break
+        for ev in rows:
+            if ev.seq != expected_seq:
+                return ChainReport(False, checked, expected_seq, "missing event")
+            if ev.prev_hash != prev or _digest(prev, _payload(ev)) != ev.hash:
+                return ChainReport(False, checked, ev.seq, "hash mismatch")
+            prev, expected_seq, checked, last_id = ev.hash, expected_seq + 1, checked + 1, ev.seq
+    head = db.execute(select(AuditHead).where(AuditHead.id == 1)).scalar_one_or_none()
+    if head is not None and (head.seq != checked or head.hash != prev):
+        return ChainReport(False, checked, checked + 1, "events missing at the end of the chain")
+    return ChainReport(True, checked)

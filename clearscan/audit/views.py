@@ -1,0 +1,32 @@
+"""Audit trail endpoints (admin only)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from clearscan.audit import service
+from clearscan.audit.schemas import AuditEventPublic, AuditList, ChainStatus
+from clearscan.deps import AdminUser, SessionDep
+
+router = APIRouter(tags=["audit"])
+
+
+@router.get("/audit", response_model=AuditList)
+def list_audit(
+    db: SessionDep,
+    admin: AdminUser,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    actor: Annotated[str | None, Query(max_length=64)] = None,
+    action: Annotated[str | None, Query(max_length=64)] = None,
+) -> AuditList:
+    rows, total = service.list_events(db, limit=limit, offset=offset, actor=actor, action=action)
+    return AuditList(items=[AuditEventPublic.model_validate(r) for r in rows], total=total)
+
+
+@router.get("/audit/verify", response_model=ChainStatus)
+def verify_audit(db: SessionDep, admin: AdminUser) -> ChainStatus:
+    r = service.verify_chain(db)
+    return ChainStatus(ok=r.ok, checked=r.checked, first_bad_seq=r.first_bad_seq, reason=r.reason)

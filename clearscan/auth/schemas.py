@@ -1,0 +1,46 @@
+"""Pydantic in/out models for users and tokens."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from clearscan.auth.models import Role
+
+USERNAME_PATTERN = r"^[A-Za-z0-9_.@-]{3,64}$"
+
+
+class Token(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    username: str = Field(pattern=USERNAME_PATTERN)
+    password: str = Field(min_length=10, max_length=256)
+    role: Role = Role.viewer
+
+
+class UserUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Role | None = None
+    disabled: bool | None = None
+    password: str | None = Field(default=None, min_length=10, max_length=256)
+
+
+class UserPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    username: str
+    role: Role
+    disabled: bool
+    created_at: datetime
+    last_login_at: datetime | None
+
+
+class UserList(BaseModel):
+    items: list[UserPublic]
+    total: int

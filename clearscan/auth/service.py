@@ -1,0 +1,225 @@
+"""Users and sessions. Keyword-only functions that take the DB session and raise domain errors."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from clearscan.audit import service as audit
+from clearscan.auth.models import Role, User, UserSession
+from clearscan.auth.security import (
+    hash_password,
+    needs_rehash,
+    new_session_token,
+    session_id,
+    verify_password,
+)
+
+
+class AuthError(Exception):
+    """Domain errors of the auth package."""
+
+
+class UserExists(AuthError):
+    pass
+
+
+class UserNotFound(AuthError):
+    pass
+
+
+class LastAdmin(AuthError):
+    pass
+
+
+def get(*, db: Session, user_id: int) -> User | None:
+    return db.get(User, user_id)
+
+
+def get_by_username(*, db: Session, username: str) -> User | None:
+    return db.execute(select(User).where(User.username == username)).scalar_one_or_none()
+
+
+def list_users(*, db: Session, limit: int = 100, offset: int = 0) -> tuple[Sequence[User], int]:
+    total = db.execute(select(func.count(User.id))).scalar_one()
+    rows = db.execute(select(User).order_by(User.id).limit(limit).offset(offset)).scalars()
+    return rows.all(), total
+
+
+def create(
+    *, db: Session, ctx: audit.RequestContext, username: str, password: str, role: Role
+) -> User:
+    if get_by_username(db=db, username=username) is not None:
+        raise UserExists(f"user {username!r} already exists")
+    user = User(username=username, password_hash=hash_password(password), role=role.value)
+    db.add(user)
+    db.flush()
+    audit.append(
+        db,
+        ctx,
+        audit.Entry("user.create", object_type="user", object_id=str(user.id),
+                    details={"username": username, "role": role.value}),
+    )
+    db.commit()
+    return user
+
+
+def update(
+    *,
+    db: Session,
+    ctx: audit.RequestContext,
+    user: User,
+    role: Role | None = None,
+    disabled: bool | None = None,
+    password: str | None = None,
+) -> User:
+    changes: dict[str, object] = {}
+    demotes_admin = user.role == Role.admin.value and (
+        (role is not None and role != Role.admin) or disabled is True
+    )
+    if demotes_admin and not user.disabled and _active_admins(db) <= 1:
+        raise LastAdmin("cannot demote or disable the last active admin")
+    if role is not None and role.value != user.role:
+        changes["role"] = [user.role, role.value]
+        user.role = role.value
+    if disabled is not None and disabled != user.disabled:
+        changes["disabled"] = disabled
+        user.disabled = disabled
+        if disabled:
+            revoke_sessions(db=db, user_id=user.id)
+    if password is not None:
+        user.password_hash = hash_password(password)
+        changes["password"] = "changed"
+        revoke_sessions(db=db, user_id=user.id)
+    audit.append(
+        db,
+        ctx,
+        audit.Entry("user.update", object_type="user", object_id=str(user.id),
+                    details={"username": user.username, **changes}),
+    )
+    db.commit()
+    return user
+
+
+def _active_admins(db: Session) -> int:
+    q = select(func.count(User.id)).where(User.role == Role.admin.value, User.disabled.is_(False))
+    return db.execute(q).scalar_one()
+
+
+def authenticate(*, db: Session, username: str, password: str) -> User | None:
+    """Return the user when the password matches and the account is enabled."""
+    user = get_by_username(db=db, username=username)
+    ok = verify_password(user.password_hash if user else None, password)
+    if not ok or user is None or user.disabled:
+        return None
+    if needs_rehash(user.password_hash):
+        user.password_hash = hash_password(password)
+    user.last_login_at = datetime.now(UTC)
+    return user
+
+
+def ensure_admin(*, db: Session, password: str | None) -> str | None:
+    """Create the `admin` user when no user exists. Returns the generated password, if any."""
+    if db.execute(select(func.count(User.id))).scalar_one() > 0:
+        return None
+    generated = None
+    if not password:
+        password = generated = secrets.token_urlsafe(12)
+    user = User(username="admin", password_hash=hash_password(password), role=Role.admin.value)
+    db.add(user)
+    db.flush()
+    audit.append(
+        db,
+        audit.RequestContext(actor="system"),
+        audit.Entry("user.create", object_type="user", object_id=str(user.id),
+                    details={"username": "admin", "role": "admin", "bootstrap": True}),
+    )
+    db.commit()
+    return generated
+
+
+# --- browser sessions -------------------------------------------------------------------------
+
+
+def start_session(*, db: Session, user: User, minutes: int) -> tuple[str, UserSession]:
+    token, sid = new_session_token()
+    now = datetime.now(UTC)
+    row = UserSession(id=sid, user_id=user.id, created_at=now, expires_at=now + timedelta(minutes=minutes))
+    db.add(row)
+    return token, row
+
+
+def resolve_session(*, db: Session, token: str) -> tuple[User, UserSession] | None:
+    row = db.get(UserSession, session_id(token))
+    if row is None or row.revoked_at is not None or row.expires_at <= datetime.now(UTC):
+        return None
+    user = db.get(User, row.user_id)
+    if user is None or user.disabled:
+        return None
+    return user, row
+
+
+def end_session(*, db: Session, token: str) -> None:
+    row = db.get(UserSession, session_id(token))
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = datetime.now(UTC)
+
+
+def revoke_sessions(*, db: Session, user_id: int) -> None:
+    now = datetime.now(UTC)
+    rows = db.execute(
+        select(UserSession).where(UserSession.user_id == user_id, UserSession.revoked_at.is_(None))
+    ).scalars()
+    for row in rows:
+        row.revoked_at = now
+
+
+# --- login rate limiting ----------------------------------------------------------------------
+
+
+class LoginLimiter:
+    """Sliding-window count of failed logins per client address and per username."""
+
+    def __init__(self, *, max_failures: int, window_seconds: float) -> None:
+        self.max_failures = max_failures
+        self.window = window_seconds
+        self._fails: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key: str, now: float) -> deque[float]:
+        q = self._fails.setdefault(key, deque())
+        while q and q[0] <= now - self.window:
+            q.popleft()
+        return q
+
+    def blocked(self, *keys: str) -> float:
+        """Seconds until the caller may try again (0 when allowed)."""
+        now = time.monotonic()
+        with self._lock:
+            wait = 0.0
+            for key in keys:
+                q = self._recent(key, now)
+                if len(q) >= self.max_failures:
+                    wait = max(wait, q[0] + self.window - now)
+            return wait
+
+    def failed(self, *keys: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key in keys:
+                self._recent(key, now).append(now)
+            if len(self._fails) > 10_000:  # bound memory under a spray of usernames
+                for k in [k for k, q in self._fails.items() if not q]:
+                    del self._fails[k]
+
+    def succeeded(self, *keys: str) -> None:
+        with self._lock:
+            for key in keys:
+                self._fails.pop(key, None)

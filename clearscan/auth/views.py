@@ -1,0 +1,86 @@
+"""Token and user endpoints."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.security import OAuth2PasswordRequestForm
+
+from clearscan.audit import service as audit
+from clearscan.auth import service
+from clearscan.auth.schemas import Token, UserCreate, UserList, UserPublic, UserUpdate
+from clearscan.auth.security import create_access_token
+from clearscan.deps import AdminUser, SessionDep, StateDep, client_addr, request_context
+
+router = APIRouter(tags=["auth"])
+
+
+@router.post("/auth/token", response_model=Token, summary="Exchange username + password for a JWT")
+def token(
+    request: Request,
+    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    db: SessionDep,
+    state: StateDep,
+) -> Token:
+    keys = (f"ip:{client_addr(request)}", f"user:{form.username.lower()}")
+    wait = state.limiter.blocked(*keys)
+    ctx = request_context(request)
+    if wait > 0:
+        audit.record(db, ctx, audit.Entry("auth.login", outcome="throttled", actor=form.username[:64]))
+        raise HTTPException(
+            429, f"too many failed logins; try again in {int(wait) + 1} s",
+            headers={"Retry-After": str(int(wait) + 1)},
+        )
+    user = service.authenticate(db=db, username=form.username, password=form.password)
+    if user is None:
+        state.limiter.failed(*keys)
+        audit.record(db, ctx, audit.Entry("auth.login", outcome="failure", actor=form.username[:64],
+                                          details={"via": "api"}))
+        raise HTTPException(401, "incorrect username or password",
+                            headers={"WWW-Authenticate": "Bearer"})
+    state.limiter.succeeded(*keys)
+    audit.append(db, ctx, audit.Entry("auth.login", actor=user.username, object_type="user",
+                                      object_id=str(user.id), details={"via": "api"}))
+    db.commit()
+    minutes = state.settings.access_token_minutes
+    return Token(
+        access_token=create_access_token(secret=state.secret, user_id=user.id, minutes=minutes),
+        expires_in=minutes * 60,
+    )
+
+
+@router.post("/users", response_model=UserPublic, status_code=201, tags=["users"])
+def create_user(body: UserCreate, request: Request, db: SessionDep, admin: AdminUser) -> UserPublic:
+    try:
+        user = service.create(db=db, ctx=request_context(request, admin.username),
+                              username=body.username, password=body.password, role=body.role)
+    except service.UserExists as exc:
+        raise HTTPException(409, str(exc)) from None
+    return UserPublic.model_validate(user)
+
+
+@router.get("/users", response_model=UserList, tags=["users"])
+def list_users(
+    db: SessionDep,
+    admin: AdminUser,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> UserList:
+    rows, total = service.list_users(db=db, limit=limit, offset=offset)
+    return UserList(items=[UserPublic.model_validate(u) for u in rows], total=total)
+
+
+@router.patch("/users/{user_id}", response_model=UserPublic, tags=["users"])
+def update_user(
+    user_id: int, body: UserUpdate, request: Request, db: SessionDep, admin: AdminUser
+) -> UserPublic:
+    user = service.get(db=db, user_id=user_id)
+    if user is None:
+        raise HTTPException(404, f"user {user_id} not found")
+    try:
+        user = service.update(db=db, ctx=request_context(request, admin.username), user=user,
+                              role=body.role, disabled=body.disabled, password=body.password)
+    except service.LastAdmin as exc:
+        raise HTTPException(409, str(exc)) from None
+    return UserPublic.model_validate(user)

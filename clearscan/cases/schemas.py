@@ -1,0 +1,146 @@
+"""Pydantic in/out models for predictions, cases, images and reviews."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from clearscan.cases.models import Case, Image, Prediction, Review
+
+API = "/api/v1"
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class ReviewCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    agree: bool
+    correct_label: str | None = Field(default=None, max_length=128)
+    comment: str | None = Field(default=None, max_length=4000)
+
+
+class ReviewPublic(BaseModel):
+    id: str
+    prediction_id: str
+    user: str | None
+    agree: bool
+    correct_label: str | None
+    comment: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, r: Review, names: dict[int, str]) -> ReviewPublic:
+        return cls(id=r.id, prediction_id=r.prediction_id, user=names.get(r.user_id), agree=r.agree,
+                   correct_label=r.correct_label, comment=r.comment, created_at=r.created_at)
+
+
+class PredictionPublic(BaseModel):
+    id: str
+    image_id: str
+    model: ModelRef
+    labels: list[str]
+    probabilities: list[float]
+    top_label: str
+    heatmap_url: str | None
+    heatmap_box: list[int] | None = Field(
+        default=None, description="x0, y0, x1, y1: the image region the model saw and the heatmap covers"
+    )
+    inference_ms: float
+    created_at: datetime
+
+    @classmethod
+    def of(cls, p: Prediction) -> PredictionPublic:
+        return cls(
+            id=p.id, image_id=p.image_id, model=ModelRef(name=p.model_name, version=p.model_version),
+            labels=p.labels, probabilities=p.probabilities, top_label=p.top_label,
+            heatmap_url=f"{API}/predictions/{p.id}/heatmap.png" if p.heatmap_sha256 else None,
+            heatmap_box=p.heatmap_box, inference_ms=p.inference_ms, created_at=p.created_at,
+        )
+
+
+class PredictionWithReviews(PredictionPublic):
+    reviews: list[ReviewPublic] = Field(default_factory=list)
+
+
+class PredictResponse(BaseModel):
+    case_id: str
+    predictions: list[PredictionPublic]
+
+
+class ImagePublic(BaseModel):
+    id: str
+    position: int
+    sha256: str
+    size_bytes: int
+    format: str
+    modality: str | None
+    width: int
+    height: int
+    channels: int
+    bit_depth: int
+    frames: int
+    frame_index: int
+    study_uid: str | None
+    series_uid: str | None
+    sop_uid: str | None
+    file_url: str
+    preview_url: str
+    predictions: list[PredictionWithReviews] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, im: Image, names: dict[int, str]) -> ImagePublic:
+        preds = [
+            PredictionWithReviews(
+                **PredictionPublic.of(p).model_dump(),
+                reviews=[ReviewPublic.of(r, names) for r in p.reviews],
+            )
+            for p in im.predictions
+        ]
+        return cls(
+            id=im.id, position=im.position, sha256=im.sha256, size_bytes=im.size_bytes,
+            format=im.format, modality=im.modality, width=im.width, height=im.height,
+            channels=im.channels, bit_depth=im.bit_depth, frames=im.frames,
+            frame_index=im.frame_index, study_uid=im.study_uid, series_uid=im.series_uid,
+            sop_uid=im.sop_uid, file_url=f"{API}/images/{im.id}/file",
+            preview_url=f"{API}/images/{im.id}/preview.png", predictions=preds,
+        )
+
+
+class CaseSummary(BaseModel):
+    id: str
+    created_at: datetime
+    created_by: str | None
+    patient_ref: str | None
+    note: str | None
+    image_count: int
+    top_labels: list[str]
+    models: list[ModelRef]
+
+    @classmethod
+    def of(cls, c: Case, names: dict[int, str]) -> CaseSummary:
+        preds = [p for im in c.images for p in im.predictions]
+        models = {(p.model_name, p.model_version) for p in preds}
+        return cls(
+            id=c.id, created_at=c.created_at, created_by=names.get(c.created_by_id),
+            patient_ref=c.patient_ref, note=c.note, image_count=len(c.images),
+            top_labels=sorted({p.top_label for p in preds}),
+            models=[ModelRef(name=n, version=v) for n, v in sorted(models)],
+        )
+
+
+class CaseList(BaseModel):
+    items: list[CaseSummary]
+    total: int
+
+
+class CaseDetail(CaseSummary):
+    images: list[ImagePublic]
+
+    @classmethod
+    def of_detail(cls, c: Case, names: dict[int, str]) -> CaseDetail:
+        return cls(**CaseSummary.of(c, names).model_dump(),
+                   images=[ImagePublic.of(im, names) for im in c.images])

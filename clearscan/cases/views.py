@@ -1,0 +1,164 @@
+"""Prediction, case, image, heatmap and review endpoints."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
+
+from clearscan.audit import service as audit
+from clearscan.cases import service
+from clearscan.cases.schemas import (
+    CaseDetail,
+    CaseList,
+    CaseSummary,
+    PredictionPublic,
+    PredictResponse,
+    ReviewCreate,
+    ReviewPublic,
+)
+from clearscan.cases.workflow import PredictRejected, predict
+from clearscan.deps import AnyUser, ClinicianUser, SessionDep, StateDep, request_context
+from clearscan.imaging import ImagingError, decode, render_png
+from clearscan.storage import BlobError, BlobIntegrityError, BlobNotFound
+
+router = APIRouter(tags=["cases"])
+PRIVATE = {"Cache-Control": "private, max-age=3600"}
+
+
+@router.post("/predict", response_model=PredictResponse, summary="Analyse one or more images")
+def predict_endpoint(
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    user: ClinicianUser,
+    file: Annotated[list[UploadFile], File(description="one or more images")],
+    model: Annotated[str | None, Form(max_length=128)] = None,
+    explain: Annotated[bool, Form()] = True,
+    patient_ref: Annotated[str | None, Form(max_length=128)] = None,
+    note: Annotated[str | None, Form(max_length=4000)] = None,
+) -> PredictResponse:
+    uploads = [f.file.read() for f in file]
+    try:
+        case, preds = predict(
+            state=state, db=db, ctx=request_context(request, user.username), user=user,
+            uploads=uploads, model_name=model, explain=explain, patient_ref=patient_ref, note=note,
+        )
+    except PredictRejected as exc:
+        raise HTTPException(exc.status_code, exc.detail) from None
+    return PredictResponse(case_id=case.id, predictions=[PredictionPublic.of(p) for p in preds])
+
+
+@router.get("/cases", response_model=CaseList)
+def list_cases(
+    db: SessionDep,
+    user: AnyUser,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    label: Annotated[str | None, Query(max_length=128)] = None,
+    user_: Annotated[str | None, Query(alias="user", max_length=64)] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> CaseList:
+    rows, total = service.list_cases(db=db, limit=limit, offset=offset, label=label,
+                                     username=user_, since=since, until=until)
+    names = service.usernames(db=db, ids={c.created_by_id for c in rows})
+    return CaseList(items=[CaseSummary.of(c, names) for c in rows], total=total)
+
+
+@router.get("/cases/{case_id}", response_model=CaseDetail)
+def get_case(case_id: str, request: Request, db: SessionDep, user: AnyUser) -> CaseDetail:
+    case = _or_404(service.get_case, db=db, case_id=case_id)
+    ids = {case.created_by_id} | {
+        r.user_id for im in case.images for p in im.predictions for r in p.reviews
+    }
+    detail = CaseDetail.of_detail(case, service.usernames(db=db, ids=ids))
+    audit.record(db, request_context(request, user.username),
+                 audit.Entry("case.view", object_type="case", object_id=case.id))
+    return detail
+
+
+@router.post("/predictions/{prediction_id}/review", response_model=ReviewPublic, status_code=201)
+def review(
+    prediction_id: str, body: ReviewCreate, request: Request, db: SessionDep, user: ClinicianUser
+) -> ReviewPublic:
+    pred = _or_404(service.get_prediction, db=db, prediction_id=prediction_id)
+    try:
+        r = service.add_review(db=db, ctx=request_context(request, user.username), user=user,
+                               prediction=pred, agree=body.agree, correct_label=body.correct_label,
+                               comment=body.comment)
+    except service.InvalidReview as exc:
+        raise HTTPException(422, exc.detail) from None
+    return ReviewPublic.of(r, {user.id: user.username})
+
+
+@router.get("/images/{image_id}/file", response_class=Response, summary="The original upload")
+def image_file(image_id: str, request: Request, db: SessionDep, state: StateDep, user: AnyUser) -> Response:
+    image = _or_404(service.get_image, db=db, image_id=image_id)
+    data = _blob(state, image.sha256)
+    audit.record(db, request_context(request, user.username),
+                 audit.Entry("image.view", object_type="image", object_id=image.id,
+                             details={"as": "file"}))
+    media = {"png": "image/png", "jpeg": "image/jpeg", "dicom": "application/dicom"}
+    ext = {"png": "png", "jpeg": "jpg", "dicom": "dcm", "nifti": "nii"}
+    name = f"{image.id}.{ext.get(image.format, 'bin')}"
+    if image.format == "nifti" and data[:2] == b"\x1f\x8b":
+        name += ".gz"
+    return Response(
+        data, media_type=media.get(image.format, "application/octet-stream"),
+        headers={**PRIVATE, "Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@router.get("/images/{image_id}/preview.png", response_class=Response,
+            summary="The image rendered as PNG, optionally with a window/level preset")
+def image_preview(
+    image_id: str,
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    user: AnyUser,
+    preset: Annotated[str | None, Query(max_length=32)] = None,
+    max_side: Annotated[int, Query(ge=64, le=4096)] = 1024,
+) -> Response:
+    image = _or_404(service.get_image, db=db, image_id=image_id)
+    data = _blob(state, image.sha256)
+    try:
+        img = decode(data, limits=state.limits, frame=image.frame_index if image.frames > 1 else None)
+        png = render_png(img, preset=preset, max_side=max_side)
+    except ImagingError as exc:
+        raise HTTPException(exc.status_code, exc.detail) from None
+    audit.record(
+        db, request_context(request, user.username),
+        audit.Entry("image.view", object_type="image", object_id=image.id,
+                    details={"as": "preview", "preset": preset}),
+    )
+    return Response(png, media_type="image/png", headers=PRIVATE)
+
+
+@router.get("/predictions/{prediction_id}/heatmap.png", response_class=Response,
+            summary="Grad-CAM heatmap (RGBA PNG at the model's native resolution)")
+def heatmap(prediction_id: str, db: SessionDep, state: StateDep, user: AnyUser) -> Response:
+    pred = _or_404(service.get_prediction, db=db, prediction_id=prediction_id)
+    if not pred.heatmap_sha256:
+        raise HTTPException(404, f"prediction {prediction_id} has no heatmap (explain was off)")
+    return Response(_blob(state, pred.heatmap_sha256), media_type="image/png", headers=PRIVATE)
+
+
+def _or_404(fn, **kwargs):  # type: ignore[no-untyped-def]
+    try:
+        return fn(**kwargs)
+    except service.NotFound as exc:
+        raise HTTPException(404, exc.detail) from None
+
+
+def _blob(state: StateDep, digest: str) -> bytes:
+    try:
+        return state.blobs.get(digest)
+    except BlobIntegrityError as exc:
+        raise HTTPException(500, f"stored data failed its integrity check: {exc}") from None
+    except BlobNotFound as exc:
+        raise HTTPException(410, f"stored data is missing: {exc}") from None
+    except BlobError as exc:
+        raise HTTPException(503, str(exc)) from None

@@ -1,0 +1,62 @@
+"""Shared CLI helpers: settings from options + environment, DB sessions, audit context."""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from sqlalchemy.orm import Session
+
+from clearscan.audit.service import RequestContext
+from clearscan.config import ConfigError, Settings
+from clearscan.db import create_db_engine, make_session_factory
+
+console = Console()
+err_console = Console(stderr=True)
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data directory (default: $CLEARSCAN_DATA_DIR or ./clearscan-data)."),
+]
+
+
+def load_settings(data_dir: Path | None = None) -> Settings:
+    try:
+        return Settings(data_dir=data_dir) if data_dir else Settings()
+    except Exception as exc:  # pydantic validation of the environment
+        err_console.print(f"[red]invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+@contextmanager
+def db_session(settings: Settings) -> Iterator[Session]:
+    from clearscan.app import initialise
+
+    try:
+        initialise(settings)
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
+    engine = create_db_engine(settings.sqlalchemy_url)
+    try:
+        with make_session_factory(engine)() as db:
+            yield db
+    finally:
+        engine.dispose()
+
+
+def cli_context() -> RequestContext:
+    try:
+        who = getpass.getuser()
+    except Exception:
+        who = "unknown"
+    return RequestContext(actor=f"cli:{who}"[:64], client_addr="local")

@@ -1,0 +1,89 @@
+"""The `clearscan` command."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.panel import Panel
+
+from clearscan import __version__
+from clearscan.cli import users
+from clearscan.cli.common import DataDirOpt, console, fail, load_settings
+from clearscan.cli.predict import predict
+from clearscan.config import ConfigError
+
+app = typer.Typer(
+    name="clearscan",
+    help="ClearScan: self-hosted medical-imaging AI. Serve the UI + API, analyse images, manage users.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(users.app, name="users")
+db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.command("predict")(predict)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"clearscan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """ClearScan command line."""
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Initialise the data dir (schema, secret, first admin) and serve the UI + API."""
+    import uvicorn
+
+    from clearscan.app import create_app, initialise
+    from clearscan.observability.logging import configure_logging
+
+    settings = load_settings(data_dir)
+    configure_logging(settings.log_level)
+    try:
+        generated = initialise(settings)
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
+    if generated:
+        console.print(Panel(
+            f"Created user [bold]admin[/bold] with password [bold]{generated}[/bold]\n"
+            "It is shown only this once. Set CLEARSCAN_ADMIN_PASSWORD to choose it instead.",
+            title="First start", border_style="yellow",
+        ))
+    app_ = create_app(settings)
+    console.print(f"ClearScan {__version__} on http://{host}:{port}  (data: {settings.data_dir})")
+    uvicorn.run(app_, host=host, port=port, log_config=None, access_log=False,
+                proxy_headers=bool(settings.trusted_proxies),
+                forwarded_allow_ips=",".join(settings.trusted_proxies) or None)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Apply database migrations (Alembic) up to REVISION."""
+    from clearscan.db.migrate import upgrade
+
+    settings = load_settings(data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.sqlalchemy_url, revision)
+    console.print(f"database at revision {revision}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

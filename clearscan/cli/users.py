@@ -1,0 +1,82 @@
+"""`clearscan users ...`: manage accounts from the shell (audited as cli:<os user>)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.table import Table
+
+from clearscan.auth import service
+from clearscan.auth.models import Role
+from clearscan.auth.schemas import UserCreate
+from clearscan.cli.common import DataDirOpt, cli_context, console, db_session, fail, load_settings
+
+app = typer.Typer(help="Create, list and change user accounts.", no_args_is_help=True)
+
+
+@app.command("create")
+def create(
+    username: str,
+    role: Annotated[Role, typer.Option(help="admin, clinician or viewer")] = Role.viewer,
+    password: Annotated[
+        str | None, typer.Option(help="Password (prompted, hidden, when omitted).")
+    ] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Create a user."""
+    if password is None:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        body = UserCreate(username=username, password=password, role=role)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise fail(f"{'.'.join(map(str, first['loc']))}: {first['msg']}", 2) from None
+    with db_session(load_settings(data_dir)) as db:
+        try:
+            user = service.create(db=db, ctx=cli_context(), username=body.username,
+                                  password=body.password, role=body.role)
+        except service.UserExists as exc:
+            raise fail(str(exc)) from None
+    console.print(f"created user [bold]{user.username}[/bold] (id {user.id}, role {user.role})")
+
+
+@app.command("list")
+def list_users(data_dir: DataDirOpt = None) -> None:
+    """List users."""
+    with db_session(load_settings(data_dir)) as db:
+        rows, _ = service.list_users(db=db, limit=10_000)
+    table = Table("id", "username", "role", "disabled", "last login")
+    for u in rows:
+        table.add_row(str(u.id), u.username, u.role, "yes" if u.disabled else "",
+                      u.last_login_at.isoformat(timespec="seconds") if u.last_login_at else "")
+    console.print(table)
+
+
+def _change(username: str, data_dir: DataDirOpt, **changes: object) -> None:
+    with db_session(load_settings(data_dir)) as db:
+        user = service.get_by_username(db=db, username=username)
+        if user is None:
+            raise fail(f"user {username!r} not found")
+        try:
+            service.update(db=db, ctx=cli_context(), user=user, **changes)  # type: ignore[arg-type]
+        except service.LastAdmin as exc:
+            raise fail(str(exc)) from None
+    console.print(f"updated user [bold]{username}[/bold]: {changes}")
+
+
+@app.command("set-role")
+def set_role(username: str, role: Role, data_dir: DataDirOpt = None) -> None:
+    """Change a user's role."""
+    _change(username, data_dir, role=role)
+
+
+@app.command("disable")
+def disable(
+    username: str,
+    enable: Annotated[bool, typer.Option("--enable", help="Re-enable instead.")] = False,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Disable a user (their sessions end at once), or re-enable with --enable."""
+    _change(username, data_dir, disabled=not enable)

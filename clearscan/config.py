@@ -1,0 +1,112 @@
+"""Settings: one object, read from CLEARSCAN_* environment variables (and DATABASE_URL).
+
+Tests build their own `Settings(...)`; nothing mutates a settings object after start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SECRET_MARKERS = {"", "changethis", "changeme", "secret", "insecure"}
+SECRET_KEY_FILE = "secret_key"
+
+
+class ConfigError(RuntimeError):
+    """The settings cannot be used to start the server."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLEARSCAN_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Path("./clearscan-data")
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CLEARSCAN_DATABASE_URL", "DATABASE_URL"),
+        description="SQLAlchemy URL; default: SQLite file in the data dir.",
+    )
+    secret_key: str | None = None
+    admin_password: str | None = None
+    default_model: str = "pneumonia-cxr"
+    models_dir: Path | None = None
+
+    max_upload_mb: float = 50.0
+    max_pixels: int = 64_000_000
+    max_dimension: int = 30_000
+    max_files_per_request: int = 32
+
+    access_token_minutes: int = 60
+    session_minutes: int = 480
+    login_max_failures: int = 10
+    login_window_seconds: int = 300
+
+    cors_origins: list[str] = Field(default_factory=list)
+    secure_cookies: Literal["auto", "always", "never"] = "auto"
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    intra_op_threads: int = 0
+    log_level: str = "INFO"
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'clearscan.db'}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @cached_property
+    def resolved_secret_key(self) -> str:
+        """The signing key. Production: must be set and not a default. Embedded: stored in the
+        data dir (0600), generated on first use."""
+        key = self.secret_key
+        if key is not None and key.strip().lower() not in DEFAULT_SECRET_MARKERS and len(key) >= 32:
+            return key
+        if self.environment == "production":
+            raise ConfigError(
+                "CLEARSCAN_SECRET_KEY is missing, a default value or shorter than 32 characters; "
+                "production mode refuses to start without a real secret."
+            )
+        if key is not None and key.strip():
+            raise ConfigError("CLEARSCAN_SECRET_KEY is a default value or shorter than 32 characters.")
+        return _load_or_create_secret(self.data_dir / SECRET_KEY_FILE)
+
+    def check_production(self) -> None:
+        """Raise ConfigError when the settings are unsafe for production."""
+        _ = self.resolved_secret_key
+        if self.environment == "production" and "*" in self.cors_origins:
+            raise ConfigError("CORS origin '*' is not allowed in production.")
+
+
+def _load_or_create_secret(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        return path.read_text().strip()
+    key = secrets.token_urlsafe(48)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+        f.flush()
+        os.fsync(f.fileno())
+    return key

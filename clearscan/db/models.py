@@ -1,0 +1,7 @@
+"""Imports every ORM module so Base.metadata is complete (Alembic autogenerate, tests)."""
+
+from clearscan.audit.models import AuditEvent, AuditHead
+from clearscan.auth.models import User, UserSession
+from clearscan.cases.models import Case, Image, Prediction, Review
+
+__all__ = ["AuditEvent", "AuditHead", "Case", "Image", "Prediction", "Review", "User", "UserSession"]

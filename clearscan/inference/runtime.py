@@ -1,0 +1,148 @@
+"""ONNX Runtime model: load (verify sha256s, locate the Grad-CAM head, warm up) and run batches
+that return probabilities and, in the same run, Grad-CAM maps."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from clearscan.inference.cam import CamHead, CamUnsupported, class_activation_maps, expose_output
+from clearscan.inference.cam import find_cam_head
+from clearscan.registry.manifest import ModelManifest, verify_files
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """The package's weights cannot be loaded or contradict the manifest."""
+
+
+@dataclass(frozen=True)
+class BatchOutput:
+    probabilities: np.ndarray  # N x C
+    top: np.ndarray  # N (class index chosen, threshold applied)
+    cams: np.ndarray | None  # N x h x w in [0, 1], for the top class
+    run_ms: float  # wall time of the model run for the whole batch
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class OnnxModel:
+    def __init__(self, package_dir: Path, manifest: ModelManifest, *, threads: int = 0) -> None:
+        self.package_dir = package_dir
+        self.manifest = manifest
+        self.threads = threads
+        self.cam_head: CamHead | None = None
+        self.cam_error: str | None = None
+        self._session: ort.InferenceSession | None = None
+        self._outputs: list[str] = []
+
+    @property
+    def explainable(self) -> bool:
+        return self.cam_head is not None
+
+    def load(self) -> None:
+        m = self.manifest
+        try:
+            verify_files(self.package_dir, m)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        try:
+            proto = onnx.load_model(str(self.package_dir / m.weights))
+        except Exception as exc:  # truncated or not ONNX at all
+            raise ModelLoadError(f"{m.ref}: {m.weights} is not a readable ONNX model: {exc}") from exc
+        if m.explain.method == "gradcam":
+            try:
+                self.cam_head = find_cam_head(proto, m.explain.target)
+                proto = expose_output(proto, self.cam_head.target)
+            except CamUnsupported as exc:
+                self.cam_error = str(exc)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        opts.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(
+                proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:
+            raise ModelLoadError(f"{m.ref}: ONNX Runtime cannot load {m.weights}: {exc}") from exc
+        self._check_io(session)
+        self._session = session
+        self._outputs = [m.output.name] + ([self.cam_head.target] if self.cam_head else [])
+        self._self_test()
+
+    def _check_io(self, session: ort.InferenceSession) -> None:
+        m = self.manifest
+        inputs = {i.name: i for i in session.get_inputs()}
+        if m.input.name not in inputs:
+            raise ModelLoadError(f"{m.ref}: input.name {m.input.name!r} is not an input of the graph")
+        shape = inputs[m.input.name].shape
+        want = [m.input.channels, m.input.height, m.input.width]
+        if len(shape) != 4 or any(isinstance(s, int) and s != w for s, w in zip(shape[1:], want, strict=True)):
+            raise ModelLoadError(
+                f"{m.ref}: graph input shape {shape} contradicts the manifest's input "
+                f"[N, {want[0]}, {want[1]}, {want[2]}]"
+            )
+        if m.output.name not in {o.name for o in session.get_outputs()}:
+            raise ModelLoadError(f"{m.ref}: output.name {m.output.name!r} is not a graph output")
+
+    def _self_test(self) -> None:
+        """Warm up, check the output width against the labels, and check that the located head
+        really is GAP + linear (logits recomputed from the activation must match)."""
+        m = self.manifest
+        rng = np.random.default_rng(0)
+        x = rng.random((1, m.input.channels, m.input.height, m.input.width), dtype=np.float32)
+        assert self._session is not None
+        outs = self._session.run(self._outputs, {m.input.name: x})
+        if outs[0].shape != (1, len(m.labels)):
+            raise ModelLoadError(
+                f"{m.ref}: labels has {len(m.labels)} entries but the model outputs shape "
+                f"{list(outs[0].shape)}"
+            )
+        if self.cam_head is not None and m.output.kind == "logits":
+            act = outs[1]
+            recomputed = act.mean(axis=(2, 3)) @ self.cam_head.weight.T + self.cam_head.bias
+            if act.ndim != 4 or not np.allclose(recomputed, outs[0], atol=1e-3, rtol=1e-3):
+                self.cam_error = "graph head is not a plain GAP + linear layer"
+                self.cam_head = None
+                self._outputs = self._outputs[:1]
+        for _ in range(3):
+            self._session.run(self._outputs, {m.input.name: x})
+
+    def run(self, batch: np.ndarray, *, explain: bool) -> BatchOutput:
+        if self._session is None:
+            raise ModelLoadError(f"{self.manifest.ref} is not loaded")
+        m = self.manifest
+        names = self._outputs if explain and self.cam_head else self._outputs[:1]
+        t0 = time.perf_counter()
+        outs = self._session.run(names, {m.input.name: batch})
+        scores = outs[0].astype(np.float32, copy=False)
+        probs = _softmax(scores) if m.output.kind == "logits" else scores
+        top = self._decide(probs)
+        cams = None
+        if explain and self.cam_head is not None:
+            cams = class_activation_maps(outs[1], self.cam_head.weight, top)
+        run_ms = (time.perf_counter() - t0) * 1000
+        return BatchOutput(probabilities=probs, top=top, cams=cams, run_ms=run_ms)
+
+    def _decide(self, probs: np.ndarray) -> np.ndarray:
+        th = self.manifest.threshold
+        top = probs.argmax(axis=1)
+        if th is None or th.folded_into_bias:
+            return top
+        idx = self.manifest.labels.index(th.label)
+        rest = probs.copy()
+        rest[:, idx] = -1.0
+        return np.where(probs[:, idx] >= th.value, idx, rest.argmax(axis=1))

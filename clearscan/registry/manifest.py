@@ -1,0 +1,144 @@
+"""Model package manifest (manifest.json beside the weights). Validated on load; errors name the
+field. The registry issue grows this into an import/versioning store; the format stays."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
+NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+MANIFEST_FILE = "manifest.json"
+
+
+class ManifestError(ValueError):
+    """The package's manifest or files are invalid; the message names the field or file."""
+
+
+class InputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "image"
+    channels: Literal[1, 3] = 1
+    height: int = Field(gt=0, le=4096)
+    width: int = Field(gt=0, le=4096)
+    crop: Literal["center_square", "none"] = "center_square"
+    interpolation: Literal["bicubic", "bilinear", "nearest"] = "bicubic"
+    mean: list[float] = Field(default_factory=lambda: [0.0])
+    std: list[float] = Field(default_factory=lambda: [1.0])
+    value_range: tuple[float, float] = (0.0, 1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> InputSpec:
+        for field in ("mean", "std"):
+            values = getattr(self, field)
+            if len(values) not in (1, self.channels):
+                raise ValueError(f"input.{field} must have 1 or {self.channels} values")
+        if any(s == 0 for s in self.std):
+            raise ValueError("input.std must not contain 0")
+        return self
+
+
+class OutputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "logits"
+    kind: Literal["logits", "probabilities"] = "logits"
+
+
+class ExplainSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["gradcam", "none"] = "gradcam"
+    target: str | None = None  # tensor name of the target activation; None: found in the graph
+
+
+class ThresholdSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str
+    value: float = Field(gt=0, lt=1)
+    folded_into_bias: bool = False
+
+
+class ModelManifest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: Literal[1] = 1
+    name: str = Field(pattern=NAME)
+    version: str = Field(pattern=SEMVER)
+    task: Literal["classification"] = "classification"
+    runtime: Literal["onnx"] = "onnx"
+    weights: str
+    labels: list[str] = Field(min_length=1)
+    modality: str | None = None
+    dicom_modalities: list[str] | None = None
+    body_part: str | None = None
+    description: str | None = None
+    input: InputSpec
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    explain: ExplainSpec = Field(default_factory=ExplainSpec)
+    threshold: ThresholdSpec | None = None
+    metrics: dict[str, object] = Field(default_factory=dict)
+    training: dict[str, object] = Field(default_factory=dict)
+    intended_use: str | None = None
+    limitations: str | None = None
+    license: str | None = None
+    model_card: str | None = None
+    files: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelManifest:
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be unique")
+        if self.weights not in self.files:
+            raise ValueError(f"files must list the sha256 of the weights file {self.weights!r}")
+        for fname, digest in self.files.items():
+            if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ValueError(f"files.{fname} is not a sha256 hex digest")
+            if "/" in fname or "\\" in fname or fname.startswith("."):
+                raise ValueError(f"files.{fname}: only plain file names are allowed")
+        if self.threshold and self.threshold.label not in self.labels:
+            raise ValueError(f"threshold.label {self.threshold.label!r} is not one of labels")
+        return self
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+def load_manifest(package_dir: Path) -> ModelManifest:
+    path = package_dir / MANIFEST_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ManifestError(f"{package_dir.name}: {MANIFEST_FILE} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{package_dir.name}: {MANIFEST_FILE} is not valid JSON: {exc}") from None
+    try:
+        return ModelManifest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "manifest"
+        raise ManifestError(f"{package_dir.name}: {loc}: {first['msg']}") from None
+
+
+def verify_files(package_dir: Path, manifest: ModelManifest) -> None:
+    """Check every listed file's sha256; raise ManifestError naming the first bad file."""
+    for fname, expected in manifest.files.items():
+        path = package_dir / fname
+        try:
+            digest = _sha256_file(path)
+        except FileNotFoundError:
+            raise ManifestError(f"{manifest.ref}: file {fname} is missing") from None
+        if digest != expected:
+            raise ManifestError(f"{manifest.ref}: file {fname} failed its sha256 check")
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

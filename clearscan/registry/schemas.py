@@ -1,0 +1,52 @@
+"""Model list out-models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from clearscan.registry.service import ModelEntry
+
+
+class ModelPublic(BaseModel):
+    name: str
+    version: str
+    task: str
+    labels: list[str]
+    modality: str | None
+    body_part: str | None
+    status: str
+    explainable: bool
+    error: str | None = None
+
+    @classmethod
+    def of(cls, e: ModelEntry) -> ModelPublic:
+        m = e.manifest
+        return cls(name=m.name, version=m.version, task=m.task, labels=m.labels, modality=m.modality,
+                   body_part=m.body_part, status=e.status,
+                   explainable=bool(e.model and e.model.explainable), error=e.error)
+
+
+class ModelDetail(ModelPublic):
+    description: str | None
+    intended_use: str | None
+    limitations: str | None
+    license: str | None
+    metrics: dict[str, Any]
+    training: dict[str, Any]
+    input: dict[str, Any]
+    model_card: str | None
+
+    @classmethod
+    def of_detail(cls, e: ModelEntry) -> ModelDetail:
+        m = e.manifest
+        return cls(**ModelPublic.of(e).model_dump(), description=m.description,
+                   intended_use=m.intended_use, limitations=m.limitations, license=m.license,
+                   metrics=dict(m.metrics), training=dict(m.training), input=m.input.model_dump(),
+                   model_card=e.model_card)
+
+
+class ModelList(BaseModel):
+    items: list[ModelPublic]
+    total: int

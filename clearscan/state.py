@@ -1,0 +1,33 @@
+"""Everything the running app holds: built once by create_app, reached through request.app.state."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from clearscan.auth.service import LoginLimiter
+from clearscan.config import Settings
+from clearscan.imaging import Limits
+from clearscan.observability.metrics import Metrics
+from clearscan.registry.service import ModelRegistry
+from clearscan.storage import BlobStore
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    blobs: BlobStore
+    registry: ModelRegistry
+    metrics: Metrics
+    limiter: LoginLimiter
+    secret: str
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_pixels=self.settings.max_pixels, max_dimension=self.settings.max_dimension)

@@ -1,0 +1,33 @@
+"""Blob store contract: content-addressed (sha256) bytes, verified on every read."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class BlobError(Exception):
+    """Base error of blob stores."""
+
+
+class BlobNotFound(BlobError):
+    pass
+
+
+class BlobIntegrityError(BlobError):
+    """The stored bytes no longer hash to their address: corruption or tampering."""
+
+
+class BlobStore(Protocol):
+    def put(self, data: bytes) -> str:
+        """Store `data` durably; return its sha256 hex digest. Idempotent."""
+        ...
+
+    def get(self, digest: str) -> bytes:
+        """Return the bytes for `digest`, verified; raise BlobNotFound / BlobIntegrityError."""
+        ...
+
+    def exists(self, digest: str) -> bool: ...
+
+    def check_writable(self) -> None:
+        """Raise BlobError when the store cannot accept writes (used by /readyz)."""
+        ...

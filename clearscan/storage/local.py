@@ -1,0 +1,77 @@
+"""Local content-addressed store: <root>/ab/cd/<sha256>. Writes are atomic and fsynced (temp file,
+fsync, rename, fsync directory), so an acknowledged blob survives a crash; reads re-hash."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from clearscan.storage.base import BlobError, BlobIntegrityError, BlobNotFound
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class LocalBlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, digest: str) -> Path:
+        if not _HEX64.match(digest):
+            raise BlobNotFound(f"not a sha256 digest: {digest[:80]!r}")
+        return self.root / digest[:2] / digest[2:4] / digest
+
+    def put(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        path = self._path(digest)
+        if path.exists():
+            return digest
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o440)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+        return digest
+
+    def get(self, digest: str) -> bytes:
+        path = self._path(digest)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {digest} not found") from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise BlobIntegrityError(f"blob {digest} failed its integrity check")
+        return data
+
+    def exists(self, digest: str) -> bool:
+        try:
+            return self._path(digest).exists()
+        except BlobNotFound:
+            return False
+
+    def check_writable(self) -> None:
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".probe-")
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            raise BlobError(f"blob store at {self.root} is not writable: {exc}") from exc
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

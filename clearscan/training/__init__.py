@@ -1,0 +1,1 @@
+"""Training code for ClearScan's bundled models (needs the ``train`` extra: torch, onnx)."""

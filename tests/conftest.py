@@ -1,0 +1,142 @@
+"""Shared fixtures: settings on a temp data dir, the app, clients and users per role, and image
+factories. Every test gets its own data dir and database; the loaded model registry is shared."""
+
+from __future__ import annotations
+
+import io
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from clearscan.app import build_registry, create_app
+from clearscan.config import Settings
+from clearscan.registry.service import ModelRegistry
+
+ADMIN_PASSWORD = "admin-password-123"
+PASSWORD = "correct-horse-battery"
+_counter = itertools.count()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        admin_password=ADMIN_PASSWORD,
+        secret_key="test-secret-key-that-is-long-enough-0123456789",
+    )
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
+    empty = tmp_path_factory.mktemp("no-data")
+    return build_registry(Settings(data_dir=empty))
+
+
+@pytest.fixture
+def app(settings: Settings, registry: ModelRegistry) -> FastAPI:
+    return create_app(settings, registry=registry)
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def login(client: TestClient, username: str, password: str) -> dict[str, str]:
+    r = client.post("/api/v1/auth/token", data={"username": username, "password": password})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+@pytest.fixture
+def admin_headers(client: TestClient) -> dict[str, str]:
+    return login(client, "admin", ADMIN_PASSWORD)
+
+
+@pytest.fixture
+def make_user(client: TestClient, admin_headers: dict[str, str]) -> Callable[[str], dict[str, str]]:
+    """Create a user with `role` and return bearer headers for them."""
+
+    def make(role: str) -> dict[str, str]:
+        name = f"{role}{next(_counter)}"
+        r = client.post("/api/v1/users", headers=admin_headers,
+                        json={"username": name, "password": PASSWORD, "role": role})
+        assert r.status_code == 201, r.text
+        return login(client, name, PASSWORD)
+
+    return make
+
+
+@pytest.fixture
+def clinician_headers(make_user: Callable[[str], dict[str, str]]) -> dict[str, str]:
+    return make_user("clinician")
+
+
+@pytest.fixture
+def viewer_headers(make_user: Callable[[str], dict[str, str]]) -> dict[str, str]:
+    return make_user("viewer")
+
+
+def chest_like(size: int = 256, seed: int = 0) -> np.ndarray:
+    """A synthetic grayscale image in [0, 1] with two dark 'lungs' on a brighter body."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = 0.75 - 0.35 * (np.exp(-((xx - 0.32) ** 2 + (yy - 0.5) ** 2) / 0.03)
+                         + np.exp(-((xx - 0.68) ** 2 + (yy - 0.5) ** 2) / 0.03))
+    img += rng.normal(0, 0.02, img.shape)
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def png_bytes(arr: np.ndarray | None = None, *, bits: int = 8) -> bytes:
+    arr = chest_like() if arr is None else arr
+    buf = io.BytesIO()
+    if bits == 16:
+        Image.fromarray((arr * 65535).astype(np.uint16)).save(buf, format="PNG")
+    else:
+        Image.fromarray((arr * 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def dicom_bytes(
+    arr: np.ndarray | None = None, *, modality: str = "DX", bits: int = 16,
+    patient_name: str = "Doe^Jane", patient_id: str = "PID-4711",
+) -> bytes:
+    """An uncompressed DICOM (MONOCHROME2) with patient identifiers that must never be logged."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    arr = chest_like(512) if arr is None else arr
+    maxval = (1 << bits) - 1 if bits <= 16 else 65535
+    pixels = (arr * maxval).astype(np.uint16 if bits > 8 else np.uint8)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = "19700101"
+    ds.Modality = modality
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16 if bits > 8 else 8
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
