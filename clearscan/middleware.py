@@ -7,8 +7,6 @@ import logging
 import re
 import time
 import uuid
-from typing import Any
-
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -62,24 +60,15 @@ class CoreMiddleware:
         path: str = scope["path"]
         csp = CSP_DOCS if path.startswith(("/docs", "/redoc")) else CSP
 
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                extra = [(b"x-request-id", rid.encode()), (b"content-security-policy", csp.encode())]
-                extra += BASE_HEADERS
-                if self.hsts:
-                    extra.append((b"strict-transport-security", b"max-age=31536000"))
-                message["headers"] = list(message.get("headers", [])) + extra
-            await send(message)
+        recorded = False
 
-        try:
-            length = headers.get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_body:
-                await _json(send_wrapper, 413, BodyTooLarge(self.max_body).detail)
+        def record() -> None:
+            # Called just before the last body chunk goes out, so a client that has its reply
+            # already sees the request counted.
+            nonlocal recorded
+            if recorded:
                 return
-            await self.app(scope, self._limited(receive), send_wrapper)
-        finally:
+            recorded = True
             elapsed = time.perf_counter() - start
             route = _route_of(scope)
             method = scope["method"]
@@ -90,6 +79,28 @@ class CoreMiddleware:
                 extra={"method": method, "route": route, "status": status,
                        "duration_ms": round(elapsed * 1000, 2)},
             )
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                extra = [(b"x-request-id", rid.encode()), (b"content-security-policy", csp.encode())]
+                extra += BASE_HEADERS
+                if self.hsts:
+                    extra.append((b"strict-transport-security", b"max-age=31536000"))
+                message["headers"] = list(message.get("headers", [])) + extra
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                record()
+            await send(message)
+
+        try:
+            length = headers.get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.max_body:
+                await _json(send_wrapper, 413, BodyTooLarge(self.max_body).detail)
+                return
+            await self.app(scope, self._limited(receive), send_wrapper)
+        finally:
+            record()
             request_id_var.reset(token)
 
     def _limited(self, receive: Receive) -> Receive:
@@ -109,8 +120,13 @@ class CoreMiddleware:
 
 
 def _route_of(scope: Scope) -> str:
-    route: Any = scope.get("route")
-    path = getattr(route, "path", None)
+    """The matched route's template (e.g. /api/v1/cases/{case_id}): bounded metric labels."""
+    fastapi_scope = scope.get("fastapi")
+    if isinstance(fastapi_scope, dict):  # FastAPI records the full template of included routes
+        fmt = getattr(fastapi_scope.get("effective_route_context"), "path_format", None)
+        if isinstance(fmt, str) and fmt:
+            return fmt
+    path = getattr(scope.get("route"), "path", None)
     return path if isinstance(path, str) else "unmatched"
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from clearscan.imaging.errors import CorruptImage, ImageTooLarge, ImagingError, UnsupportedFormat
-from clearscan.imaging.sniff import GZIP_MAGIC, gunzip_prefix, sniff
+from clearscan.imaging.sniff import GZIP_MAGIC, gunzip_prefix, inflate_prefix, sniff
 
 __all__ = ["DecodedImage", "Limits", "decode"]
 
@@ -319,11 +319,7 @@ def _read_dicom(data: bytes, limits: Limits) -> tuple[Any, str | None]:
         # pydicom would zlib.decompress() the whole stream unbounded: inflate it ourselves with
         # a hard cap (4 bytes per allowed pixel plus room for the header).
         cap = limits.max_pixels * 4 + 16 * 1024 * 1024
-        try:
-            inflater = zlib.decompressobj(-15)
-            inflated = inflater.decompress(data[dataset_start:], cap + 1)
-        except Exception as exc:
-            raise CorruptImage(f"corrupt deflated DICOM data: {_describe_exc(exc)}") from exc
+        inflated = inflate_prefix(data[dataset_start:], cap + 1, wbits=-zlib.MAX_WBITS)
         if len(inflated) > cap:
             raise ImageTooLarge(
                 f"deflated DICOM data expands to more than {cap:,} bytes, over the limit"
@@ -580,7 +576,9 @@ def _dicom_voi(
     try:
         seq = ds.get("VOILUTSequence", None)
         if seq and seq[0].get("LUTDescriptor", None) and seq[0].get("LUTData", None) is not None:
-            out = np.asarray(apply_voi(values, ds, index=0), dtype=np.float32)
+            # LUT indices are integers; modality output is integral in practice.
+            lut_input = np.rint(values).astype(np.int64)
+            out = np.asarray(apply_voi(lut_input, ds, index=0), dtype=np.float32)
             lo, hi = _voi_lut_range(seq[0], ds)
             if hi > lo:
                 return _rescale(out, lo, hi), None

@@ -57,7 +57,7 @@ PERCENTILE_PRESETS: dict[str, tuple[float, float]] = {
     "full": (0.0, 100.0),
 }
 
-_PNG_COMPRESS_LEVEL = 4
+_PNG_COMPRESS_LEVEL = 3  # zlib level: ~2x faster than 6 for ~10% larger output
 _PERCENTILE_SAMPLE = 1_000_000  # percentiles are estimated on at most ~this many pixels
 
 

@@ -12,13 +12,14 @@ from typing import Literal
 
 from clearscan.imaging.errors import CorruptImage, UnsupportedFormat
 
-__all__ = ["ImageFormat", "gunzip_prefix", "sniff"]
+__all__ = ["ImageFormat", "gunzip_prefix", "inflate_prefix", "sniff"]
 
 ImageFormat = Literal["png", "jpeg", "dicom", "nifti"]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SOI = b"\xff\xd8\xff"
 GZIP_MAGIC = b"\x1f\x8b"
+_INFLATE_CHUNK = 1 << 20
 
 NIFTI1_HEADER_SIZE = 348
 NIFTI2_HEADER_SIZE = 540
@@ -107,24 +108,32 @@ def gunzip_prefix(data: bytes, limit: int) -> bytes:
     are followed. A stream that ends early simply yields fewer bytes; callers check the length.
     Raises :class:`CorruptImage` when the stream is not valid gzip.
     """
+    return inflate_prefix(data, limit, wbits=16 + zlib.MAX_WBITS)
+
+
+def inflate_prefix(data: bytes, limit: int, *, wbits: int) -> bytes:
+    """Bounded streaming zlib decompression (``wbits`` as for :func:`zlib.decompressobj`).
+
+    Returns at most ``limit`` bytes. For gzip (``wbits`` > 16) concatenated members are followed.
+    """
     out = bytearray()
     pending = bytes(data)
-    decomp = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    decomp = zlib.decompressobj(wbits=wbits)
     try:
         while len(out) < limit:
-            chunk = decomp.decompress(pending, limit - len(out))
+            chunk = decomp.decompress(pending, min(limit - len(out), _INFLATE_CHUNK))
             out += chunk
             if decomp.eof:
                 pending = decomp.unused_data
-                if not pending.startswith(GZIP_MAGIC):
-                    break  # end of the last member (trailing garbage is ignored)
-                decomp = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+                if wbits <= 16 or not pending.startswith(GZIP_MAGIC):
+                    break  # end of the (last) stream; trailing garbage is ignored
+                decomp = zlib.decompressobj(wbits=wbits)
                 continue
             pending = decomp.unconsumed_tail
             if not pending and not chunk:
                 break  # input exhausted: truncated stream
     except zlib.error as exc:
-        raise CorruptImage(f"corrupt gzip data ({exc})") from exc
+        raise CorruptImage(f"corrupt compressed data ({exc})") from exc
     return bytes(out)
 
 

@@ -1,0 +1,114 @@
+"""View models for the pages: plain data the templates show, built from the domain's schemas.
+No database access here; the handlers pass in what the services returned."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from clearscan.cases.schemas import ImagePublic, PredictionWithReviews
+from clearscan.imaging.render import DEFAULT_PRESET, PERCENTILE_PRESETS, WINDOW_PRESETS
+from clearscan.registry.service import ModelEntry, ModelNotFound, ModelRegistry
+from clearscan.web.templating import format_bytes
+
+
+@dataclass(frozen=True)
+class ModelNote:
+    """The intended-use statement of a model, shown wherever its output is."""
+
+    name: str
+    version: str
+    text: str
+
+    @property
+    def not_for_clinical_use(self) -> bool:
+        return "not for clinical use" in self.text.lower()
+
+
+@dataclass(frozen=True)
+class ProbRow:
+    label: str
+    probability: float
+    is_top: bool
+
+    @property
+    def percent(self) -> float:
+        return round(self.probability * 100, 1)
+
+
+@dataclass
+class PredictionView:
+    p: PredictionWithReviews
+    rows: list[ProbRow]
+    note: ModelNote | None
+    model_known: bool
+
+
+@dataclass
+class ImagePanel:
+    image: ImagePublic
+    presets: list[str]
+    predictions: list[PredictionView]
+    overlay: PredictionWithReviews | None = None  # the prediction whose heatmap is overlaid
+    facts: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def box(self) -> str:
+        """Heatmap box "x0,y0,x1,y1" in original image pixels, for static/app.js."""
+        box = self.overlay.heatmap_box if self.overlay else None
+        return ",".join(str(int(v)) for v in box) if box else ""
+
+
+def presets_for(fmt: str, modality: str | None, channels: int) -> list[str]:
+    """Preset names the preview endpoint accepts for an image (see imaging.available_presets):
+    absolute windows for DICOM CT (lung, mediastinum, bone, brain, abdomen, ...), percentile
+    contrast presets (auto, soft, full: the MR presets) for other grayscale images; none for
+    colour images."""
+    if channels != 1:
+        return []
+    mod = (modality or "").upper()
+    if fmt == "dicom" and mod in WINDOW_PRESETS:
+        return [DEFAULT_PRESET, *WINDOW_PRESETS[mod]]
+    return [DEFAULT_PRESET, *PERCENTILE_PRESETS]
+
+
+def model_note(entry: ModelEntry) -> ModelNote | None:
+    m = entry.manifest
+    return ModelNote(m.name, m.version, m.intended_use) if m.intended_use else None
+
+
+def _lookup(registry: ModelRegistry, name: str) -> ModelEntry | None:
+    try:
+        return registry.get(name)
+    except ModelNotFound:
+        return None
+
+
+def _facts(im: ImagePublic) -> list[tuple[str, str]]:
+    return [
+        ("Format", im.format.upper()),
+        ("Modality", im.modality or "—"),
+        ("Size", f"{im.width} × {im.height} px"),
+        ("Bit depth", f"{im.bit_depth}-bit"),
+        ("Channels", str(im.channels)),
+        ("Frames", str(im.frames) if im.frames <= 1 else f"{im.frames} (showing {im.frame_index + 1})"),
+        ("File size", format_bytes(im.size_bytes)),
+    ]
+
+
+def image_panels(images: list[ImagePublic], registry: ModelRegistry) -> list[ImagePanel]:
+    panels = []
+    for im in images:
+        preds = []
+        for p in im.predictions:
+            entry = _lookup(registry, p.model.name)
+            top = p.labels.index(p.top_label) if p.top_label in p.labels else -1
+            rows = [
+                ProbRow(label, prob, i == top)
+                for i, (label, prob) in enumerate(zip(p.labels, p.probabilities, strict=False))
+            ]
+            preds.append(PredictionView(p=p, rows=rows, note=model_note(entry) if entry else None,
+                                        model_known=entry is not None))
+        overlay = next((p for p in im.predictions if p.heatmap_url and p.heatmap_box), None)
+        panels.append(ImagePanel(image=im, presets=presets_for(im.format, im.modality, im.channels),
+                                 predictions=preds, overlay=overlay, facts=_facts(im)))
+    return panels

@@ -1,0 +1,58 @@
+"""Health, readiness, metrics, security headers and docs."""
+
+from __future__ import annotations
+
+from tests.conftest import png_bytes
+
+
+def test_healthz_readyz_health(client):
+    assert client.get("/healthz").json() == {"status": "alive"}
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.json()["ready"]
+    h = client.get("/api/v1/health").json()
+    assert h["database"]["ok"] and h["storage"]["ok"] and h["version"]
+    assert any(m["name"] == "pneumonia-cxr" and m["available"] for m in h["models"])
+
+
+def test_readyz_503_when_default_model_missing(settings, registry):
+    from fastapi.testclient import TestClient
+
+    from clearscan.app import create_app
+
+    s = settings.model_copy(update={"default_model": "not-installed"})
+    with TestClient(create_app(s, registry=registry)) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["default_model"] is False
+
+
+def test_metrics_count_requests_and_predictions(client, clinician_headers):
+    client.post("/api/v1/predict", headers=clinician_headers,
+                files=[("file", ("x.png", png_bytes(), "image/png"))])
+    text = client.get("/metrics").text
+    assert 'clearscan_http_requests_total{method="POST",route="/api/v1/predict",status="200"}' in text
+    assert "clearscan_predictions_total{label=" in text and 'model="pneumonia-cxr"' in text
+    assert "clearscan_inference_seconds_bucket" in text
+    assert "clearscan_http_request_duration_seconds_bucket" in text
+
+
+def test_security_headers_and_no_cors(client):
+    r = client.get("/healthz", headers={"Origin": "https://evil.example"})
+    assert r.headers["x-frame-options"] == "DENY"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["referrer-policy"] == "no-referrer"
+    assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    assert "unsafe-inline" not in r.headers["content-security-policy"]
+    assert "access-control-allow-origin" not in r.headers
+
+
+def test_docs_served_locally(client):
+    r = client.get("/docs")
+    assert r.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in r.text
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+    spec = client.get("/api/v1/openapi.json").json()
+    assert "/api/v1/predict" in spec["paths"]
+
+
+def test_errors_are_json_detail(client):
+    r = client.get("/api/v1/nope")
+    assert r.status_code == 404 and "detail" in r.json()
