@@ -477,6 +477,9 @@ def _decode_dicom(data: bytes, limits: Limits, frame: int | None) -> DecodedImag
                 f"DICOM pixel data is truncated: expected {expected:,} bytes, found {actual:,}"
             )
 
+    if ts.is_encapsulated:
+        _check_compressed_frame(ds, ts, pixel_keyword, index, frames, rows, cols, limits)
+
     try:
         arr = pixel_array(ds, index=index)
     except Exception as exc:
@@ -528,6 +531,116 @@ def _decode_dicom(data: bytes, limits: Limits, frame: int | None) -> DecodedImag
         window=window,
         transfer_syntax=stored_ts or str(ts),
     )
+
+
+def _check_compressed_frame(
+    ds: Any,
+    ts: Any,
+    pixel_keyword: str,
+    index: int,
+    frames: int,
+    rows: int,
+    cols: int,
+    limits: Limits,
+) -> None:
+    """Check the size a JPEG / JPEG-LS / JPEG 2000 codestream claims before decoding it.
+
+    The decoders allocate their output from the codestream's own header, not from Rows/Columns,
+    so a small DICOM header wrapping a 60,000 x 60,000 codestream would otherwise be a pixel bomb.
+    """
+    from pydicom.encaps import get_frame
+    from pydicom.uid import (
+        JPEG2000TransferSyntaxes,
+        JPEGLSTransferSyntaxes,
+        JPEGTransferSyntaxes,
+    )
+
+    if ts in JPEG2000TransferSyntaxes:
+        parse = _j2k_frame_size
+    elif ts in JPEGTransferSyntaxes or ts in JPEGLSTransferSyntaxes:
+        parse = _jpeg_frame_size
+    else:
+        return  # RLE (output sized from Rows/Columns) or syntaxes without a decoder
+    extended = None
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    try:
+        encoded = get_frame(
+            ds[pixel_keyword].value, index, number_of_frames=frames, extended_offsets=extended
+        )
+    except Exception as exc:
+        raise CorruptImage(
+            f"DICOM encapsulated pixel data is corrupt ({ts.name}): {_describe_exc(exc)}"
+        ) from exc
+    size = parse(encoded)
+    if size is None:
+        raise CorruptImage(f"DICOM compressed frame has no readable {ts.name} header")
+    width, height, components = size
+    if not 1 <= components <= 4:
+        raise CorruptImage(f"DICOM compressed frame has {components} components")
+    _check_size("DICOM compressed frame", width, height, components, limits)
+    if (width, height) != (cols, rows):
+        raise CorruptImage(
+            f"DICOM compressed frame is {width} x {height} but the header says {cols} x {rows}"
+        )
+
+
+_JPEG_SOF = frozenset({*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC} | {0xF7})  # + JPEG-LS SOF55
+
+
+def _jpeg_frame_size(buf: bytes) -> tuple[int, int, int] | None:
+    """(width, height, components) from a JPEG or JPEG-LS SOF segment, else None."""
+    if buf[:2] != b"\xff\xd8":
+        return None
+    pos, end = 2, len(buf)
+    while pos + 4 <= end:
+        if buf[pos] != 0xFF:
+            return None
+        marker = buf[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # standalone markers
+            pos += 2
+            continue
+        if marker in (0xD9, 0xDA):  # EOI / SOS before any SOF
+            return None
+        (length,) = struct.unpack_from(">H", buf, pos + 2)
+        if marker in _JPEG_SOF:
+            if pos + 10 > end:
+                return None
+            height, width = struct.unpack_from(">HH", buf, pos + 5)
+            return width, height, buf[pos + 9]
+        if length < 2:
+            return None
+        pos += 2 + length
+    return None
+
+
+def _j2k_frame_size(buf: bytes) -> tuple[int, int, int] | None:
+    """(width, height, components) from a JPEG 2000 SIZ segment (raw or JP2-boxed), else None."""
+    offset = 0
+    if buf.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n"):
+        offset = 12
+        while offset + 8 <= len(buf):
+            (length,) = struct.unpack_from(">I", buf, offset)
+            header = 8
+            if length == 1 and offset + 16 <= len(buf):  # 64-bit XLBox
+                (length,) = struct.unpack_from(">Q", buf, offset + 8)
+                header = 16
+            if buf[offset + 4 : offset + 8] == b"jp2c":
+                offset += header
+                break
+            if length < header:
+                return None
+            offset += length
+        else:
+            return None
+    if buf[offset : offset + 4] != b"\xff\x4f\xff\x51" or offset + 42 > len(buf):
+        return None
+    xsiz, ysiz, x_off, y_off = struct.unpack_from(">IIII", buf, offset + 8)
+    (components,) = struct.unpack_from(">H", buf, offset + 40)
+    return xsiz - x_off, ysiz - y_off, components
 
 
 def _color_to_unit(arr: np.ndarray, bits: int) -> np.ndarray:

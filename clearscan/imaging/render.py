@@ -117,8 +117,8 @@ def resolve_window(
 def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
     """Linear window/level: ``center - width/2`` -> 0, ``center + width/2`` -> 1 (float32)."""
     width = max(float(width), 1e-12)
-    low = float(center) - width / 2.0
-    out = (np.asarray(values, dtype=np.float32) - np.float32(low)) * np.float32(1.0 / width)
+    out = (np.asarray(values, dtype=np.float32) - np.float32(center)) * np.float32(1.0 / width)
+    out += np.float32(0.5)
     np.clip(out, 0.0, 1.0, out=out)
     return out
 

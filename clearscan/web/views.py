@@ -1,0 +1,462 @@
+"""The server-rendered web UI: thin page handlers that parse the form, call the same services as
+the API and render a template. `mount(app)` adds the pages, /static and the page error handlers.
+
+Images are never served from /static: the pages point <img> tags at the authenticated API
+(`/api/v1/images/{id}/preview.png`, `/api/v1/predictions/{id}/heatmap.png`), which accepts the
+session cookie for GET requests."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from clearscan.audit import service as audit
+from clearscan.auth import service as users
+from clearscan.auth.models import Role
+from clearscan.auth.schemas import UserCreate
+from clearscan.cases import service as cases
+from clearscan.cases.schemas import CaseDetail, CaseSummary
+from clearscan.cases.workflow import PredictRejected, predict
+from clearscan.deps import SESSION_COOKIE, SessionDep, StateDep, client_addr, request_context
+from clearscan.registry.schemas import ModelDetail
+from clearscan.registry.service import ModelNotFound
+from clearscan.state import AppState
+from clearscan.web.forms import (
+    LOGIN_CSRF_COOKIE,
+    Pagination,
+    check_login_csrf,
+    day_after,
+    day_start,
+    new_login_csrf,
+    parse_date,
+    parse_page,
+    safe_next,
+)
+from clearscan.web.present import image_panels, model_note
+from clearscan.web.session import (
+    AdminSession,
+    ClinicianSession,
+    LoginRequired,
+    PageError,
+    WebSession,
+    WebSessionDep,
+    require_csrf,
+)
+from clearscan.web.templating import STATIC_DIR, render
+
+router = APIRouter(include_in_schema=False)
+CASES_PAGE_SIZE = 20
+AUDIT_PAGE_SIZE = 50
+KNOWN_ACTIONS = [
+    "access.denied", "auth.login", "auth.logout", "case.create", "case.view", "image.upload",
+    "image.view", "predict", "prediction.create", "review.create", "user.create", "user.update",
+]
+FormStr = Annotated[str | None, Form()]
+QueryStr = Annotated[str | None, Query()]
+
+
+def _landing(role: str) -> str:
+    return "/cases" if role == Role.viewer.value else "/analyze"
+
+
+def _secure(request: Request, state: AppState) -> bool:
+    mode = state.settings.secure_cookies
+    return mode == "always" or (mode == "auto" and request.url.scheme == "https")
+
+
+def _redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+# --- sign in / sign out -----------------------------------------------------------------------
+
+
+def _login_page(
+    request: Request, state: AppState, *, next_url: str | None, username: str = "",
+    error: str | None = None, status: int = 200, headers: dict[str, str] | None = None,
+) -> HTMLResponse:
+    token = new_login_csrf(state.secret)
+    response = render(request, "login.html", status=status, headers=headers, login_csrf=token,
+                      next_url=next_url or "", username=username, error=error)
+    response.set_cookie(LOGIN_CSRF_COOKIE, token, max_age=3600, path="/login", httponly=True,
+                        samesite="strict", secure=_secure(request, state))
+    return response
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(
+    request: Request, db: SessionDep, state: StateDep,
+    next_url: Annotated[str | None, Query(alias="next")] = None,
+) -> Response:
+    target = safe_next(next_url)
+    token = request.cookies.get(SESSION_COOKIE)
+    found = users.resolve_session(db=db, token=token) if token else None
+    if found is not None:
+        return _redirect(target or _landing(found[0].role))
+    return _login_page(request, state, next_url=target)
+
+
+@router.post("/login", response_class=HTMLResponse)
+def login_submit(
+    request: Request, db: SessionDep, state: StateDep,
+    username: FormStr = None, password: FormStr = None, csrf_token: FormStr = None,
+    next_url: Annotated[str | None, Form(alias="next")] = None,
+) -> Response:
+    target = safe_next(next_url)
+    name = (username or "").strip()[:128]
+    if not check_login_csrf(state.secret, request.cookies.get(LOGIN_CSRF_COOKIE), csrf_token):
+        return _login_page(request, state, next_url=target, username=name, status=403,
+                           error="The sign-in form expired or could not be verified. "
+                                 "Please try again.")
+    keys = (f"ip:{client_addr(request)}", f"user:{name.lower()}")
+    ctx = request_context(request)
+    wait = state.limiter.blocked(*keys)
+    if wait > 0:
+        audit.record(db, ctx, audit.Entry("auth.login", outcome="throttled", actor=name[:64],
+                                          details={"via": "web"}))
+        seconds = int(wait) + 1
+        return _login_page(request, state, next_url=target, username=name, status=429,
+                           headers={"Retry-After": str(seconds)},
+                           error=f"Too many failed sign-in attempts. Try again in {seconds} s.")
+    user = users.authenticate(db=db, username=name, password=password or "")
+    if user is None:
+        state.limiter.failed(*keys)
+        audit.record(db, ctx, audit.Entry("auth.login", outcome="failure", actor=name[:64],
+                                          details={"via": "web"}))
+        return _login_page(request, state, next_url=target, username=name, status=400,
+                           error="Incorrect username or password.")
+    state.limiter.succeeded(*keys)
+    audit.append(db, ctx, audit.Entry("auth.login", actor=user.username, object_type="user",
+                                      object_id=str(user.id), details={"via": "web"}))
+    minutes = state.settings.session_minutes
+    token, _ = users.start_session(db=db, user=user, minutes=minutes)
+    db.commit()
+    if target is None or target.startswith(("/login", "/logout")):
+        target = _landing(user.role)
+    response = _redirect(target)
+    response.set_cookie(SESSION_COOKIE, token, max_age=minutes * 60, path="/", httponly=True,
+                        samesite="lax", secure=_secure(request, state))
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login", httponly=True, samesite="strict",
+                           secure=_secure(request, state))
+    return response
+
+
+@router.post("/logout")
+def logout(
+    request: Request, db: SessionDep, state: StateDep, ws: WebSessionDep,
+    csrf_token: FormStr = None,
+) -> Response:
+    require_csrf(request, db, state, ws, csrf_token)
+    users.end_session(db=db, token=ws.token)
+    audit.append(db, request_context(request, ws.username),
+                 audit.Entry("auth.logout", object_type="user", object_id=str(ws.user.id),
+                             details={"via": "web"}))
+    db.commit()
+    response = _redirect("/login")
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax",
+                           secure=_secure(request, state))
+    return response
+
+
+@router.get("/")
+def home(ws: WebSessionDep) -> Response:
+    return _redirect(_landing(ws.role))
+
+
+# --- new analysis -----------------------------------------------------------------------------
+
+
+def _analyze_page(
+    request: Request, state: AppState, ws: WebSession, *, values: dict[str, Any] | None = None,
+    error: str | None = None, status: int = 200,
+) -> HTMLResponse:
+    entries = state.registry.entries()
+    values = values or {"model": state.settings.default_model, "explain": True,
+                        "patient_ref": "", "note": ""}
+    notes = {e.manifest.name: model_note(e) for e in entries}
+    return render(request, "analyze.html", ws=ws, status=status, error=error, entries=entries,
+                  notes=notes, values=values, settings=state.settings)
+
+
+@router.get("/analyze", response_class=HTMLResponse)
+def analyze_form(request: Request, state: StateDep, ws: ClinicianSession) -> Response:
+    return _analyze_page(request, state, ws)
+
+
+@router.post("/analyze", response_class=HTMLResponse)
+def analyze_submit(
+    request: Request, db: SessionDep, state: StateDep, ws: ClinicianSession,
+    file: Annotated[list[UploadFile] | None, File()] = None,
+    model: FormStr = None, explain: FormStr = None, patient_ref: FormStr = None,
+    note: FormStr = None, csrf_token: FormStr = None,
+) -> Response:
+    require_csrf(request, db, state, ws, csrf_token)
+    values = {"model": model or state.settings.default_model,
+              "explain": (explain or "").lower() in ("on", "true", "1", "yes"),
+              "patient_ref": (patient_ref or "").strip(), "note": (note or "").strip()}
+    # A browser sends one empty part when no file is chosen.
+    uploads = [f.file.read() for f in file or [] if f.filename or f.size]
+    problem = None
+    if not uploads:
+        problem = "Choose at least one image file."
+    elif len(values["patient_ref"]) > 128:
+        problem = "The patient reference is longer than 128 characters."
+    elif len(values["note"]) > 4000:
+        problem = "The note is longer than 4000 characters."
+    if problem:
+        return _analyze_page(request, state, ws, values=values, error=problem, status=422)
+    try:
+        case, _ = predict(
+            state=state, db=db, ctx=request_context(request, ws.username), user=ws.user,
+            uploads=uploads, model_name=model or None, explain=values["explain"],
+            patient_ref=values["patient_ref"] or None, note=values["note"] or None,
+        )
+    except PredictRejected as exc:
+        return _analyze_page(request, state, ws, values=values, error=exc.detail,
+                             status=exc.status_code)
+    return _redirect(f"/cases/{case.id}")
+
+
+# --- cases ------------------------------------------------------------------------------------
+
+
+@router.get("/cases", response_class=HTMLResponse)
+def cases_page(
+    request: Request, db: SessionDep, state: StateDep, ws: WebSessionDep,
+    since: QueryStr = None, until: QueryStr = None, label: QueryStr = None,
+    user: QueryStr = None, page: QueryStr = None,
+) -> Response:
+    params = {"since": (since or "").strip(), "until": (until or "").strip(),
+              "label": (label or "").strip()[:128], "user": (user or "").strip()[:64]}
+    errors = []
+    dates = {}
+    for key, title in (("since", "From"), ("until", "To")):
+        try:
+            dates[key] = parse_date(params[key])
+        except ValueError:
+            errors.append(f"{title} date is not a valid date (YYYY-MM-DD); it was ignored.")
+            dates[key] = None
+            params[key] = ""
+    d_since, d_until = dates["since"], dates["until"]
+    number = parse_page(page)
+    rows, total = cases.list_cases(
+        db=db, limit=CASES_PAGE_SIZE, offset=(number - 1) * CASES_PAGE_SIZE,
+        label=params["label"] or None, username=params["user"] or None,
+        since=day_start(d_since) if d_since else None, until=day_after(d_until) if d_until else None,
+    )
+    names = cases.usernames(db=db, ids={c.created_by_id for c in rows})
+    labels = sorted({lb for e in state.registry.entries() for lb in e.manifest.labels})
+    return render(request, "cases.html", ws=ws, status=422 if errors else 200, errors=errors,
+                  items=[CaseSummary.of(c, names) for c in rows], labels=labels, params=params,
+                  pages=Pagination(number, CASES_PAGE_SIZE, total, params))
+
+
+def _case_page(
+    request: Request, db: Session, state: AppState, ws: WebSession, case_id: str, *,
+    review_error: dict[str, str] | None = None, review_form: dict[str, dict[str, str]] | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    try:
+        case = cases.get_case(db=db, case_id=case_id)
+    except cases.NotFound:
+        raise PageError(404, "Case not found", "This case does not exist.", ws) from None
+    ids = {case.created_by_id} | {
+        r.user_id for im in case.images for p in im.predictions for r in p.reviews
+    }
+    detail = CaseDetail.of_detail(case, cases.usernames(db=db, ids=ids))
+    audit.record(db, request_context(request, ws.username),
+                 audit.Entry("case.view", object_type="case", object_id=case.id))
+    labels = sorted({lb for im in detail.images for p in im.predictions for lb in p.labels})
+    return render(request, "case.html", ws=ws, status=status, case=detail,
+                  panels=image_panels(detail.images, state.registry), labels=labels,
+                  review_error=review_error or {}, review_form=review_form or {})
+
+
+@router.get("/cases/{case_id}", response_class=HTMLResponse)
+def case_page(
+    case_id: str, request: Request, db: SessionDep, state: StateDep, ws: WebSessionDep
+) -> Response:
+    return _case_page(request, db, state, ws, case_id)
+
+
+@router.post("/cases/{case_id}/predictions/{prediction_id}/review", response_class=HTMLResponse)
+def review_submit(
+    case_id: str, prediction_id: str, request: Request, db: SessionDep, state: StateDep,
+    ws: ClinicianSession, verdict: FormStr = None, correct_label: FormStr = None,
+    comment: FormStr = None, csrf_token: FormStr = None,
+) -> Response:
+    require_csrf(request, db, state, ws, csrf_token)
+    try:
+        pred = cases.get_prediction(db=db, prediction_id=prediction_id)
+    except cases.NotFound:
+        pred = None
+    if pred is None or pred.case_id != case_id:
+        raise PageError(404, "Prediction not found", "This prediction does not exist.", ws)
+    form = {"verdict": verdict or "", "correct_label": correct_label or "",
+            "comment": (comment or "").strip()}
+    agree = verdict == "agree"
+    if verdict not in ("agree", "disagree"):
+        problem = "Choose Agree or Disagree."
+    elif not agree and not correct_label:
+        problem = "When you disagree, choose the correct label."
+    elif len(form["comment"]) > 4000:
+        problem = "The comment is longer than 4000 characters."
+    else:
+        try:
+            cases.add_review(db=db, ctx=request_context(request, ws.username), user=ws.user,
+                             prediction=pred, agree=agree,
+                             correct_label=None if agree else correct_label,
+                             comment=form["comment"] or None)
+        except cases.InvalidReview as exc:
+            problem = exc.detail
+        else:
+            return _redirect(f"/cases/{case_id}#prediction-{prediction_id}")
+    return _case_page(request, db, state, ws, case_id, status=422,
+                      review_error={prediction_id: problem}, review_form={prediction_id: form})
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+@router.get("/models", response_class=HTMLResponse)
+def models_page(request: Request, state: StateDep, ws: WebSessionDep) -> Response:
+    entries = state.registry.entries()
+    return render(request, "models.html", ws=ws,
+                  models=[ModelDetail.of_detail(e) for e in entries],
+                  problems=state.registry.problems if ws.is_admin else [],
+                  default_model=state.settings.default_model)
+
+
+@router.get("/models/{name}", response_class=HTMLResponse)
+def model_page(name: str, request: Request, state: StateDep, ws: WebSessionDep) -> Response:
+    try:
+        entry = state.registry.get(name)
+    except ModelNotFound:
+        raise PageError(404, "Model not found", "No model of this name is installed.", ws) from None
+    model = entry.model
+    return render(request, "model.html", ws=ws, m=ModelDetail.of_detail(entry),
+                  manifest=entry.manifest, note=model_note(entry),
+                  cam_error=model.cam_error if model else None)
+
+
+# --- administration ---------------------------------------------------------------------------
+
+
+def _users_page(
+    request: Request, db: Session, ws: WebSession, *, error: str | None = None,
+    notice: str | None = None, form: dict[str, str] | None = None, status: int = 200,
+) -> HTMLResponse:
+    rows, total = users.list_users(db=db, limit=500)
+    return render(request, "users.html", ws=ws, status=status, users=rows, total=total,
+                  roles=[r.value for r in Role], error=error, notice=notice,
+                  form=form or {"username": "", "role": Role.clinician.value})
+
+
+@router.get("/admin/users", response_class=HTMLResponse)
+def users_page(
+    request: Request, db: SessionDep, ws: AdminSession,
+    created: QueryStr = None, updated: QueryStr = None,
+) -> Response:
+    notice = None
+    for key, verb in ((created, "created"), (updated, "updated")):
+        if key and key.isdigit() and (u := users.get(db=db, user_id=int(key))) is not None:
+            notice = f"User {u.username} {verb}."
+    return _users_page(request, db, ws, notice=notice)
+
+
+_FIELD_HELP = {
+    "username": "Username: 3–64 characters, letters, digits and _ . @ - only.",
+    "password": "Password: at least 10 characters.",
+    "role": "Role: choose admin, clinician or viewer.",
+}
+
+
+@router.post("/admin/users", response_class=HTMLResponse)
+def users_create(
+    request: Request, db: SessionDep, state: StateDep, ws: AdminSession,
+    username: FormStr = None, password: FormStr = None, role: FormStr = None,
+    csrf_token: FormStr = None,
+) -> Response:
+    require_csrf(request, db, state, ws, csrf_token)
+    form = {"username": (username or "").strip(), "role": role or ""}
+    try:
+        body = UserCreate.model_validate(
+            {"username": form["username"], "password": password or "", "role": role or ""}
+        )
+    except ValidationError as exc:
+        fields = sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]})
+        problem = " ".join(_FIELD_HELP.get(f, f"{f}: invalid") for f in fields)
+        return _users_page(request, db, ws, error=problem, form=form, status=422)
+    try:
+        user = users.create(db=db, ctx=request_context(request, ws.username),
+                            username=body.username, password=body.password, role=body.role)
+    except users.UserExists as exc:
+        return _users_page(request, db, ws, error=str(exc), form=form, status=409)
+    return _redirect(f"/admin/users?created={user.id}")
+
+
+@router.post("/admin/users/{user_id}", response_class=HTMLResponse)
+def users_update(
+    user_id: int, request: Request, db: SessionDep, state: StateDep, ws: AdminSession,
+    role: FormStr = None, disabled: FormStr = None, csrf_token: FormStr = None,
+) -> Response:
+    require_csrf(request, db, state, ws, csrf_token)
+    user = users.get(db=db, user_id=user_id)
+    if user is None:
+        raise PageError(404, "User not found", "This user does not exist.", ws)
+    if role and role not in Role.__members__:
+        return _users_page(request, db, ws, error=_FIELD_HELP["role"], status=422)
+    if disabled not in (None, "", "true", "false"):
+        return _users_page(request, db, ws, error="Unknown account status.", status=422)
+    try:
+        users.update(db=db, ctx=request_context(request, ws.username), user=user,
+                     role=Role(role) if role else None,
+                     disabled=None if not disabled else disabled == "true")
+    except users.LastAdmin as exc:
+        db.rollback()
+        return _users_page(request, db, ws, error=f"{exc}.", status=409)
+    return _redirect(f"/admin/users?updated={user.id}")
+
+
+@router.get("/admin/audit", response_class=HTMLResponse)
+def audit_page(
+    request: Request, db: SessionDep, ws: AdminSession,
+    actor: QueryStr = None, action: QueryStr = None, page: QueryStr = None,
+) -> Response:
+    params = {"actor": (actor or "").strip()[:64], "action": (action or "").strip()[:64]}
+    number = parse_page(page)
+    rows, total = audit.list_events(db, limit=AUDIT_PAGE_SIZE, offset=(number - 1) * AUDIT_PAGE_SIZE,
+                                    actor=params["actor"] or None, action=params["action"] or None)
+    return render(request, "audit.html", ws=ws, events=rows, params=params,
+                  chain=audit.verify_chain(db), actions=KNOWN_ACTIONS,
+                  pages=Pagination(number, AUDIT_PAGE_SIZE, total, params))
+
+
+# --- mounting ---------------------------------------------------------------------------------
+
+
+async def _login_required(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LoginRequired)
+    target = exc.next_url
+    url = "/login" if not target or target == "/" else f"/login?{urlencode({'next': target})}"
+    return _redirect(url)
+
+
+async def _page_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PageError)
+    return render(request, "error.html", ws=exc.ws, status=exc.status_code, code=exc.status_code,
+                  title=exc.title, message=exc.message)
+
+
+def mount(app: FastAPI) -> None:
+    """Add the pages, /static (CSS, JS, icons only) and the page error handlers to `app`."""
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_exception_handler(LoginRequired, _login_required)
+    app.add_exception_handler(PageError, _page_error)
