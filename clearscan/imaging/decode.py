@@ -578,11 +578,11 @@ def _check_compressed_frame(
     width, height, components = size
     if not 1 <= components <= 4:
         raise CorruptImage(f"DICOM compressed frame has {components} components")
-    _check_size("DICOM compressed frame", width, height, components, limits)
     if (width, height) != (cols, rows):
         raise CorruptImage(
             f"DICOM compressed frame is {width} x {height} but the header says {cols} x {rows}"
         )
+    _check_size("DICOM compressed frame", width, height, components, limits)
 
 
 _JPEG_SOF = frozenset({*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC} | {0xF7})  # + JPEG-LS SOF55

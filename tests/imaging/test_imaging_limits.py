@@ -179,3 +179,48 @@ def test_nifti_gzip_claiming_huge_4d_reads_first_volume_only(imgdata):
         np.testing.assert_array_equal(img.values, 1)
 
     assert _peak_bytes(run) < SMALL_PEAK
+
+
+def test_dicom_jpeg2000_codestream_bomb(imgdata):
+    # Header says 64 x 64, the J2K codestream inside claims 60,000 x 60,000: the decoder would
+    # size its output from the codestream, so this must be refused before decoding.
+    from pydicom.uid import JPEG2000Lossless
+
+    pytest.importorskip("openjpeg")
+    data = bytearray(imgdata.dicom(np.zeros((64, 64), np.uint16), compress=JPEG2000Lossless))
+    siz = data.find(b"\xff\x4f\xff\x51")
+    struct.pack_into(">II", data, siz + 8, 60_000, 60_000)
+
+    def run() -> None:
+        with pytest.raises(CorruptImage, match="60000 x 60000 but the header says 64 x 64"):
+            decode(bytes(data))
+
+    assert _peak_bytes(run) < SMALL_PEAK
+
+
+def test_dicom_jpeg_codestream_bomb(imgdata):
+    from pydicom.encaps import encapsulate
+
+    jpeg = imgdata.patch_jpeg_size(imgdata.jpeg(np.zeros((16, 16), np.uint8)), 60_000, 60_000)
+    header = {
+        "Rows": 16,
+        "Columns": 16,
+        "SamplesPerPixel": 1,
+        "PhotometricInterpretation": "MONOCHROME2",
+        "BitsAllocated": 8,
+        "BitsStored": 8,
+        "HighBit": 7,
+        "PixelRepresentation": 0,
+    }
+    data = imgdata.dicom(
+        None,
+        extra=header,
+        pixel_data=encapsulate([jpeg]),
+        transfer_syntax="1.2.840.10008.1.2.4.50",
+    )
+
+    def run() -> None:
+        with pytest.raises(CorruptImage, match="60000 x 60000"):
+            decode(data)
+
+    assert _peak_bytes(run) < SMALL_PEAK
