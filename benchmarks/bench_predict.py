@@ -47,11 +47,26 @@ def pct(values: list[float], q: float) -> float:
 def run(n: int, total: int) -> dict[str, object]:
     port = free_port()
     data_dir = tempfile.mkdtemp(prefix="clearscan-bench-")
-    env = {**os.environ, "CLEARSCAN_ADMIN_PASSWORD": "bench-password-123", "CLEARSCAN_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "CLEARSCAN_ADMIN_PASSWORD": "bench-password-123",
+        "CLEARSCAN_LOG_LEVEL": "WARNING",
+    }
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "clearscan.cli.main", "serve", "--port", str(port), "--data-dir", data_dir],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "clearscan.cli.main",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            data_dir,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -66,14 +81,19 @@ def run(n: int, total: int) -> dict[str, object]:
                     raise SystemExit("server did not become ready")
                 time.sleep(0.05)
             ready_s = time.perf_counter() - t0
-            tok = c.post("/api/v1/auth/token", data={"username": "admin", "password": "bench-password-123"})
+            tok = c.post(
+                "/api/v1/auth/token", data={"username": "admin", "password": "bench-password-123"}
+            )
             c.headers["Authorization"] = f"Bearer {tok.json()['access_token']}"
             dcm = dicom_bytes(chest_like(512, 7), bits=16)
 
             def once(explain: bool) -> tuple[float, float]:
                 s = time.perf_counter()
-                r = c.post("/api/v1/predict", files=[("file", ("cxr.dcm", dcm, "application/dicom"))],
-                           data={"explain": "true" if explain else "false"})
+                r = c.post(
+                    "/api/v1/predict",
+                    files=[("file", ("cxr.dcm", dcm, "application/dicom"))],
+                    data={"explain": "true" if explain else "false"},
+                )
                 http_ms = (time.perf_counter() - s) * 1000
                 r.raise_for_status()
                 return http_ms, float(r.json()["predictions"][0]["inference_ms"])
@@ -125,7 +145,9 @@ def run(n: int, total: int) -> dict[str, object]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-n", type=int, default=200, help="timed requests per variant")
-    ap.add_argument("--total", type=int, default=1000, help="predictions before the last RSS reading")
+    ap.add_argument(
+        "--total", type=int, default=1000, help="predictions before the last RSS reading"
+    )
     args = ap.parse_args()
     out = run(args.n, args.total)
     print(json.dumps(out, indent=2))

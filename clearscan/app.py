@@ -1,4 +1,4 @@
-"""create_app(settings): the FastAPI app with the API under /api/v1, health, metrics and the web UI."""
+"""create_app(settings): the FastAPI app: API under /api/v1, health, metrics and the web UI."""
 
 from __future__ import annotations
 
@@ -50,7 +50,9 @@ def build_registry(settings: Settings) -> ModelRegistry:
     return registry
 
 
-def create_app(settings: Settings | None = None, *, registry: ModelRegistry | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, registry: ModelRegistry | None = None
+) -> FastAPI:
     settings = settings or Settings()
     initialise(settings)
     engine = create_db_engine(settings.sqlalchemy_url)
@@ -62,8 +64,9 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
         blobs=LocalBlobStore(settings.blob_dir),
         registry=registry or build_registry(settings),
         metrics=metrics,
-        limiter=LoginLimiter(max_failures=settings.login_max_failures,
-                             window_seconds=settings.login_window_seconds),
+        limiter=LoginLimiter(
+            max_failures=settings.login_max_failures, window_seconds=settings.login_window_seconds
+        ),
         secret=settings.resolved_secret_key,
     )
     app = FastAPI(
@@ -92,11 +95,16 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
 
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
-            allow_methods=["GET", "POST", "PATCH"], allow_headers=["Authorization", "Content-Type"],
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=False,
+            allow_methods=["GET", "POST", "PATCH"],
+            allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(
-        CoreMiddleware, metrics=metrics, max_body=settings.max_upload_bytes,
+        CoreMiddleware,
+        metrics=metrics,
+        max_body=settings.max_upload_bytes,
         hsts=settings.secure_cookies == "always",
     )
     return app
@@ -105,7 +113,9 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
 def _mount_docs(app: FastAPI) -> None:
     import swagger_ui_bundle
 
-    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+    app.mount(
+        "/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets"
+    )
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
@@ -130,8 +140,11 @@ def _mount_web(app: FastAPI) -> None:
 def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            {"detail": exc.detail},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -148,6 +161,8 @@ def _error_handlers(app: FastAPI) -> None:
 def _describe(errors: Any) -> str:
     parts = []
     for e in list(errors)[:5]:
-        loc = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "form"))
+        loc = ".".join(
+            str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "form")
+        )
         parts.append(f"{loc or 'request'}: {e.get('msg', 'invalid')}")
     return "; ".join(parts)

@@ -15,7 +15,7 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRET_MARKERS = {"", "changethis", "changeme", "secret", "insecure"}
-SECRET_KEY_FILE = "secret_key"
+SECRET_KEY_FILE = "secret_key"  # noqa: S105 (a file name)
 
 
 class ConfigError(RuntimeError):
@@ -86,7 +86,9 @@ class Settings(BaseSettings):
                 "production mode refuses to start without a real secret."
             )
         if key is not None and key.strip():
-            raise ConfigError("CLEARSCAN_SECRET_KEY is a default value or shorter than 32 characters.")
+            raise ConfigError(
+                "CLEARSCAN_SECRET_KEY is a default value or shorter than 32 characters."
+            )
         return _load_or_create_secret(self.data_dir / SECRET_KEY_FILE)
 
     def check_production(self) -> None:

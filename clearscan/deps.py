@@ -49,7 +49,9 @@ def request_context(request: Request, actor: str | None = None) -> audit.Request
     )
 
 
-def _deny(db: Session, request: Request, status: int, detail: str, actor: str | None) -> HTTPException:
+def _deny(
+    db: Session, request: Request, status: int, detail: str, actor: str | None
+) -> HTTPException:
     audit.record(
         db,
         request_context(request, actor),
@@ -95,7 +97,9 @@ def require_roles(*roles: Role) -> object:
     def check(request: Request, user: CurrentUser, db: SessionDep) -> User:
         if user.role not in allowed:
             raise _deny(
-                db, request, 403,
+                db,
+                request,
+                403,
                 f"role {user.role!r} may not do this; needs one of: {', '.join(sorted(allowed))}",
                 user.username,
             )

@@ -7,6 +7,7 @@ import logging
 import re
 import time
 import uuid
+
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -40,7 +41,9 @@ class BodyTooLarge(HTTPException):
 
 
 class CoreMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body: int, hsts: bool = False) -> None:
+    def __init__(
+        self, app: ASGIApp, *, metrics: Metrics, max_body: int, hsts: bool = False
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body
@@ -75,16 +78,26 @@ class CoreMiddleware:
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(elapsed)
             log.info(
-                "%s %s %s", method, route, status,
-                extra={"method": method, "route": route, "status": status,
-                       "duration_ms": round(elapsed * 1000, 2)},
+                "%s %s %s",
+                method,
+                route,
+                status,
+                extra={
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
             )
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                extra = [(b"x-request-id", rid.encode()), (b"content-security-policy", csp.encode())]
+                extra = [
+                    (b"x-request-id", rid.encode()),
+                    (b"content-security-policy", csp.encode()),
+                ]
                 extra += BASE_HEADERS
                 if self.hsts:
                     extra.append((b"strict-transport-security", b"max-age=31536000"))
@@ -134,8 +147,15 @@ async def _json(send: Send, status: int, detail: str) -> None:
     import json
 
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -66,8 +66,11 @@ def make_user(client: TestClient, admin_headers: dict[str, str]) -> Callable[[st
 
     def make(role: str) -> dict[str, str]:
         name = f"{role}{next(_counter)}"
-        r = client.post("/api/v1/users", headers=admin_headers,
-                        json={"username": name, "password": PASSWORD, "role": role})
+        r = client.post(
+            "/api/v1/users",
+            headers=admin_headers,
+            json={"username": name, "password": PASSWORD, "role": role},
+        )
         assert r.status_code == 201, r.text
         return login(client, name, PASSWORD)
 
@@ -88,8 +91,10 @@ def chest_like(size: int = 256, seed: int = 0) -> np.ndarray:
     """A synthetic grayscale image in [0, 1] with two dark 'lungs' on a brighter body."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size] / size
-    img = 0.75 - 0.35 * (np.exp(-((xx - 0.32) ** 2 + (yy - 0.5) ** 2) / 0.03)
-                         + np.exp(-((xx - 0.68) ** 2 + (yy - 0.5) ** 2) / 0.03))
+    img = 0.75 - 0.35 * (
+        np.exp(-((xx - 0.32) ** 2 + (yy - 0.5) ** 2) / 0.03)
+        + np.exp(-((xx - 0.68) ** 2 + (yy - 0.5) ** 2) / 0.03)
+    )
     img += rng.normal(0, 0.02, img.shape)
     return np.clip(img, 0, 1).astype(np.float32)
 
@@ -105,8 +110,12 @@ def png_bytes(arr: np.ndarray | None = None, *, bits: int = 8) -> bytes:
 
 
 def dicom_bytes(
-    arr: np.ndarray | None = None, *, modality: str = "DX", bits: int = 16,
-    patient_name: str = "Doe^Jane", patient_id: str = "PID-4711",
+    arr: np.ndarray | None = None,
+    *,
+    modality: str = "DX",
+    bits: int = 16,
+    patient_name: str = "Doe^Jane",
+    patient_id: str = "PID-4711",
 ) -> bytes:
     """An uncompressed DICOM (MONOCHROME2) with patient identifiers that must never be logged."""
     from pydicom.dataset import Dataset, FileMetaDataset

@@ -41,9 +41,13 @@ def test_every_api_route_is_classified(app):
 def test_role_matrix(client, make_user, admin_headers, role):
     headers = {} if role is None else admin_headers if role == "admin" else make_user(role)
     for (method, path), need in REQUIRED.items():
-        url = (path.replace("{user_id}", "999999").replace("{name}", "pneumonia-cxr")
-               .replace("{case_id}", "missing").replace("{prediction_id}", "missing")
-               .replace("{image_id}", "missing"))
+        url = (
+            path.replace("{user_id}", "999999")
+            .replace("{name}", "pneumonia-cxr")
+            .replace("{case_id}", "missing")
+            .replace("{prediction_id}", "missing")
+            .replace("{image_id}", "missing")
+        )
         r = client.request(method, url, headers=headers)
         if need is None:
             assert r.status_code not in (401, 403), (method, path, r.status_code)
@@ -75,4 +79,7 @@ def test_garbage_and_expired_tokens_401(client, settings):
     r = client.get("/api/v1/cases", headers={"Authorization": f"Bearer {expired}"})
     assert r.status_code == 401
     forged = create_access_token(secret="another-secret-" * 3, user_id=1, minutes=5)
-    assert client.get("/api/v1/cases", headers={"Authorization": f"Bearer {forged}"}).status_code == 401
+    assert (
+        client.get("/api/v1/cases", headers={"Authorization": f"Bearer {forged}"}).status_code
+        == 401
+    )

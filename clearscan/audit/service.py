@@ -129,7 +129,10 @@ def verify_chain(db: Session, *, batch: int = 5000) -> ChainReport:
     while True:
         rows = (
             db.execute(
-                select(AuditEvent).where(AuditEvent.seq > last_id).order_by(AuditEvent.seq).limit(batch)
+                select(AuditEvent)
+                .where(AuditEvent.seq > last_id)
+                .order_by(AuditEvent.seq)
+                .limit(batch)
             )
             .scalars()
             .all()

@@ -13,7 +13,7 @@ USERNAME_PATTERN = r"^[A-Za-z0-9_.@-]{3,64}$"
 
 class Token(BaseModel):
     access_token: str
-    token_type: str = "bearer"
+    token_type: str = "bearer"  # noqa: S105 (OAuth2 token type, not a secret)
     expires_in: int
 
 

@@ -64,8 +64,12 @@ def create(
     audit.append(
         db,
         ctx,
-        audit.Entry("user.create", object_type="user", object_id=str(user.id),
-                    details={"username": username, "role": role.value}),
+        audit.Entry(
+            "user.create",
+            object_type="user",
+            object_id=str(user.id),
+            details={"username": username, "role": role.value},
+        ),
     )
     db.commit()
     return user
@@ -96,13 +100,17 @@ def update(
             revoke_sessions(db=db, user_id=user.id)
     if password is not None:
         user.password_hash = hash_password(password)
-        changes["password"] = "changed"
+        changes["password"] = "changed"  # noqa: S105 (audit note, not a password)
         revoke_sessions(db=db, user_id=user.id)
     audit.append(
         db,
         ctx,
-        audit.Entry("user.update", object_type="user", object_id=str(user.id),
-                    details={"username": user.username, **changes}),
+        audit.Entry(
+            "user.update",
+            object_type="user",
+            object_id=str(user.id),
+            details={"username": user.username, **changes},
+        ),
     )
     db.commit()
     return user
@@ -138,8 +146,12 @@ def ensure_admin(*, db: Session, password: str | None) -> str | None:
     audit.append(
         db,
         audit.RequestContext(actor="system"),
-        audit.Entry("user.create", object_type="user", object_id=str(user.id),
-                    details={"username": "admin", "role": "admin", "bootstrap": True}),
+        audit.Entry(
+            "user.create",
+            object_type="user",
+            object_id=str(user.id),
+            details={"username": "admin", "role": "admin", "bootstrap": True},
+        ),
     )
     db.commit()
     return generated
@@ -151,7 +163,9 @@ def ensure_admin(*, db: Session, password: str | None) -> str | None:
 def start_session(*, db: Session, user: User, minutes: int) -> tuple[str, UserSession]:
     token, sid = new_session_token()
     now = datetime.now(UTC)
-    row = UserSession(id=sid, user_id=user.id, created_at=now, expires_at=now + timedelta(minutes=minutes))
+    row = UserSession(
+        id=sid, user_id=user.id, created_at=now, expires_at=now + timedelta(minutes=minutes)
+    )
     db.add(row)
     return token, row
 

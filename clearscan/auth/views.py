@@ -27,21 +27,39 @@ def token(
     wait = state.limiter.blocked(*keys)
     ctx = request_context(request)
     if wait > 0:
-        audit.record(db, ctx, audit.Entry("auth.login", outcome="throttled", actor=form.username[:64]))
+        audit.record(
+            db, ctx, audit.Entry("auth.login", outcome="throttled", actor=form.username[:64])
+        )
         raise HTTPException(
-            429, f"too many failed logins; try again in {int(wait) + 1} s",
+            429,
+            f"too many failed logins; try again in {int(wait) + 1} s",
             headers={"Retry-After": str(int(wait) + 1)},
         )
     user = service.authenticate(db=db, username=form.username, password=form.password)
     if user is None:
         state.limiter.failed(*keys)
-        audit.record(db, ctx, audit.Entry("auth.login", outcome="failure", actor=form.username[:64],
-                                          details={"via": "api"}))
-        raise HTTPException(401, "incorrect username or password",
-                            headers={"WWW-Authenticate": "Bearer"})
+        audit.record(
+            db,
+            ctx,
+            audit.Entry(
+                "auth.login", outcome="failure", actor=form.username[:64], details={"via": "api"}
+            ),
+        )
+        raise HTTPException(
+            401, "incorrect username or password", headers={"WWW-Authenticate": "Bearer"}
+        )
     state.limiter.succeeded(*keys)
-    audit.append(db, ctx, audit.Entry("auth.login", actor=user.username, object_type="user",
-                                      object_id=str(user.id), details={"via": "api"}))
+    audit.append(
+        db,
+        ctx,
+        audit.Entry(
+            "auth.login",
+            actor=user.username,
+            object_type="user",
+            object_id=str(user.id),
+            details={"via": "api"},
+        ),
+    )
     db.commit()
     minutes = state.settings.access_token_minutes
     return Token(
@@ -53,8 +71,13 @@ def token(
 @router.post("/users", response_model=UserPublic, status_code=201, tags=["users"])
 def create_user(body: UserCreate, request: Request, db: SessionDep, admin: AdminUser) -> UserPublic:
     try:
-        user = service.create(db=db, ctx=request_context(request, admin.username),
-                              username=body.username, password=body.password, role=body.role)
+        user = service.create(
+            db=db,
+            ctx=request_context(request, admin.username),
+            username=body.username,
+            password=body.password,
+            role=body.role,
+        )
     except service.UserExists as exc:
         raise HTTPException(409, str(exc)) from None
     return UserPublic.model_validate(user)
@@ -79,8 +102,14 @@ def update_user(
     if user is None:
         raise HTTPException(404, f"user {user_id} not found")
     try:
-        user = service.update(db=db, ctx=request_context(request, admin.username), user=user,
-                              role=body.role, disabled=body.disabled, password=body.password)
+        user = service.update(
+            db=db,
+            ctx=request_context(request, admin.username),
+            user=user,
+            role=body.role,
+            disabled=body.disabled,
+            password=body.password,
+        )
     except service.LastAdmin as exc:
         raise HTTPException(409, str(exc)) from None
     return UserPublic.model_validate(user)

@@ -34,8 +34,15 @@ class ReviewPublic(BaseModel):
 
     @classmethod
     def of(cls, r: Review, names: dict[int, str]) -> ReviewPublic:
-        return cls(id=r.id, prediction_id=r.prediction_id, user=names.get(r.user_id), agree=r.agree,
-                   correct_label=r.correct_label, comment=r.comment, created_at=r.created_at)
+        return cls(
+            id=r.id,
+            prediction_id=r.prediction_id,
+            user=names.get(r.user_id),
+            agree=r.agree,
+            correct_label=r.correct_label,
+            comment=r.comment,
+            created_at=r.created_at,
+        )
 
 
 class PredictionPublic(BaseModel):
@@ -47,7 +54,8 @@ class PredictionPublic(BaseModel):
     top_label: str
     heatmap_url: str | None
     heatmap_box: list[int] | None = Field(
-        default=None, description="x0, y0, x1, y1: the image region the model saw and the heatmap covers"
+        default=None,
+        description="x0, y0, x1, y1: the image region the model saw and the heatmap covers",
     )
     inference_ms: float
     created_at: datetime
@@ -55,10 +63,16 @@ class PredictionPublic(BaseModel):
     @classmethod
     def of(cls, p: Prediction) -> PredictionPublic:
         return cls(
-            id=p.id, image_id=p.image_id, model=ModelRef(name=p.model_name, version=p.model_version),
-            labels=p.labels, probabilities=p.probabilities, top_label=p.top_label,
+            id=p.id,
+            image_id=p.image_id,
+            model=ModelRef(name=p.model_name, version=p.model_version),
+            labels=p.labels,
+            probabilities=p.probabilities,
+            top_label=p.top_label,
             heatmap_url=f"{API}/predictions/{p.id}/heatmap.png" if p.heatmap_sha256 else None,
-            heatmap_box=p.heatmap_box, inference_ms=p.inference_ms, created_at=p.created_at,
+            heatmap_box=p.heatmap_box,
+            inference_ms=p.inference_ms,
+            created_at=p.created_at,
         )
 
 
@@ -101,12 +115,24 @@ class ImagePublic(BaseModel):
             for p in im.predictions
         ]
         return cls(
-            id=im.id, position=im.position, sha256=im.sha256, size_bytes=im.size_bytes,
-            format=im.format, modality=im.modality, width=im.width, height=im.height,
-            channels=im.channels, bit_depth=im.bit_depth, frames=im.frames,
-            frame_index=im.frame_index, study_uid=im.study_uid, series_uid=im.series_uid,
-            sop_uid=im.sop_uid, file_url=f"{API}/images/{im.id}/file",
-            preview_url=f"{API}/images/{im.id}/preview.png", predictions=preds,
+            id=im.id,
+            position=im.position,
+            sha256=im.sha256,
+            size_bytes=im.size_bytes,
+            format=im.format,
+            modality=im.modality,
+            width=im.width,
+            height=im.height,
+            channels=im.channels,
+            bit_depth=im.bit_depth,
+            frames=im.frames,
+            frame_index=im.frame_index,
+            study_uid=im.study_uid,
+            series_uid=im.series_uid,
+            sop_uid=im.sop_uid,
+            file_url=f"{API}/images/{im.id}/file",
+            preview_url=f"{API}/images/{im.id}/preview.png",
+            predictions=preds,
         )
 
 
@@ -125,8 +151,12 @@ class CaseSummary(BaseModel):
         preds = [p for im in c.images for p in im.predictions]
         models = {(p.model_name, p.model_version) for p in preds}
         return cls(
-            id=c.id, created_at=c.created_at, created_by=names.get(c.created_by_id),
-            patient_ref=c.patient_ref, note=c.note, image_count=len(c.images),
+            id=c.id,
+            created_at=c.created_at,
+            created_by=names.get(c.created_by_id),
+            patient_ref=c.patient_ref,
+            note=c.note,
+            image_count=len(c.images),
             top_labels=sorted({p.top_label for p in preds}),
             models=[ModelRef(name=n, version=v) for n, v in sorted(models)],
         )
@@ -142,5 +172,7 @@ class CaseDetail(CaseSummary):
 
     @classmethod
     def of_detail(cls, c: Case, names: dict[int, str]) -> CaseDetail:
-        return cls(**CaseSummary.of(c, names).model_dump(),
-                   images=[ImagePublic.of(im, names) for im in c.images])
+        return cls(
+            **CaseSummary.of(c, names).model_dump(),
+            images=[ImagePublic.of(im, names) for im in c.images],
+        )

@@ -69,7 +69,9 @@ def check_compatible(img: DecodedImage, manifest: ModelManifest) -> None:
         )
 
 
-def decode_uploads(uploads: Sequence[bytes], manifest: ModelManifest, limits: Limits) -> list[DecodedImage]:
+def decode_uploads(
+    uploads: Sequence[bytes], manifest: ModelManifest, limits: Limits
+) -> list[DecodedImage]:
     """Decode and check every upload before anything runs or is stored. Errors name the file."""
     images = []
     for i, data in enumerate(uploads, 1):
@@ -137,27 +139,55 @@ def save_case(
         heat = blobs.put(a.heatmap_png) if a.heatmap_png is not None else None
         img = a.image
         image = Image(
-            case_id=case.id, position=pos, sha256=digest, size_bytes=len(a.data), format=img.format,
-            modality=img.modality, width=img.width, height=img.height, channels=img.channels,
-            bit_depth=img.bit_depth, frames=img.frames, frame_index=img.frame_index,
-            study_uid=img.study_uid, series_uid=img.series_uid, sop_uid=img.sop_uid,
+            case_id=case.id,
+            position=pos,
+            sha256=digest,
+            size_bytes=len(a.data),
+            format=img.format,
+            modality=img.modality,
+            width=img.width,
+            height=img.height,
+            channels=img.channels,
+            bit_depth=img.bit_depth,
+            frames=img.frames,
+            frame_index=img.frame_index,
+            study_uid=img.study_uid,
+            series_uid=img.series_uid,
+            sop_uid=img.sop_uid,
         )
         db.add(image)
         db.flush()
         pred = Prediction(
-            image_id=image.id, case_id=case.id, model_name=manifest.name,
-            model_version=manifest.version, labels=list(manifest.labels),
-            probabilities=a.probabilities, top_label=manifest.labels[a.top_index],
-            heatmap_sha256=heat, heatmap_box=list(a.box) if heat else None,
+            image_id=image.id,
+            case_id=case.id,
+            model_name=manifest.name,
+            model_version=manifest.version,
+            labels=list(manifest.labels),
+            probabilities=a.probabilities,
+            top_label=manifest.labels[a.top_index],
+            heatmap_sha256=heat,
+            heatmap_box=list(a.box) if heat else None,
             inference_ms=a.inference_ms,
         )
         db.add(pred)
         db.flush()
         predictions.append(pred)
-        entries.append(audit.Entry("image.upload", object_type="image", object_id=image.id,
-                                   details={"format": img.format, "bytes": len(a.data)}))
-        entries.append(audit.Entry("prediction.create", object_type="prediction", object_id=pred.id,
-                                   details={"model": manifest.ref, "top_label": pred.top_label}))
+        entries.append(
+            audit.Entry(
+                "image.upload",
+                object_type="image",
+                object_id=image.id,
+                details={"format": img.format, "bytes": len(a.data)},
+            )
+        )
+        entries.append(
+            audit.Entry(
+                "prediction.create",
+                object_type="prediction",
+                object_id=pred.id,
+                details={"model": manifest.ref, "top_label": pred.top_label},
+            )
+        )
     audit.append(db, ctx, *entries)
     db.commit()
     return case, predictions
@@ -242,13 +272,25 @@ def add_review(
             raise InvalidReview(
                 f"correct_label {correct_label!r} is not one of {', '.join(prediction.labels)}"
             )
-    review = Review(prediction_id=prediction.id, user_id=user.id, agree=agree,
-                    correct_label=correct_label, comment=(comment or None))
+    review = Review(
+        prediction_id=prediction.id,
+        user_id=user.id,
+        agree=agree,
+        correct_label=correct_label,
+        comment=(comment or None),
+    )
     db.add(review)
     db.flush()
-    audit.append(db, ctx, audit.Entry("review.create", object_type="prediction",
-                                      object_id=prediction.id,
-                                      details={"review_id": review.id, "agree": agree}))
+    audit.append(
+        db,
+        ctx,
+        audit.Entry(
+            "review.create",
+            object_type="prediction",
+            object_id=prediction.id,
+            details={"review_id": review.id, "agree": agree},
+        ),
+    )
     db.commit()
     return review
 

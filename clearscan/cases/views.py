@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
 
@@ -24,6 +25,7 @@ from clearscan.imaging import ImagingError, decode, render_png
 from clearscan.storage import BlobError, BlobIntegrityError, BlobNotFound
 
 router = APIRouter(tags=["cases"])
+T = TypeVar("T")
 PRIVATE = {"Cache-Control": "private, max-age=3600"}
 
 
@@ -42,8 +44,15 @@ def predict_endpoint(
     uploads = [f.file.read() for f in file]
     try:
         case, preds = predict(
-            state=state, db=db, ctx=request_context(request, user.username), user=user,
-            uploads=uploads, model_name=model, explain=explain, patient_ref=patient_ref, note=note,
+            state=state,
+            db=db,
+            ctx=request_context(request, user.username),
+            user=user,
+            uploads=uploads,
+            model_name=model,
+            explain=explain,
+            patient_ref=patient_ref,
+            note=note,
         )
     except PredictRejected as exc:
         raise HTTPException(exc.status_code, exc.detail) from None
@@ -61,8 +70,9 @@ def list_cases(
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> CaseList:
-    rows, total = service.list_cases(db=db, limit=limit, offset=offset, label=label,
-                                     username=user_, since=since, until=until)
+    rows, total = service.list_cases(
+        db=db, limit=limit, offset=offset, label=label, username=user_, since=since, until=until
+    )
     names = service.usernames(db=db, ids={c.created_by_id for c in rows})
     return CaseList(items=[CaseSummary.of(c, names) for c in rows], total=total)
 
@@ -74,8 +84,11 @@ def get_case(case_id: str, request: Request, db: SessionDep, user: AnyUser) -> C
         r.user_id for im in case.images for p in im.predictions for r in p.reviews
     }
     detail = CaseDetail.of_detail(case, service.usernames(db=db, ids=ids))
-    audit.record(db, request_context(request, user.username),
-                 audit.Entry("case.view", object_type="case", object_id=case.id))
+    audit.record(
+        db,
+        request_context(request, user.username),
+        audit.Entry("case.view", object_type="case", object_id=case.id),
+    )
     return detail
 
 
@@ -85,34 +98,48 @@ def review(
 ) -> ReviewPublic:
     pred = _or_404(service.get_prediction, db=db, prediction_id=prediction_id)
     try:
-        r = service.add_review(db=db, ctx=request_context(request, user.username), user=user,
-                               prediction=pred, agree=body.agree, correct_label=body.correct_label,
-                               comment=body.comment)
+        r = service.add_review(
+            db=db,
+            ctx=request_context(request, user.username),
+            user=user,
+            prediction=pred,
+            agree=body.agree,
+            correct_label=body.correct_label,
+            comment=body.comment,
+        )
     except service.InvalidReview as exc:
         raise HTTPException(422, exc.detail) from None
     return ReviewPublic.of(r, {user.id: user.username})
 
 
 @router.get("/images/{image_id}/file", response_class=Response, summary="The original upload")
-def image_file(image_id: str, request: Request, db: SessionDep, state: StateDep, user: AnyUser) -> Response:
+def image_file(
+    image_id: str, request: Request, db: SessionDep, state: StateDep, user: AnyUser
+) -> Response:
     image = _or_404(service.get_image, db=db, image_id=image_id)
     data = _blob(state, image.sha256)
-    audit.record(db, request_context(request, user.username),
-                 audit.Entry("image.view", object_type="image", object_id=image.id,
-                             details={"as": "file"}))
+    audit.record(
+        db,
+        request_context(request, user.username),
+        audit.Entry("image.view", object_type="image", object_id=image.id, details={"as": "file"}),
+    )
     media = {"png": "image/png", "jpeg": "image/jpeg", "dicom": "application/dicom"}
     ext = {"png": "png", "jpeg": "jpg", "dicom": "dcm", "nifti": "nii"}
     name = f"{image.id}.{ext.get(image.format, 'bin')}"
     if image.format == "nifti" and data[:2] == b"\x1f\x8b":
         name += ".gz"
     return Response(
-        data, media_type=media.get(image.format, "application/octet-stream"),
+        data,
+        media_type=media.get(image.format, "application/octet-stream"),
         headers={**PRIVATE, "Content-Disposition": f'attachment; filename="{name}"'},
     )
 
 
-@router.get("/images/{image_id}/preview.png", response_class=Response,
-            summary="The image rendered as PNG, optionally with a window/level preset")
+@router.get(
+    "/images/{image_id}/preview.png",
+    response_class=Response,
+    summary="The image rendered as PNG, optionally with a window/level preset",
+)
 def image_preview(
     image_id: str,
     request: Request,
@@ -125,20 +152,30 @@ def image_preview(
     image = _or_404(service.get_image, db=db, image_id=image_id)
     data = _blob(state, image.sha256)
     try:
-        img = decode(data, limits=state.limits, frame=image.frame_index if image.frames > 1 else None)
+        img = decode(
+            data, limits=state.limits, frame=image.frame_index if image.frames > 1 else None
+        )
         png = render_png(img, preset=preset, max_side=max_side)
     except ImagingError as exc:
         raise HTTPException(exc.status_code, exc.detail) from None
     audit.record(
-        db, request_context(request, user.username),
-        audit.Entry("image.view", object_type="image", object_id=image.id,
-                    details={"as": "preview", "preset": preset}),
+        db,
+        request_context(request, user.username),
+        audit.Entry(
+            "image.view",
+            object_type="image",
+            object_id=image.id,
+            details={"as": "preview", "preset": preset},
+        ),
     )
     return Response(png, media_type="image/png", headers=PRIVATE)
 
 
-@router.get("/predictions/{prediction_id}/heatmap.png", response_class=Response,
-            summary="Grad-CAM heatmap (RGBA PNG at the model's native resolution)")
+@router.get(
+    "/predictions/{prediction_id}/heatmap.png",
+    response_class=Response,
+    summary="Grad-CAM heatmap (RGBA PNG at the model's native resolution)",
+)
 def heatmap(prediction_id: str, db: SessionDep, state: StateDep, user: AnyUser) -> Response:
     pred = _or_404(service.get_prediction, db=db, prediction_id=prediction_id)
     if not pred.heatmap_sha256:
@@ -146,7 +183,7 @@ def heatmap(prediction_id: str, db: SessionDep, state: StateDep, user: AnyUser) 
     return Response(_blob(state, pred.heatmap_sha256), media_type="image/png", headers=PRIVATE)
 
 
-def _or_404(fn, **kwargs):  # type: ignore[no-untyped-def]
+def _or_404(fn: Callable[..., T], **kwargs: Any) -> T:
     try:
         return fn(**kwargs)
     except service.NotFound as exc:

@@ -54,8 +54,14 @@ def predict(
         _reject(state, db, ctx, exc.status_code, exc.detail)
         raise
     case, preds = service.save_case(
-        db=db, blobs=state.blobs, ctx=ctx, user=user, manifest=entry.manifest, analyses=analyses,
-        patient_ref=patient_ref, note=note,
+        db=db,
+        blobs=state.blobs,
+        ctx=ctx,
+        user=user,
+        manifest=entry.manifest,
+        analyses=analyses,
+        patient_ref=patient_ref,
+        note=note,
     )
     m = state.metrics
     for p in preds:
@@ -64,7 +70,14 @@ def predict(
     return case, preds
 
 
-def _reject(state: AppState, db: Session, ctx: audit.RequestContext, status: int, detail: str) -> None:
+def _reject(
+    state: AppState, db: Session, ctx: audit.RequestContext, status: int, detail: str
+) -> None:
     state.metrics.rejected.labels(str(status)).inc()
-    audit.record(db, ctx, audit.Entry("predict", outcome="rejected",
-                                      details={"status": status, "reason": detail[:500]}))
+    audit.record(
+        db,
+        ctx,
+        audit.Entry(
+            "predict", outcome="rejected", details={"status": status, "reason": detail[:500]}
+        ),
+    )

@@ -21,7 +21,9 @@ err_console = Console(stderr=True)
 
 DataDirOpt = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="Data directory (default: $CLEARSCAN_DATA_DIR or ./clearscan-data)."),
+    typer.Option(
+        "--data-dir", help="Data directory (default: $CLEARSCAN_DATA_DIR or ./clearscan-data)."
+    ),
 ]
 
 

@@ -15,7 +15,7 @@ from clearscan.config import ConfigError
 
 app = typer.Typer(
     name="clearscan",
-    help="ClearScan: self-hosted medical-imaging AI. Serve the UI + API, analyse images, manage users.",
+    help="ClearScan: self-hosted medical-imaging AI. Serve UI + API, analyse images, manage users.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -59,16 +59,25 @@ def serve(
     except ConfigError as exc:
         raise fail(str(exc), 2) from None
     if generated:
-        console.print(Panel(
-            f"Created user [bold]admin[/bold] with password [bold]{generated}[/bold]\n"
-            "It is shown only this once. Set CLEARSCAN_ADMIN_PASSWORD to choose it instead.",
-            title="First start", border_style="yellow",
-        ))
+        console.print(
+            Panel(
+                f"Created user [bold]admin[/bold] with password [bold]{generated}[/bold]\n"
+                "It is shown only this once. Set CLEARSCAN_ADMIN_PASSWORD to choose it instead.",
+                title="First start",
+                border_style="yellow",
+            )
+        )
     app_ = create_app(settings)
     console.print(f"ClearScan {__version__} on http://{host}:{port}  (data: {settings.data_dir})")
-    uvicorn.run(app_, host=host, port=port, log_config=None, access_log=False,
-                proxy_headers=bool(settings.trusted_proxies),
-                forwarded_allow_ips=",".join(settings.trusted_proxies) or None)
+    uvicorn.run(
+        app_,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=",".join(settings.trusted_proxies) or None,
+    )
 
 
 @db_app.command("upgrade")

@@ -1,4 +1,4 @@
-"""`clearscan predict IMAGE...`: offline analysis with the bundled or installed models, no server."""
+"""`clearscan predict IMAGE...`: offline analysis with the installed models, no server."""
 
 from __future__ import annotations
 
@@ -24,12 +24,18 @@ def _safe_stem(path: Path, index: int) -> str:
 
 def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files: PNG, JPEG, DICOM, NIfTI.")],
-    model: Annotated[str | None, typer.Option(help="Model name (default: the configured default).")] = None,
-    no_explain: Annotated[bool, typer.Option("--no-explain", help="Skip the Grad-CAM heatmap.")] = False,
+    model: Annotated[
+        str | None, typer.Option(help="Model name (default: the configured default).")
+    ] = None,
+    no_explain: Annotated[
+        bool, typer.Option("--no-explain", help="Skip the Grad-CAM heatmap.")
+    ] = False,
     out: Annotated[
         Path | None, typer.Option(help="Write <n>-<name>.heatmap.png and .json per image here.")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per file.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object per file.")
+    ] = False,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Analyse images offline and print the probabilities (and write heatmaps with --out)."""
@@ -47,8 +53,13 @@ def predict(
     failures = 0
     show_bar = len(images) > 1
     with Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeRemainingColumn(), console=err_console, disable=not show_bar, transient=True,
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=not show_bar,
+        transient=True,
     ) as progress:
         task = progress.add_task("analysing", total=len(images))
         for i, path in enumerate(images, 1):
@@ -68,8 +79,11 @@ def predict(
                     heat_path = out / f"{_safe_stem(path, i)}.heatmap.png"
                     heat_path.write_bytes(a.heatmap_png)
                 result.update(
-                    id=None, image_id=None, model={"name": m.name, "version": m.version},
-                    labels=m.labels, probabilities=a.probabilities,
+                    id=None,
+                    image_id=None,
+                    model={"name": m.name, "version": m.version},
+                    labels=m.labels,
+                    probabilities=a.probabilities,
                     top_label=m.labels[a.top_index],
                     heatmap_url=heat_path.resolve().as_uri() if heat_path else None,
                     heatmap_box=list(a.box) if a.heatmap_png else None,
@@ -92,7 +106,11 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
     if "error" in result:
         err_console.print(f"[red]{result['file']}[/red]: {result['error']} ({result['status']})")
         return
-    probs = ", ".join(f"{lab} {p:.3f}" for lab, p in zip(result["labels"], result["probabilities"], strict=True))
-    console.print(f"{result['file']}: [bold]{result['top_label']}[/bold] ({probs}) "
-                  f"[dim]{result['model']['name']}:{result['model']['version']}, "
-                  f"{result['inference_ms']:.1f} ms[/dim]")
+    probs = ", ".join(
+        f"{lab} {p:.3f}" for lab, p in zip(result["labels"], result["probabilities"], strict=True)
+    )
+    console.print(
+        f"{result['file']}: [bold]{result['top_label']}[/bold] ({probs}) "
+        f"[dim]{result['model']['name']}:{result['model']['version']}, "
+        f"{result['inference_ms']:.1f} ms[/dim]"
+    )

@@ -35,8 +35,13 @@ def create(
         raise fail(f"{'.'.join(map(str, first['loc']))}: {first['msg']}", 2) from None
     with db_session(load_settings(data_dir)) as db:
         try:
-            user = service.create(db=db, ctx=cli_context(), username=body.username,
-                                  password=body.password, role=body.role)
+            user = service.create(
+                db=db,
+                ctx=cli_context(),
+                username=body.username,
+                password=body.password,
+                role=body.role,
+            )
         except service.UserExists as exc:
             raise fail(str(exc)) from None
     console.print(f"created user [bold]{user.username}[/bold] (id {user.id}, role {user.role})")
@@ -49,8 +54,13 @@ def list_users(data_dir: DataDirOpt = None) -> None:
         rows, _ = service.list_users(db=db, limit=10_000)
     table = Table("id", "username", "role", "disabled", "last login")
     for u in rows:
-        table.add_row(str(u.id), u.username, u.role, "yes" if u.disabled else "",
-                      u.last_login_at.isoformat(timespec="seconds") if u.last_login_at else "")
+        table.add_row(
+            str(u.id),
+            u.username,
+            u.role,
+            "yes" if u.disabled else "",
+            u.last_login_at.isoformat(timespec="seconds") if u.last_login_at else "",
+        )
     console.print(table)
 
 

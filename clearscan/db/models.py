@@ -4,4 +4,13 @@ from clearscan.audit.models import AuditEvent, AuditHead
 from clearscan.auth.models import User, UserSession
 from clearscan.cases.models import Case, Image, Prediction, Review
 
-__all__ = ["AuditEvent", "AuditHead", "Case", "Image", "Prediction", "Review", "User", "UserSession"]
+__all__ = [
+    "AuditEvent",
+    "AuditHead",
+    "Case",
+    "Image",
+    "Prediction",
+    "Review",
+    "User",
+    "UserSession",
+]

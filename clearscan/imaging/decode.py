@@ -114,8 +114,15 @@ def decode(data: bytes, *, limits: Limits = Limits(), frame: int | None = None) 
         raise
     except MemoryError as exc:
         raise ImageTooLarge("not enough memory to decode this image") from exc
-    except Exception as exc:
+    except BaseException as exc:
+        # BaseException: Rust decoders (pylibjpeg-rle via pyo3) raise PanicException, which is
+        # not an Exception subclass. Only interpreter-level exits propagate.
+        if isinstance(exc, _FATAL):
+            raise
         raise CorruptImage(f"could not decode image: {_describe_exc(exc)}") from exc
+
+
+_FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -482,7 +489,9 @@ def _decode_dicom(data: bytes, limits: Limits, frame: int | None) -> DecodedImag
 
     try:
         arr = pixel_array(ds, index=index)
-    except Exception as exc:
+    except BaseException as exc:  # includes pyo3 PanicException from the Rust RLE decoder
+        if isinstance(exc, _FATAL):
+            raise
         raise CorruptImage(
             f"could not decode DICOM pixel data ({ts.name}): {_describe_exc(exc)}"
         ) from exc

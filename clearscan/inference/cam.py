@@ -98,7 +98,7 @@ def _linear(
     get = const  # callable returning an initializer/constant array or None
     if node.op_type == "Gemm":
         attrs = {a.name: a for a in node.attribute}
-        if node.input[0] != tensor or attrs.get("transA") and attrs["transA"].i:
+        if node.input[0] != tensor or (attrs.get("transA") and attrs["transA"].i):
             return None
         w = get(node.input[1])  # type: ignore[operator]
         if w is None:

@@ -39,7 +39,11 @@ def preprocess(pixels: np.ndarray, spec: InputSpec) -> Prepared:
     planes = [img] if img.ndim == 2 else [img[..., c] for c in range(img.shape[2])]
     size = (spec.width, spec.height)
     resized = [
-        np.asarray(PILImage.fromarray(np.ascontiguousarray(p), mode="F").resize(size, _RESAMPLE[spec.interpolation]))
+        np.asarray(
+            PILImage.fromarray(np.ascontiguousarray(p), mode="F").resize(
+                size, _RESAMPLE[spec.interpolation]
+            )
+        )
         if p.shape != (spec.height, spec.width)
         else p
         for p in planes

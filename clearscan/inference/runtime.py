@@ -12,8 +12,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from clearscan.inference.cam import CamHead, CamUnsupported, class_activation_maps, expose_output
-from clearscan.inference.cam import find_cam_head
+from clearscan.inference.cam import (
+    CamHead,
+    CamUnsupported,
+    class_activation_maps,
+    expose_output,
+    find_cam_head,
+)
 from clearscan.registry.manifest import ModelManifest, verify_files
 
 log = logging.getLogger(__name__)
@@ -60,7 +65,9 @@ class OnnxModel:
         try:
             proto = onnx.load_model(str(self.package_dir / m.weights))
         except Exception as exc:  # truncated or not ONNX at all
-            raise ModelLoadError(f"{m.ref}: {m.weights} is not a readable ONNX model: {exc}") from exc
+            raise ModelLoadError(
+                f"{m.ref}: {m.weights} is not a readable ONNX model: {exc}"
+            ) from exc
         if m.explain.method == "gradcam":
             try:
                 self.cam_head = find_cam_head(proto, m.explain.target)
@@ -87,10 +94,14 @@ class OnnxModel:
         m = self.manifest
         inputs = {i.name: i for i in session.get_inputs()}
         if m.input.name not in inputs:
-            raise ModelLoadError(f"{m.ref}: input.name {m.input.name!r} is not an input of the graph")
+            raise ModelLoadError(
+                f"{m.ref}: input.name {m.input.name!r} is not an input of the graph"
+            )
         shape = inputs[m.input.name].shape
         want = [m.input.channels, m.input.height, m.input.width]
-        if len(shape) != 4 or any(isinstance(s, int) and s != w for s, w in zip(shape[1:], want, strict=True)):
+        if len(shape) != 4 or any(
+            isinstance(s, int) and s != w for s, w in zip(shape[1:], want, strict=True)
+        ):
             raise ModelLoadError(
                 f"{m.ref}: graph input shape {shape} contradicts the manifest's input "
                 f"[N, {want[0]}, {want[1]}, {want[2]}]"

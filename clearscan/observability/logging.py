@@ -9,7 +9,9 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "request_id", default=None
+)
 
 
 class JsonFormatter(logging.Formatter):
@@ -37,4 +39,6 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("uvicorn.access").disabled = True  # we log requests ourselves, without queries
+    logging.getLogger(
+        "uvicorn.access"
+    ).disabled = True  # we log requests ourselves, without queries

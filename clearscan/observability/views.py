@@ -62,8 +62,13 @@ def health(state: StateDep) -> dict[str, object]:
         "database": {"ok": db_ok, "backend": state.engine.dialect.name, "error": db_err},
         "storage": {"ok": st_ok, "backend": "local", "error": st_err},
         "models": [
-            {"name": e.manifest.name, "version": e.manifest.version, "available": e.model is not None,
-             "explainable": bool(e.model and e.model.explainable), "error": e.error}
+            {
+                "name": e.manifest.name,
+                "version": e.manifest.version,
+                "available": e.model is not None,
+                "explainable": bool(e.model and e.model.explainable),
+                "error": e.error,
+            }
             for e in state.registry.entries()
         ],
         "model_problems": state.registry.problems,

@@ -115,7 +115,9 @@ def load_manifest(package_dir: Path) -> ModelManifest:
     except FileNotFoundError:
         raise ManifestError(f"{package_dir.name}: {MANIFEST_FILE} is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{package_dir.name}: {MANIFEST_FILE} is not valid JSON: {exc}") from None
+        raise ManifestError(
+            f"{package_dir.name}: {MANIFEST_FILE} is not valid JSON: {exc}"
+        ) from None
     try:
         return ModelManifest.model_validate(raw)
     except ValidationError as exc:

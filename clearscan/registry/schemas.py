@@ -23,9 +23,17 @@ class ModelPublic(BaseModel):
     @classmethod
     def of(cls, e: ModelEntry) -> ModelPublic:
         m = e.manifest
-        return cls(name=m.name, version=m.version, task=m.task, labels=m.labels, modality=m.modality,
-                   body_part=m.body_part, status=e.status,
-                   explainable=bool(e.model and e.model.explainable), error=e.error)
+        return cls(
+            name=m.name,
+            version=m.version,
+            task=m.task,
+            labels=m.labels,
+            modality=m.modality,
+            body_part=m.body_part,
+            status=e.status,
+            explainable=bool(e.model and e.model.explainable),
+            error=e.error,
+        )
 
 
 class ModelDetail(ModelPublic):
@@ -41,10 +49,17 @@ class ModelDetail(ModelPublic):
     @classmethod
     def of_detail(cls, e: ModelEntry) -> ModelDetail:
         m = e.manifest
-        return cls(**ModelPublic.of(e).model_dump(), description=m.description,
-                   intended_use=m.intended_use, limitations=m.limitations, license=m.license,
-                   metrics=dict(m.metrics), training=dict(m.training), input=m.input.model_dump(),
-                   model_card=e.model_card)
+        return cls(
+            **ModelPublic.of(e).model_dump(),
+            description=m.description,
+            intended_use=m.intended_use,
+            limitations=m.limitations,
+            license=m.license,
+            metrics=dict(m.metrics),
+            training=dict(m.training),
+            input=m.input.model_dump(),
+            model_card=e.model_card,
+        )
 
 
 class ModelList(BaseModel):

@@ -76,7 +76,9 @@ class ModelRegistry:
                     log.error("model package rejected: %s", exc)
                     continue
                 current = found.get(manifest.name)
-                if current and _version_key(current.manifest.version) >= _version_key(manifest.version):
+                if current and _version_key(current.manifest.version) >= _version_key(
+                    manifest.version
+                ):
                     continue
                 found[manifest.name] = ModelEntry(manifest=manifest, package_dir=pkg)
         for entry in found.values():

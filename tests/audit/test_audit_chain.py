@@ -17,13 +17,22 @@ def _db(app):
 
 
 def test_actions_are_audited_with_context(client, admin_headers, clinician_headers):
-    r = client.post("/api/v1/predict", headers={**clinician_headers, "X-Request-ID": "req-abc"},
-                    files=[("file", ("x.png", png_bytes(), "image/png"))])
+    r = client.post(
+        "/api/v1/predict",
+        headers={**clinician_headers, "X-Request-ID": "req-abc"},
+        files=[("file", ("x.png", png_bytes(), "image/png"))],
+    )
     assert r.status_code == 200
     assert r.headers["x-request-id"] == "req-abc"
     events = client.get("/api/v1/audit?limit=200", headers=admin_headers).json()["items"]
     actions = {e["action"] for e in events}
-    assert {"auth.login", "user.create", "case.create", "image.upload", "prediction.create"} <= actions
+    assert {
+        "auth.login",
+        "user.create",
+        "case.create",
+        "image.upload",
+        "prediction.create",
+    } <= actions
     pred = next(e for e in events if e["action"] == "prediction.create")
     assert pred["request_id"] == "req-abc" and pred["actor"].startswith("clinician")
     assert pred["client_addr"] and pred["at"].endswith(("Z", "+00:00"))
@@ -31,7 +40,9 @@ def test_actions_are_audited_with_context(client, admin_headers, clinician_heade
 
 def test_failed_login_is_audited_and_rate_limited(client, admin_headers, settings):
     for _ in range(settings.login_max_failures):
-        r = client.post("/api/v1/auth/token", data={"username": "admin", "password": "wrong-password"})
+        r = client.post(
+            "/api/v1/auth/token", data={"username": "admin", "password": "wrong-password"}
+        )
         assert r.status_code == 401
     r = client.post("/api/v1/auth/token", data={"username": "admin", "password": "wrong-password"})
     assert r.status_code == 429 and "Retry-After" in r.headers

@@ -18,8 +18,11 @@ pydicom_data = pytest.importorskip("pydicom.data")
 
 
 def _post(client, headers, data: bytes, name: str = "f"):
-    return client.post("/api/v1/predict", headers=headers,
-                       files=[("file", (name, data, "application/octet-stream"))])
+    return client.post(
+        "/api/v1/predict",
+        headers=headers,
+        files=[("file", (name, data, "application/octet-stream"))],
+    )
 
 
 def test_every_pydicom_corpus_file_gets_2xx_or_4xx(client, clinician_headers):
@@ -42,7 +45,9 @@ def test_every_pydicom_corpus_file_gets_2xx_or_4xx(client, clinician_headers):
 
 def _png_bomb(w: int = 50_000, h: int = 50_000) -> bytes:
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
     idat = zlib.compress(b"\0" * (w + 1) * 4)  # a few rows only; the header claims 2.5 gigapixels

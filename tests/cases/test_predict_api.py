@@ -13,7 +13,9 @@ from PIL import Image
 from tests.conftest import chest_like, dicom_bytes, png_bytes
 
 
-def _predict(client: TestClient, headers: dict[str, str], files: list[tuple[str, bytes]], **form: str):
+def _predict(
+    client: TestClient, headers: dict[str, str], files: list[tuple[str, bytes]], **form: str
+):
     parts = [("file", (name, data, "application/octet-stream")) for name, data in files]
     return client.post("/api/v1/predict", headers=headers, files=parts, data=form)
 
@@ -35,8 +37,11 @@ def test_predict_png_returns_probabilities_and_heatmap(client, clinician_headers
 
 
 def test_predict_many_files_one_case_in_upload_order(client, clinician_headers):
-    files = [("a.png", png_bytes(chest_like(200, 1))), ("b.dcm", dicom_bytes()),
-             ("c.png", png_bytes(chest_like(300, 2), bits=16))]
+    files = [
+        ("a.png", png_bytes(chest_like(200, 1))),
+        ("b.dcm", dicom_bytes()),
+        ("c.png", png_bytes(chest_like(300, 2), bits=16)),
+    ]
     r = _predict(client, clinician_headers, files, patient_ref="MRN-1", note="follow-up")
     assert r.status_code == 200, r.text
     body = r.json()
@@ -74,7 +79,9 @@ def test_same_pixels_same_prediction_png_and_dicom(client, clinician_headers):
         (png_bytes()[:200], 422, ""),
     ],
 )
-def test_bad_uploads_are_rejected_and_store_nothing(client, clinician_headers, admin_headers, data, status, words):
+def test_bad_uploads_are_rejected_and_store_nothing(
+    client, clinician_headers, admin_headers, data, status, words
+):
     before = client.get("/api/v1/cases", headers=admin_headers).json()["total"]
     r = _predict(client, clinician_headers, [("f.png", data)])
     assert r.status_code == status, r.text
@@ -128,18 +135,29 @@ def test_no_credentials_401_and_viewer_403(client, viewer_headers, admin_headers
 
 def test_review_flow(client, clinician_headers):
     p = _predict(client, clinician_headers, [("x.png", png_bytes())]).json()["predictions"][0]
-    other = [lab for lab in p["labels"] if lab != p["top_label"]][0]
-    bad = client.post(f"/api/v1/predictions/{p['id']}/review", headers=clinician_headers,
-                      json={"agree": False})
+    other = next(lab for lab in p["labels"] if lab != p["top_label"])
+    bad = client.post(
+        f"/api/v1/predictions/{p['id']}/review", headers=clinician_headers, json={"agree": False}
+    )
     assert bad.status_code == 422
-    bad = client.post(f"/api/v1/predictions/{p['id']}/review", headers=clinician_headers,
-                      json={"agree": False, "correct_label": "martian"})
+    bad = client.post(
+        f"/api/v1/predictions/{p['id']}/review",
+        headers=clinician_headers,
+        json={"agree": False, "correct_label": "martian"},
+    )
     assert bad.status_code == 422 and "martian" in bad.json()["detail"]
-    ok = client.post(f"/api/v1/predictions/{p['id']}/review", headers=clinician_headers,
-                     json={"agree": False, "correct_label": other, "comment": "consolidation"})
+    ok = client.post(
+        f"/api/v1/predictions/{p['id']}/review",
+        headers=clinician_headers,
+        json={"agree": False, "correct_label": other, "comment": "consolidation"},
+    )
     assert ok.status_code == 201, ok.text
-    assert client.post("/api/v1/predictions/nope/review", headers=clinician_headers,
-                       json={"agree": True}).status_code == 404
+    assert (
+        client.post(
+            "/api/v1/predictions/nope/review", headers=clinician_headers, json={"agree": True}
+        ).status_code
+        == 404
+    )
 
 
 def test_case_list_filters_and_pagination(client, clinician_headers, make_user):
@@ -157,7 +175,9 @@ def test_case_list_filters_and_pagination(client, clinician_headers, make_user):
     user = all_["items"][0]["created_by"]
     by_user = client.get(f"/api/v1/cases?user={user}", headers=clinician_headers).json()
     assert by_user["total"] >= 1 and all(c["created_by"] == user for c in by_user["items"])
-    future = client.get("/api/v1/cases?since=2999-01-01T00:00:00Z", headers=clinician_headers).json()
+    future = client.get(
+        "/api/v1/cases?since=2999-01-01T00:00:00Z", headers=clinician_headers
+    ).json()
     assert future["total"] == 0
 
 

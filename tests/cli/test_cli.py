@@ -15,8 +15,18 @@ runner = CliRunner()
 
 @pytest.mark.parametrize(
     "args",
-    [[], ["serve"], ["predict"], ["users"], ["users", "create"], ["users", "list"],
-     ["users", "set-role"], ["users", "disable"], ["db"], ["db", "upgrade"]],
+    [
+        [],
+        ["serve"],
+        ["predict"],
+        ["users"],
+        ["users", "create"],
+        ["users", "list"],
+        ["users", "set-role"],
+        ["users", "disable"],
+        ["db"],
+        ["db", "upgrade"],
+    ],
 )
 def test_help_everywhere(args):
     r = runner.invoke(app, [*args, "--help"])
@@ -31,8 +41,20 @@ def test_predict_json_and_out(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     out = tmp_path / "out"
-    r = runner.invoke(app, ["predict", str(a), str(b), str(bad), "--json", "--out", str(out),
-                            "--data-dir", str(tmp_path / "d")])
+    r = runner.invoke(
+        app,
+        [
+            "predict",
+            str(a),
+            str(b),
+            str(bad),
+            "--json",
+            "--out",
+            str(out),
+            "--data-dir",
+            str(tmp_path / "d"),
+        ],
+    )
     assert r.exit_code == 1  # one file failed
     lines = [json.loads(x) for x in r.stdout.strip().splitlines()]
     assert [x["file"] for x in lines] == [str(a), str(b), str(bad)]
@@ -60,11 +82,21 @@ def test_predict_unknown_model(tmp_path):
 def test_users_commands(tmp_path, monkeypatch):
     monkeypatch.setenv("CLEARSCAN_ADMIN_PASSWORD", "admin-password-123")
     d = ["--data-dir", str(tmp_path)]
-    r = runner.invoke(app, ["users", "create", "nurse1", "--role", "clinician",
-                            "--password", "a-good-password", *d])
+    r = runner.invoke(
+        app,
+        ["users", "create", "nurse1", "--role", "clinician", "--password", "a-good-password", *d],
+    )
     assert r.exit_code == 0, r.output
-    assert runner.invoke(app, ["users", "create", "nurse1", "--password", "a-good-password", *d]).exit_code == 1
-    assert runner.invoke(app, ["users", "create", "x", "--password", "a-good-password", *d]).exit_code == 2
+    assert (
+        runner.invoke(
+            app, ["users", "create", "nurse1", "--password", "a-good-password", *d]
+        ).exit_code
+        == 1
+    )
+    assert (
+        runner.invoke(app, ["users", "create", "x", "--password", "a-good-password", *d]).exit_code
+        == 2
+    )
     assert runner.invoke(app, ["users", "set-role", "nurse1", "viewer", *d]).exit_code == 0
     assert runner.invoke(app, ["users", "disable", "nurse1", *d]).exit_code == 0
     assert runner.invoke(app, ["users", "disable", "ghost", *d]).exit_code == 1

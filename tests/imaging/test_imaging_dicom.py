@@ -297,3 +297,46 @@ def _image_header(*, rows: int, cols: int, bits: int = 16) -> dict[str, object]:
         "HighBit": bits - 1,
         "PixelRepresentation": 0,
     }
+
+
+def test_rust_decoder_panic_is_contained(imgdata):
+    """pylibjpeg-rle (Rust/pyo3) panics on this segment; PanicException is a BaseException."""
+    import struct
+
+    from pydicom.encaps import encapsulate
+
+    seg1 = b"\x81\x00\x81\x00"  # 2 x 128 zeros: exactly one 256-byte plane
+    seg2 = b"\x81\x00\xf3\x00" * 3  # repeat runs that cross the end of the plane
+    frame = struct.pack("<16I", 2, 64, 64 + len(seg1), *([0] * 13)) + seg1 + seg2
+    data = imgdata.dicom(
+        None,
+        extra=_image_header(rows=16, cols=16),
+        pixel_data=encapsulate([frame]),
+        transfer_syntax=RLELossless,
+    )
+    try:
+        img = decode(data)
+    except ImagingError:
+        return
+    assert np.isfinite(img.pixels).all()
+
+
+def test_decoder_base_exception_becomes_corrupt_image(imgdata, monkeypatch):
+    class PanicException(BaseException):  # what pyo3 raises for a Rust panic
+        pass
+
+    def panic(*args, **kwargs):
+        raise PanicException("index out of bounds: the len is 512 but the index is 512")
+
+    monkeypatch.setattr("pydicom.pixels.pixel_array", panic)
+    with pytest.raises(CorruptImage, match="index out of bounds"):
+        decode(imgdata.dicom(STORED))
+
+
+def test_keyboard_interrupt_propagates(imgdata, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pydicom.pixels.pixel_array", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        decode(imgdata.dicom(STORED))

@@ -18,16 +18,27 @@ from clearscan.training.architectures import build_model  # noqa: E402
 from tests.conftest import chest_like  # noqa: E402
 
 
-def _package(tmp: Path, model: torch.nn.Module, *, size: int = 28, dynamo: bool = False) -> OnnxModel:
+def _package(
+    tmp: Path, model: torch.nn.Module, *, size: int = 28, dynamo: bool = False
+) -> OnnxModel:
     model.eval()
     path = tmp / "model.onnx"
     dummy = torch.zeros(1, 1, size, size)
-    torch.onnx.export(model, (dummy,), str(path), dynamo=dynamo, opset_version=17,
-                      input_names=["image"], output_names=["logits"],
-                      dynamic_axes=None if dynamo else {"image": {0: "N"}, "logits": {0: "N"}})
+    torch.onnx.export(
+        model,
+        (dummy,),
+        str(path),
+        dynamo=dynamo,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes=None if dynamo else {"image": {0: "N"}, "logits": {0: "N"}},
+    )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     manifest = {
-        "name": "cam-test", "version": "0.1.0", "weights": "model.onnx",
+        "name": "cam-test",
+        "version": "0.1.0",
+        "weights": "model.onnx",
         "labels": ["normal", "pneumonia"],
         "input": {"channels": 1, "height": size, "width": size},
         "files": {"model.onnx": digest},
@@ -38,7 +49,9 @@ def _package(tmp: Path, model: torch.nn.Module, *, size: int = 28, dynamo: bool 
     return runner
 
 
-def _captum(model: torch.nn.Module, layer: torch.nn.Module, x: np.ndarray, target: int) -> np.ndarray:
+def _captum(
+    model: torch.nn.Module, layer: torch.nn.Module, x: np.ndarray, target: int
+) -> np.ndarray:
     gc = captum_attr.LayerGradCam(model, layer)
     attr = gc.attribute(torch.from_numpy(x), target=target, relu_attributions=True)
     a = attr.detach().numpy()[0, 0]

@@ -26,10 +26,15 @@ def test_readyz_503_when_default_model_missing(settings, registry):
 
 
 def test_metrics_count_requests_and_predictions(client, clinician_headers):
-    client.post("/api/v1/predict", headers=clinician_headers,
-                files=[("file", ("x.png", png_bytes(), "image/png"))])
+    client.post(
+        "/api/v1/predict",
+        headers=clinician_headers,
+        files=[("file", ("x.png", png_bytes(), "image/png"))],
+    )
     text = client.get("/metrics").text
-    assert 'clearscan_http_requests_total{method="POST",route="/api/v1/predict",status="200"}' in text
+    assert (
+        'clearscan_http_requests_total{method="POST",route="/api/v1/predict",status="200"}' in text
+    )
     assert "clearscan_predictions_total{label=" in text and 'model="pneumonia-cxr"' in text
     assert "clearscan_inference_seconds_bucket" in text
     assert "clearscan_http_request_duration_seconds_bucket" in text
