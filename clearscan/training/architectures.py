@@ -50,6 +50,9 @@ class PneumoniaNet(nn.Module):
     from about 28 to 64 px works (global pooling makes the head size-independent).
     """
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(
         self,
         num_classes: int = 2,

@@ -87,10 +87,10 @@ def _facts(im: ImagePublic) -> list[tuple[str, str]]:
     return [
         ("Format", im.format.upper()),
         ("Modality", im.modality or "—"),
-        ("Size", f"{im.width} × {im.height} px"),
+        ("Size", f"{im.width} \u00d7 {im.height} px"),
         ("Bit depth", f"{im.bit_depth}-bit"),
         ("Channels", str(im.channels)),
-        ("Frames", str(im.frames) if im.frames <= 1 else f"{im.frames} (showing {im.frame_index + 1})"),
+        ("Frames", f"{im.frames} (showing {im.frame_index + 1})" if im.frames > 1 else "1"),
         ("File size", format_bytes(im.size_bytes)),
     ]
 
@@ -106,9 +106,22 @@ def image_panels(images: list[ImagePublic], registry: ModelRegistry) -> list[Ima
                 ProbRow(label, prob, i == top)
                 for i, (label, prob) in enumerate(zip(p.labels, p.probabilities, strict=False))
             ]
-            preds.append(PredictionView(p=p, rows=rows, note=model_note(entry) if entry else None,
-                                        model_known=entry is not None))
+            preds.append(
+                PredictionView(
+                    p=p,
+                    rows=rows,
+                    note=model_note(entry) if entry else None,
+                    model_known=entry is not None,
+                )
+            )
         overlay = next((p for p in im.predictions if p.heatmap_url and p.heatmap_box), None)
-        panels.append(ImagePanel(image=im, presets=presets_for(im.format, im.modality, im.channels),
-                                 predictions=preds, overlay=overlay, facts=_facts(im)))
+        panels.append(
+            ImagePanel(
+                image=im,
+                presets=presets_for(im.format, im.modality, im.channels),
+                predictions=preds,
+                overlay=overlay,
+                facts=_facts(im),
+            )
+        )
     return panels

@@ -66,22 +66,37 @@ def current_session(request: Request, db: SessionDep, state: StateDep) -> WebSes
         raise LoginRequired(target)
     user, row = found
     request.state.user = user
-    return WebSession(user=user, session_id=row.id, token=token,
-                      csrf=csrf_token(secret=state.secret, session_token_id=row.id),
-                      username=user.username, role=user.role)
+    return WebSession(
+        user=user,
+        session_id=row.id,
+        token=token,
+        csrf=csrf_token(secret=state.secret, session_token_id=row.id),
+        username=user.username,
+        role=user.role,
+    )
 
 
 WebSessionDep = Annotated[WebSession, Depends(current_session)]
 
 
-def deny(db: Session, request: Request, ws: WebSession, message: str, **details: object) -> PageError:
+def deny(
+    db: Session, request: Request, ws: WebSession, message: str, **details: object
+) -> PageError:
     """Audit an `access.denied` event (like the API does) and return the 403 page error."""
     audit.record(
         db,
         request_context(request, ws.username),
-        audit.Entry("access.denied", outcome="denied",
-                    details={"method": request.method, "path": request.url.path, "status": 403,
-                             "via": "web", **details}),
+        audit.Entry(
+            "access.denied",
+            outcome="denied",
+            details={
+                "method": request.method,
+                "path": request.url.path,
+                "status": 403,
+                "via": "web",
+                **details,
+            },
+        ),
     )
     return PageError(403, "Access denied", message, ws)
 
@@ -92,8 +107,12 @@ def _roles(*roles: Role) -> object:
 
     def check(request: Request, ws: WebSessionDep, db: SessionDep) -> WebSession:
         if ws.role not in allowed:
-            raise deny(db, request, ws,
-                       f"This page needs the {names} role; you are signed in as {ws.role}.")
+            raise deny(
+                db,
+                request,
+                ws,
+                f"This page needs the {names} role; you are signed in as {ws.role}.",
+            )
         return ws
 
     return Depends(check)
@@ -108,6 +127,11 @@ def require_csrf(
 ) -> None:
     """Raise the 403 page unless `token` is this session's CSRF token. Call before any change."""
     if not check_csrf(secret=state.secret, session_token_id=ws.session_id, token=token):
-        raise deny(db, request, ws,
-                   "The form could not be verified (missing or expired security token). "
-                   "Reload the page and try again.", reason="csrf")
+        raise deny(
+            db,
+            request,
+            ws,
+            "The form could not be verified (missing or expired security token). "
+            "Reload the page and try again.",
+            reason="csrf",
+        )

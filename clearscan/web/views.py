@@ -54,8 +54,18 @@ router = APIRouter(include_in_schema=False)
 CASES_PAGE_SIZE = 20
 AUDIT_PAGE_SIZE = 50
 KNOWN_ACTIONS = [
-    "access.denied", "auth.login", "auth.logout", "case.create", "case.view", "image.upload",
-    "image.view", "predict", "prediction.create", "review.create", "user.create", "user.update",
+    "access.denied",
+    "auth.login",
+    "auth.logout",
+    "case.create",
+    "case.view",
+    "image.upload",
+    "image.view",
+    "predict",
+    "prediction.create",
+    "review.create",
+    "user.create",
+    "user.update",
 ]
 FormStr = Annotated[str | None, Form()]
 QueryStr = Annotated[str | None, Query()]
@@ -78,20 +88,43 @@ def _redirect(url: str) -> RedirectResponse:
 
 
 def _login_page(
-    request: Request, state: AppState, *, next_url: str | None, username: str = "",
-    error: str | None = None, status: int = 200, headers: dict[str, str] | None = None,
+    request: Request,
+    state: AppState,
+    *,
+    next_url: str | None,
+    username: str = "",
+    error: str | None = None,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
 ) -> HTMLResponse:
     token = new_login_csrf(state.secret)
-    response = render(request, "login.html", status=status, headers=headers, login_csrf=token,
-                      next_url=next_url or "", username=username, error=error)
-    response.set_cookie(LOGIN_CSRF_COOKIE, token, max_age=3600, path="/login", httponly=True,
-                        samesite="strict", secure=_secure(request, state))
+    response = render(
+        request,
+        "login.html",
+        status=status,
+        headers=headers,
+        login_csrf=token,
+        next_url=next_url or "",
+        username=username,
+        error=error,
+    )
+    response.set_cookie(
+        LOGIN_CSRF_COOKIE,
+        token,
+        max_age=3600,
+        path="/login",
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request, state),
+    )
     return response
 
 
 @router.get("/login", response_class=HTMLResponse)
 def login_form(
-    request: Request, db: SessionDep, state: StateDep,
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
     next_url: Annotated[str | None, Query(alias="next")] = None,
 ) -> Response:
     target = safe_next(next_url)
@@ -104,63 +137,119 @@ def login_form(
 
 @router.post("/login", response_class=HTMLResponse)
 def login_submit(
-    request: Request, db: SessionDep, state: StateDep,
-    username: FormStr = None, password: FormStr = None, csrf_token: FormStr = None,
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    username: FormStr = None,
+    password: FormStr = None,
+    csrf_token: FormStr = None,
     next_url: Annotated[str | None, Form(alias="next")] = None,
 ) -> Response:
     target = safe_next(next_url)
     name = (username or "").strip()[:128]
     if not check_login_csrf(state.secret, request.cookies.get(LOGIN_CSRF_COOKIE), csrf_token):
-        return _login_page(request, state, next_url=target, username=name, status=403,
-                           error="The sign-in form expired or could not be verified. "
-                                 "Please try again.")
+        return _login_page(
+            request,
+            state,
+            next_url=target,
+            username=name,
+            status=403,
+            error="The sign-in form expired or could not be verified. Please try again.",
+        )
     keys = (f"ip:{client_addr(request)}", f"user:{name.lower()}")
     ctx = request_context(request)
     wait = state.limiter.blocked(*keys)
     if wait > 0:
-        audit.record(db, ctx, audit.Entry("auth.login", outcome="throttled", actor=name[:64],
-                                          details={"via": "web"}))
+        audit.record(
+            db,
+            ctx,
+            audit.Entry("auth.login", outcome="throttled", actor=name[:64], details={"via": "web"}),
+        )
         seconds = int(wait) + 1
-        return _login_page(request, state, next_url=target, username=name, status=429,
-                           headers={"Retry-After": str(seconds)},
-                           error=f"Too many failed sign-in attempts. Try again in {seconds} s.")
+        return _login_page(
+            request,
+            state,
+            next_url=target,
+            username=name,
+            status=429,
+            headers={"Retry-After": str(seconds)},
+            error=f"Too many failed sign-in attempts. Try again in {seconds} s.",
+        )
     user = users.authenticate(db=db, username=name, password=password or "")
     if user is None:
         state.limiter.failed(*keys)
-        audit.record(db, ctx, audit.Entry("auth.login", outcome="failure", actor=name[:64],
-                                          details={"via": "web"}))
-        return _login_page(request, state, next_url=target, username=name, status=400,
-                           error="Incorrect username or password.")
+        audit.record(
+            db,
+            ctx,
+            audit.Entry("auth.login", outcome="failure", actor=name[:64], details={"via": "web"}),
+        )
+        return _login_page(
+            request,
+            state,
+            next_url=target,
+            username=name,
+            status=400,
+            error="Incorrect username or password.",
+        )
     state.limiter.succeeded(*keys)
-    audit.append(db, ctx, audit.Entry("auth.login", actor=user.username, object_type="user",
-                                      object_id=str(user.id), details={"via": "web"}))
+    audit.append(
+        db,
+        ctx,
+        audit.Entry(
+            "auth.login",
+            actor=user.username,
+            object_type="user",
+            object_id=str(user.id),
+            details={"via": "web"},
+        ),
+    )
     minutes = state.settings.session_minutes
     token, _ = users.start_session(db=db, user=user, minutes=minutes)
     db.commit()
     if target is None or target.startswith(("/login", "/logout")):
         target = _landing(user.role)
     response = _redirect(target)
-    response.set_cookie(SESSION_COOKIE, token, max_age=minutes * 60, path="/", httponly=True,
-                        samesite="lax", secure=_secure(request, state))
-    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login", httponly=True, samesite="strict",
-                           secure=_secure(request, state))
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=minutes * 60,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=_secure(request, state),
+    )
+    response.delete_cookie(
+        LOGIN_CSRF_COOKIE,
+        path="/login",
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request, state),
+    )
     return response
 
 
 @router.post("/logout")
 def logout(
-    request: Request, db: SessionDep, state: StateDep, ws: WebSessionDep,
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    ws: WebSessionDep,
     csrf_token: FormStr = None,
 ) -> Response:
     require_csrf(request, db, state, ws, csrf_token)
     users.end_session(db=db, token=ws.token)
-    audit.append(db, request_context(request, ws.username),
-                 audit.Entry("auth.logout", object_type="user", object_id=str(ws.user.id),
-                             details={"via": "web"}))
+    audit.append(
+        db,
+        request_context(request, ws.username),
+        audit.Entry(
+            "auth.logout", object_type="user", object_id=str(ws.user.id), details={"via": "web"}
+        ),
+    )
     db.commit()
     response = _redirect("/login")
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax",
-                           secure=_secure(request, state))
+    response.delete_cookie(
+        SESSION_COOKIE, path="/", httponly=True, samesite="lax", secure=_secure(request, state)
+    )
     return response
 
 
@@ -173,15 +262,33 @@ def home(ws: WebSessionDep) -> Response:
 
 
 def _analyze_page(
-    request: Request, state: AppState, ws: WebSession, *, values: dict[str, Any] | None = None,
-    error: str | None = None, status: int = 200,
+    request: Request,
+    state: AppState,
+    ws: WebSession,
+    *,
+    values: dict[str, Any] | None = None,
+    error: str | None = None,
+    status: int = 200,
 ) -> HTMLResponse:
     entries = state.registry.entries()
-    values = values or {"model": state.settings.default_model, "explain": True,
-                        "patient_ref": "", "note": ""}
+    values = values or {
+        "model": state.settings.default_model,
+        "explain": True,
+        "patient_ref": "",
+        "note": "",
+    }
     notes = {e.manifest.name: model_note(e) for e in entries}
-    return render(request, "analyze.html", ws=ws, status=status, error=error, entries=entries,
-                  notes=notes, values=values, settings=state.settings)
+    return render(
+        request,
+        "analyze.html",
+        ws=ws,
+        status=status,
+        error=error,
+        entries=entries,
+        notes=notes,
+        values=values,
+        settings=state.settings,
+    )
 
 
 @router.get("/analyze", response_class=HTMLResponse)
@@ -191,35 +298,53 @@ def analyze_form(request: Request, state: StateDep, ws: ClinicianSession) -> Res
 
 @router.post("/analyze", response_class=HTMLResponse)
 def analyze_submit(
-    request: Request, db: SessionDep, state: StateDep, ws: ClinicianSession,
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    ws: ClinicianSession,
     file: Annotated[list[UploadFile] | None, File()] = None,
-    model: FormStr = None, explain: FormStr = None, patient_ref: FormStr = None,
-    note: FormStr = None, csrf_token: FormStr = None,
+    model: FormStr = None,
+    explain: FormStr = None,
+    patient_ref: FormStr = None,
+    note: FormStr = None,
+    csrf_token: FormStr = None,
 ) -> Response:
     require_csrf(request, db, state, ws, csrf_token)
-    values = {"model": model or state.settings.default_model,
-              "explain": (explain or "").lower() in ("on", "true", "1", "yes"),
-              "patient_ref": (patient_ref or "").strip(), "note": (note or "").strip()}
+    wants_explain = (explain or "").lower() in ("on", "true", "1", "yes")
+    ref, text = (patient_ref or "").strip(), (note or "").strip()
+    values = {
+        "model": model or state.settings.default_model,
+        "explain": wants_explain,
+        "patient_ref": ref,
+        "note": text,
+    }
     # A browser sends one empty part when no file is chosen.
     uploads = [f.file.read() for f in file or [] if f.filename or f.size]
     problem = None
     if not uploads:
         problem = "Choose at least one image file."
-    elif len(values["patient_ref"]) > 128:
+    elif len(ref) > 128:
         problem = "The patient reference is longer than 128 characters."
-    elif len(values["note"]) > 4000:
+    elif len(text) > 4000:
         problem = "The note is longer than 4000 characters."
     if problem:
         return _analyze_page(request, state, ws, values=values, error=problem, status=422)
     try:
         case, _ = predict(
-            state=state, db=db, ctx=request_context(request, ws.username), user=ws.user,
-            uploads=uploads, model_name=model or None, explain=values["explain"],
-            patient_ref=values["patient_ref"] or None, note=values["note"] or None,
+            state=state,
+            db=db,
+            ctx=request_context(request, ws.username),
+            user=ws.user,
+            uploads=uploads,
+            model_name=model or None,
+            explain=wants_explain,
+            patient_ref=ref or None,
+            note=text or None,
         )
     except PredictRejected as exc:
-        return _analyze_page(request, state, ws, values=values, error=exc.detail,
-                             status=exc.status_code)
+        return _analyze_page(
+            request, state, ws, values=values, error=exc.detail, status=exc.status_code
+        )
     return _redirect(f"/cases/{case.id}")
 
 
@@ -228,12 +353,22 @@ def analyze_submit(
 
 @router.get("/cases", response_class=HTMLResponse)
 def cases_page(
-    request: Request, db: SessionDep, state: StateDep, ws: WebSessionDep,
-    since: QueryStr = None, until: QueryStr = None, label: QueryStr = None,
-    user: QueryStr = None, page: QueryStr = None,
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    ws: WebSessionDep,
+    since: QueryStr = None,
+    until: QueryStr = None,
+    label: QueryStr = None,
+    user: QueryStr = None,
+    page: QueryStr = None,
 ) -> Response:
-    params = {"since": (since or "").strip(), "until": (until or "").strip(),
-              "label": (label or "").strip()[:128], "user": (user or "").strip()[:64]}
+    params = {
+        "since": (since or "").strip(),
+        "until": (until or "").strip(),
+        "label": (label or "").strip()[:128],
+        "user": (user or "").strip()[:64],
+    }
     errors = []
     dates = {}
     for key, title in (("since", "From"), ("until", "To")):
@@ -246,20 +381,38 @@ def cases_page(
     d_since, d_until = dates["since"], dates["until"]
     number = parse_page(page)
     rows, total = cases.list_cases(
-        db=db, limit=CASES_PAGE_SIZE, offset=(number - 1) * CASES_PAGE_SIZE,
-        label=params["label"] or None, username=params["user"] or None,
-        since=day_start(d_since) if d_since else None, until=day_after(d_until) if d_until else None,
+        db=db,
+        limit=CASES_PAGE_SIZE,
+        offset=(number - 1) * CASES_PAGE_SIZE,
+        label=params["label"] or None,
+        username=params["user"] or None,
+        since=day_start(d_since) if d_since else None,
+        until=day_after(d_until) if d_until else None,
     )
     names = cases.usernames(db=db, ids={c.created_by_id for c in rows})
     labels = sorted({lb for e in state.registry.entries() for lb in e.manifest.labels})
-    return render(request, "cases.html", ws=ws, status=422 if errors else 200, errors=errors,
-                  items=[CaseSummary.of(c, names) for c in rows], labels=labels, params=params,
-                  pages=Pagination(number, CASES_PAGE_SIZE, total, params))
+    return render(
+        request,
+        "cases.html",
+        ws=ws,
+        status=422 if errors else 200,
+        errors=errors,
+        items=[CaseSummary.of(c, names) for c in rows],
+        labels=labels,
+        params=params,
+        pages=Pagination(number, CASES_PAGE_SIZE, total, params),
+    )
 
 
 def _case_page(
-    request: Request, db: Session, state: AppState, ws: WebSession, case_id: str, *,
-    review_error: dict[str, str] | None = None, review_form: dict[str, dict[str, str]] | None = None,
+    request: Request,
+    db: Session,
+    state: AppState,
+    ws: WebSession,
+    case_id: str,
+    *,
+    review_error: dict[str, str] | None = None,
+    review_form: dict[str, dict[str, str]] | None = None,
     status: int = 200,
 ) -> HTMLResponse:
     try:
@@ -270,12 +423,23 @@ def _case_page(
         r.user_id for im in case.images for p in im.predictions for r in p.reviews
     }
     detail = CaseDetail.of_detail(case, cases.usernames(db=db, ids=ids))
-    audit.record(db, request_context(request, ws.username),
-                 audit.Entry("case.view", object_type="case", object_id=case.id))
+    audit.record(
+        db,
+        request_context(request, ws.username),
+        audit.Entry("case.view", object_type="case", object_id=case.id),
+    )
     labels = sorted({lb for im in detail.images for p in im.predictions for lb in p.labels})
-    return render(request, "case.html", ws=ws, status=status, case=detail,
-                  panels=image_panels(detail.images, state.registry), labels=labels,
-                  review_error=review_error or {}, review_form=review_form or {})
+    return render(
+        request,
+        "case.html",
+        ws=ws,
+        status=status,
+        case=detail,
+        panels=image_panels(detail.images, state.registry),
+        labels=labels,
+        review_error=review_error or {},
+        review_form=review_form or {},
+    )
 
 
 @router.get("/cases/{case_id}", response_class=HTMLResponse)
@@ -287,9 +451,16 @@ def case_page(
 
 @router.post("/cases/{case_id}/predictions/{prediction_id}/review", response_class=HTMLResponse)
 def review_submit(
-    case_id: str, prediction_id: str, request: Request, db: SessionDep, state: StateDep,
-    ws: ClinicianSession, verdict: FormStr = None, correct_label: FormStr = None,
-    comment: FormStr = None, csrf_token: FormStr = None,
+    case_id: str,
+    prediction_id: str,
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    ws: ClinicianSession,
+    verdict: FormStr = None,
+    correct_label: FormStr = None,
+    comment: FormStr = None,
+    csrf_token: FormStr = None,
 ) -> Response:
     require_csrf(request, db, state, ws, csrf_token)
     try:
@@ -298,8 +469,11 @@ def review_submit(
         pred = None
     if pred is None or pred.case_id != case_id:
         raise PageError(404, "Prediction not found", "This prediction does not exist.", ws)
-    form = {"verdict": verdict or "", "correct_label": correct_label or "",
-            "comment": (comment or "").strip()}
+    form = {
+        "verdict": verdict or "",
+        "correct_label": correct_label or "",
+        "comment": (comment or "").strip(),
+    }
     agree = verdict == "agree"
     if verdict not in ("agree", "disagree"):
         problem = "Choose Agree or Disagree."
@@ -309,16 +483,29 @@ def review_submit(
         problem = "The comment is longer than 4000 characters."
     else:
         try:
-            cases.add_review(db=db, ctx=request_context(request, ws.username), user=ws.user,
-                             prediction=pred, agree=agree,
-                             correct_label=None if agree else correct_label,
-                             comment=form["comment"] or None)
+            cases.add_review(
+                db=db,
+                ctx=request_context(request, ws.username),
+                user=ws.user,
+                prediction=pred,
+                agree=agree,
+                correct_label=None if agree else correct_label,
+                comment=form["comment"] or None,
+            )
         except cases.InvalidReview as exc:
             problem = exc.detail
         else:
             return _redirect(f"/cases/{case_id}#prediction-{prediction_id}")
-    return _case_page(request, db, state, ws, case_id, status=422,
-                      review_error={prediction_id: problem}, review_form={prediction_id: form})
+    return _case_page(
+        request,
+        db,
+        state,
+        ws,
+        case_id,
+        status=422,
+        review_error={prediction_id: problem},
+        review_form={prediction_id: form},
+    )
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -327,10 +514,14 @@ def review_submit(
 @router.get("/models", response_class=HTMLResponse)
 def models_page(request: Request, state: StateDep, ws: WebSessionDep) -> Response:
     entries = state.registry.entries()
-    return render(request, "models.html", ws=ws,
-                  models=[ModelDetail.of_detail(e) for e in entries],
-                  problems=state.registry.problems if ws.is_admin else [],
-                  default_model=state.settings.default_model)
+    return render(
+        request,
+        "models.html",
+        ws=ws,
+        models=[ModelDetail.of_detail(e) for e in entries],
+        problems=state.registry.problems if ws.is_admin else [],
+        default_model=state.settings.default_model,
+    )
 
 
 @router.get("/models/{name}", response_class=HTMLResponse)
@@ -340,28 +531,52 @@ def model_page(name: str, request: Request, state: StateDep, ws: WebSessionDep) 
     except ModelNotFound:
         raise PageError(404, "Model not found", "No model of this name is installed.", ws) from None
     model = entry.model
-    return render(request, "model.html", ws=ws, m=ModelDetail.of_detail(entry),
-                  manifest=entry.manifest, note=model_note(entry),
-                  cam_error=model.cam_error if model else None)
+    return render(
+        request,
+        "model.html",
+        ws=ws,
+        m=ModelDetail.of_detail(entry),
+        manifest=entry.manifest,
+        note=model_note(entry),
+        cam_error=model.cam_error if model else None,
+    )
 
 
 # --- administration ---------------------------------------------------------------------------
 
 
 def _users_page(
-    request: Request, db: Session, ws: WebSession, *, error: str | None = None,
-    notice: str | None = None, form: dict[str, str] | None = None, status: int = 200,
+    request: Request,
+    db: Session,
+    ws: WebSession,
+    *,
+    error: str | None = None,
+    notice: str | None = None,
+    form: dict[str, str] | None = None,
+    status: int = 200,
 ) -> HTMLResponse:
     rows, total = users.list_users(db=db, limit=500)
-    return render(request, "users.html", ws=ws, status=status, users=rows, total=total,
-                  roles=[r.value for r in Role], error=error, notice=notice,
-                  form=form or {"username": "", "role": Role.clinician.value})
+    return render(
+        request,
+        "users.html",
+        ws=ws,
+        status=status,
+        users=rows,
+        total=total,
+        roles=[r.value for r in Role],
+        error=error,
+        notice=notice,
+        form=form or {"username": "", "role": Role.clinician.value},
+    )
 
 
 @router.get("/admin/users", response_class=HTMLResponse)
 def users_page(
-    request: Request, db: SessionDep, ws: AdminSession,
-    created: QueryStr = None, updated: QueryStr = None,
+    request: Request,
+    db: SessionDep,
+    ws: AdminSession,
+    created: QueryStr = None,
+    updated: QueryStr = None,
 ) -> Response:
     notice = None
     for key, verb in ((created, "created"), (updated, "updated")):
@@ -371,7 +586,7 @@ def users_page(
 
 
 _FIELD_HELP = {
-    "username": "Username: 3–64 characters, letters, digits and _ . @ - only.",
+    "username": "Username: 3 to 64 characters, letters, digits and _ . @ - only.",
     "password": "Password: at least 10 characters.",
     "role": "Role: choose admin, clinician or viewer.",
 }
@@ -379,8 +594,13 @@ _FIELD_HELP = {
 
 @router.post("/admin/users", response_class=HTMLResponse)
 def users_create(
-    request: Request, db: SessionDep, state: StateDep, ws: AdminSession,
-    username: FormStr = None, password: FormStr = None, role: FormStr = None,
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    ws: AdminSession,
+    username: FormStr = None,
+    password: FormStr = None,
+    role: FormStr = None,
     csrf_token: FormStr = None,
 ) -> Response:
     require_csrf(request, db, state, ws, csrf_token)
@@ -394,8 +614,13 @@ def users_create(
         problem = " ".join(_FIELD_HELP.get(f, f"{f}: invalid") for f in fields)
         return _users_page(request, db, ws, error=problem, form=form, status=422)
     try:
-        user = users.create(db=db, ctx=request_context(request, ws.username),
-                            username=body.username, password=body.password, role=body.role)
+        user = users.create(
+            db=db,
+            ctx=request_context(request, ws.username),
+            username=body.username,
+            password=body.password,
+            role=body.role,
+        )
     except users.UserExists as exc:
         return _users_page(request, db, ws, error=str(exc), form=form, status=409)
     return _redirect(f"/admin/users?created={user.id}")
@@ -403,8 +628,14 @@ def users_create(
 
 @router.post("/admin/users/{user_id}", response_class=HTMLResponse)
 def users_update(
-    user_id: int, request: Request, db: SessionDep, state: StateDep, ws: AdminSession,
-    role: FormStr = None, disabled: FormStr = None, csrf_token: FormStr = None,
+    user_id: int,
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    ws: AdminSession,
+    role: FormStr = None,
+    disabled: FormStr = None,
+    csrf_token: FormStr = None,
 ) -> Response:
     require_csrf(request, db, state, ws, csrf_token)
     user = users.get(db=db, user_id=user_id)
@@ -415,9 +646,13 @@ def users_update(
     if disabled not in (None, "", "true", "false"):
         return _users_page(request, db, ws, error="Unknown account status.", status=422)
     try:
-        users.update(db=db, ctx=request_context(request, ws.username), user=user,
-                     role=Role(role) if role else None,
-                     disabled=None if not disabled else disabled == "true")
+        users.update(
+            db=db,
+            ctx=request_context(request, ws.username),
+            user=user,
+            role=Role(role) if role else None,
+            disabled=None if not disabled else disabled == "true",
+        )
     except users.LastAdmin as exc:
         db.rollback()
         return _users_page(request, db, ws, error=f"{exc}.", status=409)
@@ -426,16 +661,32 @@ def users_update(
 
 @router.get("/admin/audit", response_class=HTMLResponse)
 def audit_page(
-    request: Request, db: SessionDep, ws: AdminSession,
-    actor: QueryStr = None, action: QueryStr = None, page: QueryStr = None,
+    request: Request,
+    db: SessionDep,
+    ws: AdminSession,
+    actor: QueryStr = None,
+    action: QueryStr = None,
+    page: QueryStr = None,
 ) -> Response:
     params = {"actor": (actor or "").strip()[:64], "action": (action or "").strip()[:64]}
     number = parse_page(page)
-    rows, total = audit.list_events(db, limit=AUDIT_PAGE_SIZE, offset=(number - 1) * AUDIT_PAGE_SIZE,
-                                    actor=params["actor"] or None, action=params["action"] or None)
-    return render(request, "audit.html", ws=ws, events=rows, params=params,
-                  chain=audit.verify_chain(db), actions=KNOWN_ACTIONS,
-                  pages=Pagination(number, AUDIT_PAGE_SIZE, total, params))
+    rows, total = audit.list_events(
+        db,
+        limit=AUDIT_PAGE_SIZE,
+        offset=(number - 1) * AUDIT_PAGE_SIZE,
+        actor=params["actor"] or None,
+        action=params["action"] or None,
+    )
+    return render(
+        request,
+        "audit.html",
+        ws=ws,
+        events=rows,
+        params=params,
+        chain=audit.verify_chain(db),
+        actions=KNOWN_ACTIONS,
+        pages=Pagination(number, AUDIT_PAGE_SIZE, total, params),
+    )
 
 
 # --- mounting ---------------------------------------------------------------------------------
@@ -450,8 +701,15 @@ async def _login_required(request: Request, exc: Exception) -> Response:
 
 async def _page_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, PageError)
-    return render(request, "error.html", ws=exc.ws, status=exc.status_code, code=exc.status_code,
-                  title=exc.title, message=exc.message)
+    return render(
+        request,
+        "error.html",
+        ws=exc.ws,
+        status=exc.status_code,
+        code=exc.status_code,
+        title=exc.title,
+        message=exc.message,
+    )
 
 
 def mount(app: FastAPI) -> None:

@@ -1,0 +1,106 @@
+"""The same code on SQLite and on the real PostgreSQL server (127.0.0.1:5432): migrations, the
+main path, the append-only hash-chained audit trail and concurrent appends."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from clearscan.app import create_app
+from clearscan.audit import service as audit
+from clearscan.config import Settings
+from tests.conftest import ADMIN_PASSWORD, PASSWORD, login, png_bytes
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+def _pg_available() -> bool:
+    try:
+        import psycopg
+
+        psycopg.connect(
+            "host=127.0.0.1 port=5432 user=postgres dbname=postgres", connect_timeout=3
+        ).close()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend_settings(request, settings: Settings) -> Iterator[Settings]:
+    if request.param == "sqlite":
+        yield settings
+        return
+    if not _pg_available():
+        pytest.fail("PostgreSQL is not reachable on 127.0.0.1:5432 (the test machine runs it)")
+    import psycopg
+
+    name = f"clearscan_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield settings.model_copy(
+            update={"database_url": f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"}
+        )
+    finally:
+        with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_main_path_and_audit_on_backend(backend_settings, registry):
+    app = create_app(backend_settings, registry=registry)
+    state = app.state.clearscan
+    try:
+        with TestClient(app) as c:
+            admin = login(c, "admin", ADMIN_PASSWORD)
+            r = c.post(
+                "/api/v1/users",
+                headers=admin,
+                json={"username": "doc", "password": PASSWORD, "role": "clinician"},
+            )
+            assert r.status_code == 201
+            doc = login(c, "doc", PASSWORD)
+            r = c.post(
+                "/api/v1/predict",
+                headers=doc,
+                data={"patient_ref": "P1"},
+                files=[("file", ("x.png", png_bytes(), "image/png"))],
+            )
+            assert r.status_code == 200, r.text
+            pred = r.json()["predictions"][0]
+            label = pred["top_label"]
+            assert c.get(f"/api/v1/cases?label={label}&user=doc", headers=doc).json()["total"] == 1
+            rv = c.post(
+                f"/api/v1/predictions/{pred['id']}/review", headers=doc, json={"agree": True}
+            )
+            assert rv.status_code == 201
+            case = c.get(f"/api/v1/cases/{r.json()['case_id']}", headers=doc).json()
+            assert case["images"][0]["predictions"][0]["reviews"][0]["user"] == "doc"
+
+        def worker(n: int) -> None:
+            for i in range(5):
+                with state.sessions() as db:
+                    audit.record(db, audit.RequestContext(actor=f"w{n}"), audit.Entry(f"t.{i}"))
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with state.sessions() as db:
+            report = audit.verify_chain(db)
+            assert report.ok, report
+            with pytest.raises(DBAPIError):
+                db.execute(text("UPDATE audit_events SET actor = 'x'"))
+            db.rollback()
+            with pytest.raises(DBAPIError):
+                db.execute(text("DELETE FROM audit_events"))
+            db.rollback()
+    finally:
+        state.engine.dispose()
