@@ -134,9 +134,12 @@ def save_case(
     db.flush()
     entries = [audit.Entry("case.create", object_type="case", object_id=case.id)]
     predictions = []
+    payloads = [a.data for a in analyses] + [a.heatmap_png for a in analyses if a.heatmap_png]
+    stored = iter(blobs.put_many(payloads))
+    digests = [next(stored) for _ in analyses]
+    heats = [next(stored) if a.heatmap_png else None for a in analyses]
     for pos, a in enumerate(analyses):
-        digest = blobs.put(a.data)
-        heat = blobs.put(a.heatmap_png) if a.heatmap_png is not None else None
+        digest, heat = digests[pos], heats[pos]
         img = a.image
         image = Image(
             case_id=case.id,

@@ -1,4 +1,4 @@
-"""Sniff, validate, decode and render medical images (PNG, JPEG, DICOM, NIfTI) from untrusted uploads.
+"""Sniff, validate, decode and render medical images (PNG, JPEG, DICOM, NIfTI) from uploads.
 
 Typical use::
 

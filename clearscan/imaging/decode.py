@@ -14,6 +14,7 @@ Design rules (uploads are untrusted):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import struct
@@ -35,8 +36,6 @@ _DEFLATED_TS = "1.2.840.10008.1.2.1.99"
 _DICOM_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _CS_RE = re.compile(r"^[A-Z0-9_ ]{1,16}$")
-# Explicit VR value representations with a 4-byte length field.
-_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 # NIfTI datatype code -> (name, bytes per voxel) for the types we decode.
 _NIFTI_DTYPES: dict[int, tuple[str, int]] = {
     2: ("uint8", 1),
@@ -93,7 +92,7 @@ class DecodedImage:
     transfer_syntax: str | None
 
 
-def decode(data: bytes, *, limits: Limits = Limits(), frame: int | None = None) -> DecodedImage:  # noqa: B008
+def decode(data: bytes, *, limits: Limits = Limits(), frame: int | None = None) -> DecodedImage:
     """Sniff, validate and decode ``data``.
 
     ``frame`` selects the DICOM frame or NIfTI slice (along the third axis of the RAS-oriented
@@ -217,12 +216,13 @@ def _decode_raster(data: bytes, fmt: str, limits: Limits, frame: int | None) -> 
             im.seek(0)  # APNG: first frame only
             im.load()
         except Exception as exc:
-            raise CorruptImage(f"{name} image is truncated or corrupt: {_describe_exc(exc)}") from exc
+            raise CorruptImage(
+                f"{name} image is truncated or corrupt: {_describe_exc(exc)}"
+            ) from exc
         if fmt == "jpeg":
-            try:
+            # A broken EXIF block only loses the orientation hint.
+            with contextlib.suppress(Exception):
                 ImageOps.exif_transpose(im, in_place=True)
-            except Exception:  # noqa: S110 - a broken EXIF block only loses the orientation hint
-                pass
         pixels, channels = _pil_pixels(im)
 
     h, w = pixels.shape[:2]
@@ -280,49 +280,39 @@ def _pil_pixels(im: Any) -> tuple[np.ndarray, int]:
 # --------------------------------------------------------------------------- DICOM
 
 
-def _dicom_meta_transfer_syntax(data: bytes) -> tuple[str | None, int]:
-    """Read (0002,0010) from the file meta group without pydicom; return (uid, dataset start).
+def _deflated_dataset_offset(data: bytes) -> int | None:
+    """Where the deflated dataset starts if pydicom would treat ``data`` as deflated, else None.
 
-    Only needed to spot the deflated transfer syntax, which pydicom would inflate without any
-    size bound.
+    ``dcmread`` inflates a Deflated Explicit VR Little Endian dataset with an unbounded
+    ``zlib.decompress`` (a deflate bomb), so such files are inflated here with a cap instead.
+    pydicom can only see that transfer syntax if its UID is spelled out in the bytes; when it is,
+    pydicom's own file-meta reader (the one ``dcmread`` uses) makes the decision, so the two can
+    never disagree.
     """
-    pos = 132 if data[128:132] == b"DICM" else 0
-    uid: str | None = None
-    end = len(data)
-    while pos + 8 <= end:
-        group, element = struct.unpack_from("<HH", data, pos)
-        if group != 0x0002:
-            break
-        vr = data[pos + 4 : pos + 6]
-        if vr in _LONG_VRS:
-            if pos + 12 > end:
-                break
-            (length,) = struct.unpack_from("<I", data, pos + 8)
-            header = 12
-        elif vr.isalpha() and vr.isupper():
-            (length,) = struct.unpack_from("<H", data, pos + 6)
-            header = 8
-        else:  # implicit VR (non-conformant but seen in the wild)
-            (length,) = struct.unpack_from("<I", data, pos + 4)
-            header = 8
-        if length == 0xFFFFFFFF:
-            break
-        if element == 0x0010:
-            uid = data[pos + header : pos + header + length].rstrip(b"\x00 ").decode("latin-1")
-        pos += header + length
-    return uid, pos
+    if _DEFLATED_TS.encode() not in data:
+        return None
+    fp = BytesIO(data)
+    try:
+        from pydicom.filereader import _read_file_meta_info, read_preamble
+
+        read_preamble(fp, True)
+        transfer_syntax = _read_file_meta_info(fp).get("TransferSyntaxUID", None)
+    except Exception as exc:
+        raise CorruptImage(
+            f"DICOM file meta information is unreadable: {_describe_exc(exc)}"
+        ) from exc
+    return fp.tell() if transfer_syntax == _DEFLATED_TS else None
 
 
 def _read_dicom(data: bytes, limits: Limits) -> tuple[Any, str | None]:
     """Parse the dataset; also return the stored transfer syntax when it was deflated."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
-    from pydicom.filebase import DicomBytesIO
     from pydicom.filereader import read_dataset
     from pydicom.uid import ExplicitVRLittleEndian
 
-    meta_ts, dataset_start = _dicom_meta_transfer_syntax(data)
-    if meta_ts == _DEFLATED_TS:
+    dataset_start = _deflated_dataset_offset(data)
+    if dataset_start is not None:
         # pydicom would zlib.decompress() the whole stream unbounded: inflate it ourselves with
         # a hard cap (4 bytes per allowed pixel plus room for the header).
         cap = limits.max_pixels * 4 + 16 * 1024 * 1024
@@ -332,7 +322,7 @@ def _read_dicom(data: bytes, limits: Limits) -> tuple[Any, str | None]:
                 f"deflated DICOM data expands to more than {cap:,} bytes, over the limit"
             )
         try:
-            ds = read_dataset(DicomBytesIO(inflated), is_implicit_VR=False, is_little_endian=True)
+            ds = read_dataset(BytesIO(inflated), is_implicit_VR=False, is_little_endian=True)
         except Exception as exc:
             raise CorruptImage(f"could not parse deflated DICOM: {_describe_exc(exc)}") from exc
         ds.file_meta = FileMetaDataset()
@@ -683,9 +673,7 @@ def _dicom_grayscale(
     return values, _rescale(values, lo, hi), ((lo + hi) / 2.0, hi - lo)
 
 
-def _dicom_voi(
-    values: np.ndarray, ds: Any
-) -> tuple[np.ndarray, tuple[float, float] | None] | None:
+def _dicom_voi(values: np.ndarray, ds: Any) -> tuple[np.ndarray, tuple[float, float] | None] | None:
     """Apply the file's VOI LUT or first window; None when absent or unusable (-> min-max).
 
     VOI LUT tables and SIGMOID windows go through pydicom's ``apply_voi``/``apply_windowing``.
@@ -814,9 +802,7 @@ def _parse_nifti_header(head: bytes) -> _NiftiHeader:
     if ndim < 2:
         raise CorruptImage("NIfTI image is 1-dimensional; a 2D or 3D image is needed")
     if dtype_code in _NIFTI_UNSUPPORTED:
-        raise UnsupportedFormat(
-            f"NIfTI datatype {_NIFTI_UNSUPPORTED[dtype_code]} is not supported"
-        )
+        raise UnsupportedFormat(f"NIfTI datatype {_NIFTI_UNSUPPORTED[dtype_code]} is not supported")
     if dtype_code not in _NIFTI_DTYPES:
         raise CorruptImage(f"NIfTI header has an unknown datatype code {dtype_code}")
     if not size + 4 <= vox_offset <= _MAX_NIFTI_VOX_OFFSET:
@@ -832,7 +818,7 @@ def _decode_nifti(data: bytes, limits: Limits, frame: int | None) -> DecodedImag
     head = gunzip_prefix(data, 540) if compressed else data[:540]
     hdr = _parse_nifti_header(head)
 
-    spatial = (hdr.shape + (1, 1))[:3]
+    spatial = (*hdr.shape, 1, 1)[:3]
     nx, ny, nz = spatial
     if max(spatial) > limits.max_dimension:
         raise ImageTooLarge(

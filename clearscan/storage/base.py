@@ -22,6 +22,10 @@ class BlobStore(Protocol):
         """Store `data` durably; return its sha256 hex digest. Idempotent."""
         ...
 
+    def put_many(self, items: list[bytes]) -> list[str]:
+        """Store several blobs (concurrently where the backend can); digests in order."""
+        ...
+
     def get(self, digest: str) -> bytes:
         """Return the bytes for `digest`, verified; raise BlobNotFound / BlobIntegrityError."""
         ...

@@ -3,10 +3,12 @@ fsync, rename, fsync directory), so an acknowledged blob survives a crash; reads
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from clearscan.storage.base import BlobError, BlobIntegrityError, BlobNotFound
@@ -44,6 +46,12 @@ class LocalBlobStore:
         _fsync_dir(path.parent)
         return digest
 
+    def put_many(self, items: list[bytes]) -> list[str]:
+        """Each put waits on two fsyncs; doing them side by side halves a request's wait."""
+        if len(items) <= 1:
+            return [self.put(d) for d in items]
+        return list(_io_pool().map(self.put, items))
+
     def get(self, digest: str) -> bytes:
         path = self._path(digest)
         try:
@@ -67,6 +75,11 @@ class LocalBlobStore:
             os.unlink(tmp)
         except OSError as exc:
             raise BlobError(f"blob store at {self.root} is not writable: {exc}") from exc
+
+
+@functools.cache
+def _io_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=8, thread_name_prefix="blob-io")
 
 
 def _fsync_dir(path: Path) -> None:

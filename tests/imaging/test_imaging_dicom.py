@@ -69,7 +69,11 @@ def test_invalid_window_falls_back_to_min_max(imgdata):
 def test_linear_exact_and_multi_valued_window(imgdata):
     data = imgdata.dicom(
         STORED,
-        extra={"VOILUTFunction": "LINEAR_EXACT", "WindowCenter": [2000, 40], "WindowWidth": [1000, 80]},
+        extra={
+            "VOILUTFunction": "LINEAR_EXACT",
+            "WindowCenter": [2000, 40],
+            "WindowWidth": [1000, 80],
+        },
     )
     img = decode(data)
     assert img.window == (2000.0, 1000.0)
@@ -78,7 +82,9 @@ def test_linear_exact_and_multi_valued_window(imgdata):
 
 
 def test_sigmoid_window_uses_pydicom(imgdata):
-    img = decode(imgdata.dicom(STORED, window=(2000.0, 1000.0), extra={"VOILUTFunction": "SIGMOID"}))
+    img = decode(
+        imgdata.dicom(STORED, window=(2000.0, 1000.0), extra={"VOILUTFunction": "SIGMOID"})
+    )
     assert 0.0 <= img.pixels.min() < 0.01 and 0.99 < img.pixels.max() <= 1.0
     assert img.pixels[1, 1] == pytest.approx(0.5, abs=1e-3)  # stored 2000 == center
 
@@ -274,9 +280,7 @@ def test_patient_identifiers_never_in_errors(imgdata):
         imgdata.dicom(STORED)[:-5],
         imgdata.dicom(STORED, extra={"SamplesPerPixel": 4}),
         imgdata.dicom(STORED, extra={"BitsAllocated": 12}),
-        imgdata.dicom(STORED, extra={"NumberOfFrames": 31415926}).replace(
-            b"31415926", b"3141592x"
-        ),
+        imgdata.dicom(STORED, extra={"NumberOfFrames": 31415926}).replace(b"31415926", b"3141592x"),
     ]
     for data in variants:
         with pytest.raises(ImagingError) as info:

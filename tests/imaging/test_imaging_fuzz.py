@@ -48,7 +48,9 @@ def _mutate(data: bytes, rng: np.random.Generator) -> bytes:
         buf[pos:pos] = rng.integers(0, 256, int(rng.integers(1, 64)), dtype=np.uint8).tobytes()
     else:  # overwrite a 4-byte field with an extreme value
         pos = int(rng.integers(0, max(len(buf) - 4, 1)))
-        buf[pos : pos + 4] = bytes(rng.choice([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\x00\x01"]))
+        buf[pos : pos + 4] = bytes(
+            rng.choice([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\x00\x01"])
+        )
     return bytes(buf)
 
 

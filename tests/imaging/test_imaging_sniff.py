@@ -104,7 +104,7 @@ def test_header_only_nifti_is_sniffed_then_refused(imgdata):
     data = bytearray(imgdata.nifti(np.zeros((4, 4, 4), np.uint8)))
     data[344:348] = b"ni1\x00"
     assert sniff(bytes(data)) == "nifti"
-    with pytest.raises(UnsupportedFormat, match="separate .img"):
+    with pytest.raises(UnsupportedFormat, match=r"separate \.img"):
         decode(bytes(data))
 
 

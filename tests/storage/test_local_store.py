@@ -40,3 +40,11 @@ def test_missing_and_malformed_digests(tmp_path):
 def test_check_writable(tmp_path):
     store = LocalBlobStore(tmp_path / "b")
     store.check_writable()
+
+
+def test_put_many_keeps_order(tmp_path):
+    store = LocalBlobStore(tmp_path)
+    items = [b"a", b"b", b"a", b"c" * 1000]
+    digests = store.put_many(items)
+    assert digests == [hashlib.sha256(x).hexdigest() for x in items]
+    assert [store.get(d) for d in digests] == items
