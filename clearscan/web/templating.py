@@ -29,7 +29,8 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 # Labels that mean "nothing found" get the calm colour; every other label a stable palette slot.
 _NEGATIVE_LABELS = {"normal", "negative", "no finding", "no_finding", "benign", "healthy"}
 _PALETTE_SLOTS = 6
-_markdown = MarkdownIt("commonmark", {"html": False})
+# CommonMark with raw HTML off; GFM tables (a core markdown-it rule) on, as model cards use them.
+_markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
 
 
 def format_dt(value: datetime | None, *, with_seconds: bool = False) -> str:

@@ -80,8 +80,10 @@ def browser() -> Iterator[Any]:
             b.close()
 
 
-def _login(page: Any, base_url: str, username: str, password: str) -> None:
+def _login(page: Any, base_url: str, username: str, password: str, shot: str = "") -> None:
     page.goto(f"{base_url}/login")
+    if shot:
+        page.screenshot(path=str(ARTIFACTS / shot))
     page.get_by_label("Username").fill(username)
     page.get_by_label("Password").fill(password)
     page.get_by_test_id("sign-in").click()
@@ -103,7 +105,7 @@ def _images_loaded(page: Any) -> None:
 
 def test_clinician_flow(browser: Any, base_url: str, tmp_path: Path) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
-    context = browser.new_context(viewport={"width": 1366, "height": 860})
+    context = browser.new_context(viewport={"width": 1366, "height": 860}, reduced_motion="reduce")
     context.add_init_script(CSP_LISTENER)
     page = context.new_page()
     page.set_default_timeout(15_000)
@@ -113,7 +115,7 @@ def test_clinician_flow(browser: Any, base_url: str, tmp_path: Path) -> None:
     page.on("pageerror", lambda e: problems.append(f"{page.url}: page error {e}"))
 
     # Admin creates a clinician.
-    _login(page, base_url, "admin", ADMIN_PASSWORD)
+    _login(page, base_url, "admin", ADMIN_PASSWORD, shot="login.png")
     assert page.url.endswith("/analyze")
     page.get_by_test_id("nav-users").click()
     page.get_by_test_id("new-username").fill(CLINICIAN)
@@ -122,6 +124,7 @@ def test_clinician_flow(browser: Any, base_url: str, tmp_path: Path) -> None:
     page.get_by_test_id("create-user").click()
     page.get_by_test_id("success-message").wait_for()
     assert page.locator(f'[data-testid=user-row][data-username="{CLINICIAN}"]').count() == 1
+    page.screenshot(path=str(ARTIFACTS / "users.png"))
     _sign_out(page)
 
     # The clinician uploads a 16-bit, non-square DICOM (384 rows x 512 columns): the model sees
@@ -164,6 +167,8 @@ def test_clinician_flow(browser: Any, base_url: str, tmp_path: Path) -> None:
                    return i.src.endsWith('?preset=auto') && i.complete && i.naturalWidth > 0; }"""
     )
     page.get_by_test_id("opacity").fill("45")
+    page.get_by_test_id("presets").get_by_role("button", name="Default").click()
+    _images_loaded(page)
     page.screenshot(path=str(ARTIFACTS / "case.png"), full_page=True)
 
     # Disagree, with the correct label and a comment.
@@ -201,7 +206,7 @@ def test_clinician_flow(browser: Any, base_url: str, tmp_path: Path) -> None:
     page.get_by_test_id("nav-models").click()
     page.locator("a", has_text="pneumonia-cxr").first.click()
     page.get_by_test_id("model-card").wait_for()
-    page.screenshot(path=str(ARTIFACTS / "model.png"))
+    page.screenshot(path=str(ARTIFACTS / "model.png"), full_page=True)
     context.close()
 
     assert problems == []

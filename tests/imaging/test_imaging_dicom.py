@@ -344,3 +344,13 @@ def test_keyboard_interrupt_propagates(imgdata, monkeypatch):
     monkeypatch.setattr("pydicom.pixels.pixel_array", interrupt)
     with pytest.raises(KeyboardInterrupt):
         decode(imgdata.dicom(STORED))
+
+
+def test_float_pixel_data(imgdata):
+    arr = np.array([[0.5, -1.25], [3.0, 10.0]], np.float32)
+    header = {k: v for k, v in _image_header(rows=2, cols=2, bits=32).items() if "Bit" not in k}
+    header.update(BitsAllocated=32, FloatPixelData=arr.tobytes())
+    del header["PixelRepresentation"]
+    img = decode(imgdata.dicom(None, extra=header, modality="MR"))
+    np.testing.assert_allclose(img.values, arr)
+    assert img.pixels.min() == 0.0 and img.pixels.max() == 1.0
