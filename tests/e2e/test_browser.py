@@ -24,8 +24,14 @@ from tests.conftest import ADMIN_PASSWORD, chest_like, dicom_bytes
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CLINICIAN, CLINICIAN_PASSWORD = "dr.grey", "clinician-password-42"
 # Report CSP violations on the console, where the test collects them. Init scripts run outside
@@ -47,11 +53,22 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data = tmp_path_factory.mktemp("e2e-data")
-    settings = Settings(data_dir=data, admin_password=ADMIN_PASSWORD,
-                        secret_key="e2e-secret-key-that-is-long-enough-0123456789")
+    settings = Settings(
+        data_dir=data,
+        admin_password=ADMIN_PASSWORD,
+        secret_key="e2e-secret-key-that-is-long-enough-0123456789",
+    )
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                                           log_level="warning", access_log=False, lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -110,8 +127,9 @@ def test_clinician_flow(browser: Any, base_url: str, tmp_path: Path) -> None:
     page = context.new_page()
     page.set_default_timeout(15_000)
     problems: list[str] = []
-    page.on("console", lambda m: problems.append(f"{page.url}: {m.text}") if m.type == "error"
-            else None)
+    page.on(
+        "console", lambda m: problems.append(f"{page.url}: {m.text}") if m.type == "error" else None
+    )
     page.on("pageerror", lambda e: problems.append(f"{page.url}: page error {e}"))
 
     # Admin creates a clinician.
