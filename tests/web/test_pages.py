@@ -15,7 +15,6 @@ from httpx import Response
 
 from clearscan.app import create_app
 from clearscan.audit.service import list_events
-from clearscan.config import Settings
 from clearscan.web.forms import check_login_csrf, new_login_csrf, safe_next
 from clearscan.web.templating import markdown
 from tests.conftest import ADMIN_PASSWORD, PASSWORD, chest_like, dicom_bytes, png_bytes
@@ -23,6 +22,7 @@ from tests.conftest import ADMIN_PASSWORD, PASSWORD, chest_like, dicom_bytes, pn
 CSRF = re.compile(r'name="csrf_token" value="([^"]*)"')
 _names = itertools.count()
 Browser = Callable[[str], TestClient]
+DASH = "\u2013"
 
 
 def csrf_of(html: str) -> str:
@@ -132,6 +132,8 @@ def test_session_cookie_secure_flag(settings, registry, mode, scheme, secure):
     app = create_app(settings.model_copy(update={"secure_cookies": mode}), registry=registry)
     with TestClient(app, base_url=f"{scheme}://testserver") as c:
         page = c.get("/login")
+        # httpx keeps a Secure cookie from going over http; the server set it, send it anyway.
+        c.cookies.set("clearscan_login_csrf", csrf_of(page.text), path="/login")
         r = c.post(
             "/login",
             data={
@@ -139,7 +141,6 @@ def test_session_cookie_secure_flag(settings, registry, mode, scheme, secure):
                 "password": ADMIN_PASSWORD,
                 "csrf_token": csrf_of(page.text),
             },
-            cookies={"clearscan_login_csrf": csrf_of(page.text)},
             follow_redirects=False,
         )
         assert r.status_code == 303
@@ -295,17 +296,26 @@ def test_viewer_cannot_post_analyze(browser, client, admin_headers):
     assert case_total(client, admin_headers) == 0
 
 
-@pytest.mark.parametrize("token", [None, "", "0" * 64, "other-session"])
+@pytest.mark.parametrize("how", ["missing", "empty", "wrong", "other-session"])
 def test_post_without_valid_csrf_is_rejected_and_changes_nothing(
-    browser, client, admin_headers, token
+    browser, client, admin_headers, how
 ):
     clinician, admin = browser("clinician"), browser("admin")
-    if token == "other-session":
-        token = csrf_of(admin.get("/cases").text)
-    data = {} if token is None else {"csrf_token": token}
+    tokens = {
+        "missing": (None, None),
+        "empty": ("", ""),
+        "wrong": ("0" * 64, "0" * 64),
+        # each client sends the other session's (valid) token
+        "other-session": (csrf_of(admin.get("/cases").text), csrf_of(clinician.get("/cases").text)),
+    }
+    for_clinician, for_admin = tokens[how]
+
+    def form(token: str | None, **fields: str) -> dict[str, str]:
+        return fields if token is None else {"csrf_token": token, **fields}
+
     r = clinician.post(
         "/analyze",
-        data=data,
+        data=form(for_clinician),
         files=[("file", ("x.png", png_bytes(), "image/png"))],
         follow_redirects=False,
     )
@@ -313,15 +323,13 @@ def test_post_without_valid_csrf_is_rejected_and_changes_nothing(
     assert case_total(client, admin_headers) == 0
     r = admin.post(
         "/admin/users",
-        data={**data, "username": "sneaky", "password": PASSWORD, "role": "admin"},
+        data=form(for_admin, username="sneaky", password=PASSWORD, role="admin"),
         follow_redirects=False,
     )
     assert r.status_code == 403
-    names = [
-        u["username"] for u in client.get("/api/v1/users", headers=admin_headers).json()["items"]
-    ]
-    assert "sneaky" not in names
-    r = clinician.post("/logout", data=data, follow_redirects=False)
+    users = client.get("/api/v1/users", headers=admin_headers).json()["items"]
+    assert "sneaky" not in [u["username"] for u in users]
+    r = clinician.post("/logout", data=form(for_clinician), follow_redirects=False)
     assert r.status_code == 403
     assert clinician.get("/cases", follow_redirects=False).status_code == 200  # still signed in
     denied = audit_items(client, admin_headers, action="access.denied")
@@ -560,14 +568,14 @@ def test_cases_list_filters_and_pagination(browser):
         assert analyze(c, [("x.png", small)], patient_ref=f"P-{i:02d}").status_code == 303
     html = c.get("/cases").text
     assert html.count('data-testid="case-row"') == 20
-    assert "1–20 of 21 cases" in html and 'href="?page=2"' in html
+    assert f"1{DASH}20 of 21 cases" in html and 'href="?page=2"' in html
     page2 = c.get("/cases?page=2").text
-    assert page2.count('data-testid="case-row"') == 1 and "21–21 of 21 cases" in page2
+    assert page2.count('data-testid="case-row"') == 1 and f"21{DASH}21 of 21 cases" in page2
     assert "P-00" in page2  # oldest last
 
     top = c.get("/api/v1/cases?limit=1").json()["items"][0]["top_labels"][0]
     other = "normal" if top == "pneumonia" else "pneumonia"
-    assert f'<span class="chip' in html and f">{top}</span>" in html
+    assert '<span class="chip' in html and f">{top}</span>" in html
     assert c.get(f"/cases?label={top}").text.count('data-testid="case-row"') == 20
     assert "No cases found" in c.get(f"/cases?label={other}").text
     me = c.headers["x-test-user"]
@@ -595,7 +603,7 @@ def test_model_pages(browser):
         "1.0.0",
         "classification",
         "chest",
-        "28 × 28 px",
+        "28 \u00d7 28 px",
         "Grad-CAM",
         "auc",
         "0.956",
@@ -645,9 +653,8 @@ def test_admin_creates_and_updates_users(browser):
     assert bad.status_code == 422
     assert "Username" in bad.text and "Password" in bad.text and "Role" in bad.text
 
-    uid = re.search(
-        r'action="/admin/users/(\d+)"[^>]*>\s*<input[^>]*>\s*<label[^>]*>Role of dr\.house', page
-    ).group(1)
+    users = admin.get("/api/v1/users").json()["items"]  # the session cookie works for API GETs
+    uid = next(u["id"] for u in users if u["username"] == "dr.house")
     r = admin.post(
         f"/admin/users/{uid}", data={"csrf_token": token, "role": "viewer"}, follow_redirects=False
     )
