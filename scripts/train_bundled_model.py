@@ -177,15 +177,6 @@ def train(
         pct_start=0.15,
         anneal_strategy="cos",
     )
-    ema = (
-        torch.optim.swa_utils.AveragedModel(
-            model,
-            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema),
-            use_buffers=True,
-        )
-        if args.ema > 0
-        else None
-    )
     gen = torch.Generator().manual_seed(args.seed)
 
     best_auc, best_epoch, best_state, since_best = -1.0, 0, None, 0
@@ -206,12 +197,9 @@ def train(
             loss.backward()
             opt.step()
             sched.step()
-            if ema is not None:
-                ema.update_parameters(model)
             total += loss.item() * len(idx)
         epochs_run = epoch
-        eval_model = ema.module if ema is not None else model
-        prob = predict_proba(eval_model, xva)
+        prob = predict_proba(model, xva)
         auc = roc_auc(yva, prob)
         _, bacc = choose_threshold(yva, prob)
         acc = float(((prob >= 0.5) == yva).mean())
@@ -223,7 +211,7 @@ def train(
         )
         if auc > best_auc:
             best_auc, best_epoch, since_best = auc, epoch, 0
-            best_state = copy.deepcopy(eval_model.state_dict())
+            best_state = copy.deepcopy(model.state_dict())
         else:
             since_best += 1
             if since_best >= args.patience:
@@ -373,7 +361,6 @@ def model_card(ctx: dict[str, Any]) -> str:
     t = ctx["threshold"]
     a = ctx["args"]
     cw = "on" if a.class_weights else "off"
-    ema = f", EMA of weights (decay {a.ema})" if a.ema > 0 else ""
     hflip = ", horizontal flip" if a.hflip else ""
     wall = ctx["wall_seconds"]
     make_note = (
@@ -419,7 +406,7 @@ Training recipe:
   {a.batch_size}; {ctx["epochs_run"]} epochs run, weights of the best validation-AUC epoch kept
   (epoch {ctx["best_epoch"]}, early-stopping patience {a.patience}).
 - Class-weighted cross-entropy (weights inverse to class frequency: {cw}), label smoothing
-  {a.label_smoothing}{ema}.
+  {a.label_smoothing}.
 - Augmentation: random rotation +/-{a.rotate} deg, scale +/-{a.scale}, shift +/-{a.shift} px,
   brightness +/-{a.brightness}, contrast +/-{a.contrast}{hflip}.
 - Seed {a.seed}; deterministic torch kernels; 2 CPU threads; wall time {wall:.0f} s for the
@@ -473,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=Path(DEFAULT_DATA), help="trainval .npz")
     p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="package directory")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--widths", default="24,48,96", help="channels of the three stages")
     p.add_argument("--lr", type=float, default=3e-3)
@@ -481,7 +468,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--label-smoothing", type=float, default=0.05)
     p.add_argument("--no-class-weights", dest="class_weights", action="store_false")
-    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of weights (0 = off)")
     p.add_argument("--patience", type=int, default=12, help="early-stopping patience (epochs)")
     p.add_argument("--rotate", type=float, default=10.0)
     p.add_argument("--scale", type=float, default=0.1)

@@ -203,6 +203,8 @@ def login_submit(
             details={"via": "web"},
         ),
     )
+    if previous := request.cookies.get(SESSION_COOKIE):
+        users.end_session(db=db, token=previous)  # a new sign-in replaces the old session
     minutes = state.settings.session_minutes
     token, _ = users.start_session(db=db, user=user, minutes=minutes)
     db.commit()
@@ -641,7 +643,7 @@ def users_update(
     user = users.get(db=db, user_id=user_id)
     if user is None:
         raise PageError(404, "User not found", "This user does not exist.", ws)
-    if role and role not in Role.__members__:
+    if role and role not in {r.value for r in Role}:
         return _users_page(request, db, ws, error=_FIELD_HELP["role"], status=422)
     if disabled not in (None, "", "true", "false"):
         return _users_page(request, db, ws, error="Unknown account status.", status=422)
@@ -655,7 +657,10 @@ def users_update(
         )
     except users.LastAdmin as exc:
         db.rollback()
-        return _users_page(request, db, ws, error=f"{exc}.", status=409)
+        message = str(exc)
+        return _users_page(
+            request, db, ws, error=f"{message[:1].upper()}{message[1:]}.", status=409
+        )
     return _redirect(f"/admin/users?updated={user.id}")
 
 

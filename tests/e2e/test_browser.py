@@ -87,6 +87,8 @@ def browser() -> Iterator[Any]:
         if os.environ.get("CLEARSCAN_E2E_REQUIRED") == "1":
             pytest.fail(f"{CHROMIUM} is missing and CLEARSCAN_E2E_REQUIRED=1")
         pytest.skip(f"{CHROMIUM} is not installed")
+    if os.environ.get("CLEARSCAN_E2E_REQUIRED") != "1":
+        pytest.importorskip("playwright.sync_api")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -202,6 +204,7 @@ def test_clinician_flow(browser: Any, base_url: str, tmp_path: Path) -> None:
     review = page.get_by_test_id("review").first
     assert "Disagrees" in review.inner_text() and CLINICIAN in review.inner_text()
     assert other in review.inner_text() and "e2e review" in review.inner_text()
+    page.get_by_test_id("prediction").screenshot(path=str(ARTIFACTS / "reviewed.png"))
 
     page.get_by_test_id("nav-cases").click()
     assert page.get_by_test_id("case-row").count() == 1

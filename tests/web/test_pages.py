@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 from httpx import Response
 
 from clearscan.app import create_app
-from clearscan.audit.service import list_events
+from clearscan.audit import service as audit_service
+from clearscan.audit.service import ChainReport, list_events
 from clearscan.web.forms import check_login_csrf, new_login_csrf, safe_next
 from clearscan.web.templating import markdown
 from tests.conftest import ADMIN_PASSWORD, PASSWORD, chest_like, dicom_bytes, png_bytes
@@ -198,26 +199,35 @@ def test_login_throttled_after_repeated_failures(settings, registry):
             assert rows[0].outcome == "throttled" and rows[0].details == {"via": "web"}
 
 
-@pytest.mark.parametrize(
-    ("target", "expected"),
-    [
+def test_login_next_only_same_site_paths(client):
+    cases = [
         ("/cases?page=2", "/cases?page=2"),
         ("//evil.example", "/analyze"),
         ("https://evil.example/", "/analyze"),
         ("/\\evil.example", "/analyze"),
         ("javascript:alert(1)", "/analyze"),
         ("/logout", "/analyze"),
-    ],
-)
-def test_login_next_only_same_site_paths(client, target, expected):
-    r = web_login(client, "admin", ADMIN_PASSWORD, next_url=target)
-    assert r.status_code == 303 and r.headers["location"] == expected
+    ]
+    for target, expected in cases:
+        client.cookies.clear()
+        r = web_login(client, "admin", ADMIN_PASSWORD, next_url=target)
+        assert r.status_code == 303 and r.headers["location"] == expected, target
 
 
 def test_safe_next():
     assert safe_next("/cases/x?y=1") == "/cases/x?y=1"
     for bad in ("", None, "cases", "//x", "/\\x", "/a\\b", "/a\nb", "http://x/", "\t/x"):
         assert safe_next(bad) is None
+
+
+def test_new_sign_in_ends_the_previous_session(app, browser):
+    viewer = browser("viewer")
+    fresh = TestClient(app, raise_server_exceptions=False)
+    token = csrf_of(fresh.get("/login").text)
+    fresh.cookies.set("clearscan_session", viewer.cookies["clearscan_session"])
+    data = {"username": "admin", "password": ADMIN_PASSWORD, "csrf_token": token}
+    assert fresh.post("/login", data=data, follow_redirects=False).status_code == 303
+    assert viewer.get("/cases", follow_redirects=False).status_code == 303
 
 
 def test_login_page_redirects_when_signed_in(browser):
@@ -238,12 +248,17 @@ GET_PAGES = [
 ]
 
 
-@pytest.mark.parametrize("path", [*GET_PAGES, "/", "/cases?label=normal"])
-def test_pages_redirect_to_login_without_session(client, path):
-    r = client.get(path, follow_redirects=False)
-    assert r.status_code == 303
-    loc = r.headers["location"]
-    assert loc == "/login" if path == "/" else loc == f"/login?next={quote(path, safe='')}"
+def test_pages_redirect_to_login_without_session(client):
+    for path in [*GET_PAGES, "/cases?label=normal", "/cases/some-id"]:
+        r = client.get(path, follow_redirects=False)
+        assert r.status_code == 303
+        assert r.headers["location"] == f"/login?next={quote(path, safe='')}"
+    assert client.get("/", follow_redirects=False).headers["location"] == "/login"
+    # a POST without a session changes nothing and goes to the sign-in page
+    r = client.post(
+        "/analyze", files=[("file", ("x.png", png_bytes(), "image/png"))], follow_redirects=False
+    )
+    assert r.status_code == 303 and r.headers["location"] == "/login"
 
 
 def test_invalid_session_cookie_redirects(client):
@@ -449,6 +464,19 @@ def test_analyze_rejection_rerenders_form_and_stores_nothing(browser, client, ad
     assert 'value="MRN-7"' in r.text  # the form keeps what was typed
     r = analyze(c, [("ct.dcm", dicom_bytes(modality="CT"))])
     assert r.status_code == 422 and "CT" in r.text
+    # A browser sends one empty, unnamed part when no file is chosen.
+    token = csrf_of(c.get("/analyze").text)
+    body = (
+        f'--XX\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n{token}\r\n'
+        '--XX\r\nContent-Disposition: form-data; name="file"; filename=""\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n\r\n--XX--\r\n"
+    )
+    r = c.post(
+        "/analyze",
+        content=body.encode(),
+        headers={"content-type": "multipart/form-data; boundary=XX"},
+    )
+    assert r.status_code == 422 and "Choose at least one image file" in r.text
     r = analyze(c, [], patient_ref="x")
     assert r.status_code == 422 and "Choose at least one image file" in r.text
     assert case_total(client, admin_headers) == 0
@@ -694,7 +722,7 @@ def test_last_admin_cannot_be_demoted(browser):
     assert admin.get("/admin/users").status_code == 200  # still an admin
 
 
-def test_audit_page_filters_and_chain_status(browser, app):
+def test_audit_page_filters_and_chain_status(browser, monkeypatch):
     admin = browser("admin")
     html = admin.get("/admin/audit").text
     assert 'data-testid="chain-status"' in html and "Chain intact:" in html
@@ -702,16 +730,11 @@ def test_audit_page_filters_and_chain_status(browser, app):
     filtered = admin.get("/admin/audit?action=user.create&actor=system").text
     assert filtered.count('data-testid="audit-row"') == 1 and "bootstrap" in filtered
 
-    # Tamper with an event: the page reports the first bad seq in red.
-    from sqlalchemy import update
-
-    from clearscan.audit.models import AuditEvent
-
-    with app.state.clearscan.sessions() as db:
-        db.execute(update(AuditEvent).where(AuditEvent.seq == 1).values(actor="mallory"))
-        db.commit()
+    # A broken chain is reported in red with the first bad seq.
+    broken = ChainReport(ok=False, checked=6, first_bad_seq=7, reason="hash mismatch")
+    monkeypatch.setattr(audit_service, "verify_chain", lambda db: broken)
     html = admin.get("/admin/audit").text
-    assert "chain-bad" in html and "Chain broken at event #1" in html
+    assert "chain-bad" in html and "Chain broken at event #7" in html and "hash mismatch" in html
 
 
 def test_audit_pagination(browser):
