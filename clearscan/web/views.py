@@ -717,6 +717,24 @@ async def _page_error(request: Request, exc: Exception) -> Response:
     )
 
 
+def browser_not_found(request: Request) -> Response | None:
+    """An HTML 404 page for a browser that asks for a page path that does not exist."""
+    path = request.url.path
+    if path.startswith(("/api/", "/static/", "/docs")) or "text/html" not in request.headers.get(
+        "accept", ""
+    ):
+        return None
+    return render(
+        request,
+        "error.html",
+        ws=None,
+        status=404,
+        code=404,
+        title="Page not found",
+        message="There is no page at this address.",
+    )
+
+
 def mount(app: FastAPI) -> None:
     """Add the pages, /static (CSS, JS, icons only) and the page error handlers to `app`."""
     app.include_router(router)

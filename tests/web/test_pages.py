@@ -745,3 +745,11 @@ def test_audit_pagination(browser):
         c.get(case)
     html = admin.get("/admin/audit").text
     assert html.count('data-testid="audit-row"') == 50 and 'href="?page=2"' in html
+
+
+def test_unknown_page_is_an_html_404_for_browsers_json_for_api(client):
+    r = client.get("/no-such-page", headers={"Accept": "text/html"})
+    assert r.status_code == 404 and "text/html" in r.headers["content-type"]
+    assert "Page not found" in r.text
+    api = client.get("/api/v1/no-such-thing", headers={"Accept": "text/html"})
+    assert api.status_code == 404 and api.json()["detail"]
