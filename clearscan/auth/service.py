@@ -133,6 +133,62 @@ def authenticate(*, db: Session, username: str, password: str) -> User | None:
     return user
 
 
+class LoginThrottled(AuthError):
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many failed logins; try again in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class LoginFailed(AuthError):
+    pass
+
+
+def login(
+    *,
+    db: Session,
+    ctx: audit.RequestContext,
+    limiter: LoginLimiter,
+    username: str,
+    password: str,
+    via: str,
+) -> User:
+    """Check throttling and the password, audit the attempt. On success the audit event is added
+    to the open transaction (the caller adds its session/token work and commits)."""
+    keys = (f"ip:{ctx.client_addr}", f"user:{username.lower()}")
+    wait = limiter.blocked(*keys)
+    if wait > 0:
+        audit.record(
+            db,
+            ctx,
+            audit.Entry(
+                "auth.login", outcome="throttled", actor=username[:64], details={"via": via}
+            ),
+        )
+        raise LoginThrottled(int(wait) + 1)
+    user = authenticate(db=db, username=username, password=password)
+    if user is None:
+        limiter.failed(*keys)
+        audit.record(
+            db,
+            ctx,
+            audit.Entry("auth.login", outcome="failure", actor=username[:64], details={"via": via}),
+        )
+        raise LoginFailed("incorrect username or password")
+    limiter.succeeded(*keys)
+    audit.append(
+        db,
+        ctx,
+        audit.Entry(
+            "auth.login",
+            actor=user.username,
+            object_type="user",
+            object_id=str(user.id),
+            details={"via": via},
+        ),
+    )
+    return user
+
+
 def ensure_admin(*, db: Session, password: str | None) -> str | None:
     """Create the `admin` user when no user exists. Returns the generated password, if any."""
     if db.execute(select(func.count(User.id))).scalar_one() > 0:

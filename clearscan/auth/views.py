@@ -7,11 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.security import OAuth2PasswordRequestForm
 
-from clearscan.audit import service as audit
 from clearscan.auth import service
 from clearscan.auth.schemas import Token, UserCreate, UserList, UserPublic, UserUpdate
 from clearscan.auth.security import create_access_token
-from clearscan.deps import AdminUser, SessionDep, StateDep, client_addr, request_context
+from clearscan.deps import AdminUser, SessionDep, StateDep, request_context
 
 router = APIRouter(tags=["auth"])
 
@@ -23,43 +22,19 @@ def token(
     db: SessionDep,
     state: StateDep,
 ) -> Token:
-    keys = (f"ip:{client_addr(request)}", f"user:{form.username.lower()}")
-    wait = state.limiter.blocked(*keys)
-    ctx = request_context(request)
-    if wait > 0:
-        audit.record(
-            db, ctx, audit.Entry("auth.login", outcome="throttled", actor=form.username[:64])
+    try:
+        user = service.login(
+            db=db,
+            ctx=request_context(request),
+            limiter=state.limiter,
+            username=form.username,
+            password=form.password,
+            via="api",
         )
-        raise HTTPException(
-            429,
-            f"too many failed logins; try again in {int(wait) + 1} s",
-            headers={"Retry-After": str(int(wait) + 1)},
-        )
-    user = service.authenticate(db=db, username=form.username, password=form.password)
-    if user is None:
-        state.limiter.failed(*keys)
-        audit.record(
-            db,
-            ctx,
-            audit.Entry(
-                "auth.login", outcome="failure", actor=form.username[:64], details={"via": "api"}
-            ),
-        )
-        raise HTTPException(
-            401, "incorrect username or password", headers={"WWW-Authenticate": "Bearer"}
-        )
-    state.limiter.succeeded(*keys)
-    audit.append(
-        db,
-        ctx,
-        audit.Entry(
-            "auth.login",
-            actor=user.username,
-            object_type="user",
-            object_id=str(user.id),
-            details={"via": "api"},
-        ),
-    )
+    except service.LoginThrottled as exc:
+        raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
+    except service.LoginFailed as exc:
+        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
     db.commit()
     minutes = state.settings.access_token_minutes
     return Token(

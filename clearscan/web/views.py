@@ -23,7 +23,7 @@ from clearscan.auth.schemas import UserCreate
 from clearscan.cases import service as cases
 from clearscan.cases.schemas import CaseDetail, CaseSummary
 from clearscan.cases.workflow import PredictRejected, predict
-from clearscan.deps import SESSION_COOKIE, SessionDep, StateDep, client_addr, request_context
+from clearscan.deps import SESSION_COOKIE, SessionDep, StateDep, request_context
 from clearscan.registry.schemas import ModelDetail
 from clearscan.registry.service import ModelNotFound
 from clearscan.state import AppState
@@ -156,33 +156,26 @@ def login_submit(
             status=403,
             error="The sign-in form expired or could not be verified. Please try again.",
         )
-    keys = (f"ip:{client_addr(request)}", f"user:{name.lower()}")
-    ctx = request_context(request)
-    wait = state.limiter.blocked(*keys)
-    if wait > 0:
-        audit.record(
-            db,
-            ctx,
-            audit.Entry("auth.login", outcome="throttled", actor=name[:64], details={"via": "web"}),
+    try:
+        user = users.login(
+            db=db,
+            ctx=request_context(request),
+            limiter=state.limiter,
+            username=name,
+            password=password or "",
+            via="web",
         )
-        seconds = int(wait) + 1
+    except users.LoginThrottled as exc:
         return _login_page(
             request,
             state,
             next_url=target,
             username=name,
             status=429,
-            headers={"Retry-After": str(seconds)},
-            error=f"Too many failed sign-in attempts. Try again in {seconds} s.",
+            headers={"Retry-After": str(exc.retry_after)},
+            error=f"Too many failed sign-in attempts. Try again in {exc.retry_after} s.",
         )
-    user = users.authenticate(db=db, username=name, password=password or "")
-    if user is None:
-        state.limiter.failed(*keys)
-        audit.record(
-            db,
-            ctx,
-            audit.Entry("auth.login", outcome="failure", actor=name[:64], details={"via": "web"}),
-        )
+    except users.LoginFailed:
         return _login_page(
             request,
             state,
@@ -191,18 +184,6 @@ def login_submit(
             status=400,
             error="Incorrect username or password.",
         )
-    state.limiter.succeeded(*keys)
-    audit.append(
-        db,
-        ctx,
-        audit.Entry(
-            "auth.login",
-            actor=user.username,
-            object_type="user",
-            object_id=str(user.id),
-            details={"via": "web"},
-        ),
-    )
     if previous := request.cookies.get(SESSION_COOKIE):
         users.end_session(db=db, token=previous)  # a new sign-in replaces the old session
     minutes = state.settings.session_minutes
