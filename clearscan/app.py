@@ -11,6 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clearscan import __version__
@@ -22,6 +23,7 @@ from clearscan.db.migrate import upgrade
 from clearscan.middleware import CoreMiddleware
 from clearscan.observability.metrics import Metrics
 from clearscan.registry.service import BUNDLED_DIR, ModelRegistry
+from clearscan.registry.store import ModelStore
 from clearscan.state import AppState
 from clearscan.storage import LocalBlobStore
 
@@ -43,26 +45,35 @@ def initialise(settings: Settings) -> str | None:
         engine.dispose()
 
 
-def build_registry(settings: Settings) -> ModelRegistry:
-    dirs = [BUNDLED_DIR, settings.models_dir or settings.data_dir / "models"]
-    registry = ModelRegistry(dirs, threads=settings.intra_op_threads)
+def model_store(settings: Settings) -> ModelStore:
+    return ModelStore(
+        settings.models_dir or settings.data_dir / "models",
+        max_package_bytes=int(settings.max_model_upload_mb * 2**20),
+    )
+
+
+def build_registry(
+    settings: Settings, sessions: sessionmaker[Session] | None = None
+) -> ModelRegistry:
+    dirs = [BUNDLED_DIR, model_store(settings).root]
+    registry = ModelRegistry(dirs, sessions=sessions, threads=settings.intra_op_threads)
     registry.load_all()
     return registry
 
 
-def create_app(
-    settings: Settings | None = None, *, registry: ModelRegistry | None = None
-) -> FastAPI:
+def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     initialise(settings)
     engine = create_db_engine(settings.sqlalchemy_url)
+    sessions = make_session_factory(engine)
     metrics = Metrics()
     state = AppState(
         settings=settings,
         engine=engine,
-        sessions=make_session_factory(engine),
+        sessions=sessions,
         blobs=LocalBlobStore(settings.blob_dir),
-        registry=registry or build_registry(settings),
+        registry=build_registry(settings, sessions),
+        store=model_store(settings),
         metrics=metrics,
         limiter=LoginLimiter(
             max_failures=settings.login_max_failures, window_seconds=settings.login_window_seconds
@@ -106,6 +117,7 @@ def create_app(
         metrics=metrics,
         max_body=settings.max_upload_bytes,
         hsts=settings.secure_cookies == "always",
+        large_bodies={f"{API_PREFIX}/models": int(settings.max_model_upload_mb * 2**20)},
     )
     return app
 

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     max_pixels: int = 64_000_000
     max_dimension: int = 30_000
     max_files_per_request: int = 32
+    max_model_upload_mb: float = 2048.0
 
     access_token_minutes: int = 60
     session_minutes: int = 480

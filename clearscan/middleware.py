@@ -42,11 +42,18 @@ class BodyTooLarge(HTTPException):
 
 class CoreMiddleware:
     def __init__(
-        self, app: ASGIApp, *, metrics: Metrics, max_body: int, hsts: bool = False
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body: int,
+        hsts: bool = False,
+        large_bodies: dict[str, int] | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body
+        self.large_bodies = large_bodies or {}  # exact paths (model uploads) with their own limit
         self.hsts = hsts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -108,17 +115,17 @@ class CoreMiddleware:
 
         try:
             length = headers.get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_body:
-                await _json(send_wrapper, 413, BodyTooLarge(self.max_body).detail)
+            limit = self.large_bodies.get(path, self.max_body)
+            if length is not None and length.isdigit() and int(length) > limit:
+                await _json(send_wrapper, 413, BodyTooLarge(limit).detail)
                 return
-            await self.app(scope, self._limited(receive), send_wrapper)
+            await self.app(scope, self._limited(receive, limit), send_wrapper)
         finally:
             record()
             request_id_var.reset(token)
 
-    def _limited(self, receive: Receive) -> Receive:
+    def _limited(self, receive: Receive, limit: int) -> Receive:
         seen = 0
-        limit = self.max_body
 
         async def wrapped() -> Message:
             nonlocal seen

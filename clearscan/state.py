@@ -13,6 +13,7 @@ from clearscan.config import Settings
 from clearscan.imaging import Limits
 from clearscan.observability.metrics import Metrics
 from clearscan.registry.service import ModelRegistry
+from clearscan.registry.store import ModelStore
 from clearscan.storage import BlobStore
 
 
@@ -23,6 +24,7 @@ class AppState:
     sessions: sessionmaker[Session]
     blobs: BlobStore
     registry: ModelRegistry
+    store: ModelStore
     metrics: Metrics
     limiter: LoginLimiter
     secret: str

@@ -1,5 +1,5 @@
 """Shared fixtures: settings on a temp data dir, the app, clients and users per role, and image
-factories. Every test gets its own data dir and database; the loaded model registry is shared."""
+factories. Every test gets its own data dir and database; loaded model versions are cached."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from clearscan.app import build_registry, create_app
+from clearscan.app import create_app
 from clearscan.config import Settings
-from clearscan.registry.service import ModelRegistry
 
 ADMIN_PASSWORD = "admin-password-123"
 PASSWORD = "correct-horse-battery"
@@ -32,15 +31,10 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
-@pytest.fixture(scope="session")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
-    empty = tmp_path_factory.mktemp("no-data")
-    return build_registry(Settings(data_dir=empty))
-
-
 @pytest.fixture
-def app(settings: Settings, registry: ModelRegistry) -> FastAPI:
-    return create_app(settings, registry=registry)
+def app(settings: Settings) -> FastAPI:
+    # Loaded model versions are cached process-wide, so a fresh app per test is cheap.
+    return create_app(settings)
 
 
 @pytest.fixture

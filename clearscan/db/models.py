@@ -3,12 +3,14 @@
 from clearscan.audit.models import AuditEvent, AuditHead
 from clearscan.auth.models import User, UserSession
 from clearscan.cases.models import Case, Image, Prediction, Review
+from clearscan.registry.models import ModelState
 
 __all__ = [
     "AuditEvent",
     "AuditHead",
     "Case",
     "Image",
+    "ModelState",
     "Prediction",
     "Review",
     "User",

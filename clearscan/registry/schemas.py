@@ -65,3 +65,37 @@ class ModelDetail(ModelPublic):
 class ModelList(BaseModel):
     items: list[ModelPublic]
     total: int
+
+
+class ModelVersionPublic(BaseModel):
+    name: str
+    version: str
+    status: str  # active | inactive | unavailable
+    source: str  # bundled | store
+    weights_sha256: str | None
+    explainable: bool
+    error: str | None = None
+
+    @classmethod
+    def of(cls, e: ModelEntry) -> ModelVersionPublic:
+        m = e.manifest
+        return cls(
+            name=m.name,
+            version=m.version,
+            status=e.status,
+            source=e.source,
+            weights_sha256=m.files.get(m.weights),
+            error=e.error,
+            explainable=bool(e.model and e.model.explainable),
+        )
+
+
+class ModelVersionList(BaseModel):
+    items: list[ModelVersionPublic]
+    total: int
+
+
+class RollbackResult(BaseModel):
+    name: str
+    previous_version: str
+    active_version: str

@@ -1,23 +1,41 @@
-"""The set of models the server can run. Core: packages found in the bundled folder and the
-data dir's models folder, newest version of each name active. A package that fails to load is
-marked unavailable with the reason; it never takes the server down."""
+"""The models the server can run: every version found in the bundled folder and in the model
+store, and, per model name, which version serves (roll-out state in the database).
+
+Loaded versions are cached process-wide by folder and weights hash. A version that fails to load
+is marked unavailable with the reason and never takes the server down; a name whose active
+version is unavailable is served by its last good version. Activation swaps a reference: requests
+in flight keep the model object they started with."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from clearscan.inference.runtime import ModelLoadError, OnnxModel
 from clearscan.registry.manifest import ManifestError, ModelManifest, load_manifest
+from clearscan.registry.models import ModelState
 
 log = logging.getLogger(__name__)
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled_models"
+STATE_TTL_S = 1.0  # how stale another process's activation may be seen here
 
 
 class RegistryError(Exception):
     status_code = 400
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
 
 
 class ModelNotFound(RegistryError):
@@ -28,16 +46,32 @@ class ModelUnavailable(RegistryError):
     status_code = 503
 
 
+class RolloutConflict(RegistryError):
+    status_code = 409
+
+
+def version_key(v: str) -> tuple[int, ...]:
+    core = v.split("+")[0].split("-")[0]
+    try:
+        return tuple(int(p) for p in core.split("."))
+    except ValueError:
+        return (-1,)
+
+
 @dataclass
 class ModelEntry:
+    """One version of one model."""
+
     manifest: ModelManifest
     package_dir: Path
+    source: str  # "bundled" | "store"
     model: OnnxModel | None = None
     error: str | None = None
+    role: str = "inactive"  # "active" | "inactive" (set by the registry for listing)
 
     @property
     def status(self) -> str:
-        return "active" if self.model is not None else "unavailable"
+        return "unavailable" if self.model is None else self.role
 
     @property
     def model_card(self) -> str | None:
@@ -49,71 +83,299 @@ class ModelEntry:
             return None
 
 
-def _version_key(v: str) -> tuple[int, ...]:
-    core = v.split("+")[0].split("-")[0]
-    return tuple(int(p) for p in core.split("."))
+_cache: dict[tuple[Path, str], OnnxModel] = {}
+_cache_lock = threading.Lock()
+
+
+def _load(package_dir: Path, manifest: ModelManifest, threads: int) -> OnnxModel:
+    key = (package_dir.resolve(), manifest.files.get(manifest.weights, ""))
+    with _cache_lock:
+        cached = _cache.get(key)
+    if cached is not None:
+        return cached
+    model = OnnxModel(package_dir, manifest, threads=threads)
+    model.load()
+    with _cache_lock:
+        _cache.setdefault(key, model)
+        return _cache[key]
+
+
+@dataclass
+class _Rollout:
+    active: str
+    history: list[str] = field(default_factory=list)
+    canary_version: str | None = None
+    canary_percent: int = 0
+    shadow_version: str | None = None
 
 
 class ModelRegistry:
-    def __init__(self, dirs: list[Path], *, threads: int = 0) -> None:
+    def __init__(
+        self,
+        dirs: list[Path],
+        *,
+        sessions: sessionmaker[Session] | None = None,
+        threads: int = 0,
+    ) -> None:
         self.dirs = dirs
+        self.sessions = sessions
         self.threads = threads
-        self._entries: dict[str, ModelEntry] = {}
+        self._versions: dict[str, dict[str, ModelEntry]] = {}
+        self._state: dict[str, _Rollout] = {}
         self._problems: list[str] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._state_read_at = 0.0
+
+    # --- discovery and loading ----------------------------------------------------------------
 
     def load_all(self) -> None:
-        found: dict[str, ModelEntry] = {}
+        versions: dict[str, dict[str, ModelEntry]] = {}
         problems: list[str] = []
         for root in self.dirs:
-            if not root.is_dir():
-                continue
-            for pkg in sorted(p for p in root.iterdir() if p.is_dir()):
+            for pkg in _package_dirs(root):
                 try:
                     manifest = load_manifest(pkg)
                 except ManifestError as exc:
                     problems.append(str(exc))
                     log.error("model package rejected: %s", exc)
                     continue
-                current = found.get(manifest.name)
-                if current and _version_key(current.manifest.version) >= _version_key(
-                    manifest.version
-                ):
-                    continue
-                found[manifest.name] = ModelEntry(manifest=manifest, package_dir=pkg)
-        for entry in found.values():
-            model = OnnxModel(entry.package_dir, entry.manifest, threads=self.threads)
-            try:
-                model.load()
-            except ModelLoadError as exc:
-                entry.error = str(exc)
-                log.error("model %s unavailable: %s", entry.manifest.ref, exc)
-                continue
-            entry.model = model
-            if model.cam_error:
-                log.warning("model %s: explanations off: %s", entry.manifest.ref, model.cam_error)
-            log.info("model %s loaded and warmed", entry.manifest.ref)
+                source = "bundled" if root == BUNDLED_DIR else "store"
+                versions.setdefault(manifest.name, {}).setdefault(
+                    manifest.version, ModelEntry(manifest=manifest, package_dir=pkg, source=source)
+                )
         with self._lock:
-            self._entries = found
+            self._versions = versions
             self._problems = problems
+        self._read_state(force=True)
+        for name in list(versions):
+            self._ensure_loaded(self._serving_entry(name))
+
+    def _ensure_loaded(self, entry: ModelEntry | None) -> None:
+        if entry is None or entry.model is not None or entry.error is not None:
+            return
+        try:
+            entry.model = _load(entry.package_dir, entry.manifest, self.threads)
+        except ModelLoadError as exc:
+            entry.error = str(exc)
+            log.error("model %s unavailable: %s", entry.manifest.ref, exc)
+            return
+        if entry.model.cam_error:
+            log.warning("model %s: explanations off: %s", entry.manifest.ref, entry.model.cam_error)
+        log.info("model %s loaded and warmed", entry.manifest.ref)
+
+    # --- roll-out state -----------------------------------------------------------------------
+
+    def _read_state(self, *, force: bool = False) -> None:
+        if self.sessions is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._state_read_at < STATE_TTL_S:
+            return
+        self._state_read_at = now
+        try:
+            with self.sessions() as db:
+                rows = db.execute(select(ModelState)).scalars().all()
+        except SQLAlchemyError as exc:  # keep serving with the state we have
+            log.error("cannot read model roll-out state: %s", type(exc).__name__)
+            return
+        state = {
+            r.name: _Rollout(
+                r.active_version,
+                list(r.history or []),
+                r.canary_version,
+                r.canary_percent,
+                r.shadow_version,
+            )
+            for r in rows
+        }
+        with self._lock:
+            self._state = state
+            unknown = [
+                (n, s.active) for n, s in state.items() if s.active not in self._versions.get(n, {})
+            ]
+        if unknown:  # another process imported a version: look again
+            self._rescan()
+
+    def discover(self) -> None:
+        """Look for versions added to the store since start-up (imports)."""
+        self._rescan()
+
+    def _rescan(self) -> None:
+        for root in self.dirs:
+            for pkg in _package_dirs(root):
+                try:
+                    manifest = load_manifest(pkg)
+                except ManifestError:
+                    continue
+                with self._lock:
+                    known = self._versions.setdefault(manifest.name, {})
+                    if manifest.version not in known:
+                        source = "bundled" if root == BUNDLED_DIR else "store"
+                        known[manifest.version] = ModelEntry(manifest, pkg, source)
+
+    def _default_version(self, name: str) -> str | None:
+        versions = self._versions.get(name, {})
+        return max(versions, key=version_key) if versions else None
+
+    def _serving_entry(self, name: str) -> ModelEntry | None:
+        """The version that serves `name`: the active one, or, if it cannot load, the last good one
+        (previous actives newest first, then the highest other version)."""
+        with self._lock:
+            versions = self._versions.get(name, {})
+            st = self._state.get(name)
+            order: list[str] = []
+            if st:
+                order = [st.active, *reversed(st.history)]
+            default = self._default_version(name)
+            order += sorted(versions, key=version_key, reverse=True)
+            if default and not st:
+                order.insert(0, default)
+        seen: set[str] = set()
+        for v in order:
+            if v in seen or v not in versions:
+                continue
+            seen.add(v)
+            entry = versions[v]
+            self._ensure_loaded(entry)
+            if entry.model is not None:
+                return entry
+        first = next((versions[v] for v in order if v in versions), None)
+        return first
+
+    # --- queries ------------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._versions)
 
     def entries(self) -> list[ModelEntry]:
+        """The serving version of each model name."""
+        self._read_state()
+        out = []
+        for name in self.names():
+            entry = self._serving_entry(name)
+            if entry is not None:
+                entry.role = "active"
+                out.append(entry)
+        return out
+
+    def versions(self, name: str) -> list[ModelEntry]:
+        self._read_state()
+        serving = self.get(name)
         with self._lock:
-            return sorted(self._entries.values(), key=lambda e: e.manifest.name)
+            entries = sorted(
+                self._versions.get(name, {}).values(),
+                key=lambda e: version_key(e.manifest.version),
+                reverse=True,
+            )
+        for e in entries:
+            e.role = "active" if e is serving else "inactive"
+        return entries
+
+    def version(self, name: str, version: str) -> ModelEntry:
+        with self._lock:
+            entry = self._versions.get(name, {}).get(version)
+        if entry is None:
+            self._rescan()
+            with self._lock:
+                entry = self._versions.get(name, {}).get(version)
+        if entry is None:
+            raise ModelNotFound(f"model {name}:{version} not found")
+        return entry
+
+    def get(self, name: str) -> ModelEntry:
+        self._read_state()
+        entry = self._serving_entry(name)
+        if entry is None:
+            raise ModelNotFound(f"model {name!r} not found")
+        entry.role = "active"
+        return entry
+
+    def runnable(self, name: str) -> tuple[ModelEntry, OnnxModel]:
+        entry = self.get(name)
+        model = entry.model
+        if model is None:
+            raise ModelUnavailable(f"model {name!r} is unavailable: {entry.error}")
+        return entry, model
 
     @property
     def problems(self) -> list[str]:
         return list(self._problems)
 
-    def get(self, name: str) -> ModelEntry:
-        with self._lock:
-            entry = self._entries.get(name)
-        if entry is None:
-            raise ModelNotFound(f"model {name!r} not found")
+    # --- changes ------------------------------------------------------------------------------
+
+    @contextmanager
+    def _state_row(self, db: Session, name: str) -> Iterator[ModelState]:
+        row = db.get(ModelState, name, with_for_update=True)
+        if row is None:
+            current = self.get(name).manifest.version
+            row = ModelState(name=name, active_version=current, history=[], canary_percent=0)
+            db.add(row)
+        yield row
+
+    def activate(self, db: Session, name: str, version: str, *, actor: str | None) -> ModelEntry:
+        """Make `version` serve `name` (caller audits and commits). Loads it first: a version that
+        cannot load is refused and nothing changes."""
+        entry = self.version(name, version)
+        self._ensure_loaded(entry)
+        if entry.model is None:
+            raise RolloutConflict(f"{name}:{version} cannot be activated: {entry.error}")
+        with self._state_row(db, name) as row:
+            if row.active_version != version:
+                row.history = [*[v for v in row.history if v != version], row.active_version][-20:]
+                row.active_version = version
+            if row.canary_version == version:
+                row.canary_version, row.canary_percent = None, 0
+            row.updated_at, row.updated_by = datetime.now(UTC), actor
+        db.flush()
         return entry
 
-    def runnable(self, name: str) -> tuple[ModelEntry, OnnxModel]:
-        entry = self.get(name)
-        if entry.model is None:
-            raise ModelUnavailable(f"model {name!r} is unavailable: {entry.error}")
-        return entry, entry.model
+    def rollback(self, db: Session, name: str, *, actor: str | None) -> tuple[str, str]:
+        """Re-activate the previously active version. Returns (from, to)."""
+        with self._state_row(db, name) as row:
+            history = list(row.history)
+            while history:
+                candidate = history.pop()
+                try:
+                    entry = self.version(name, candidate)
+                except ModelNotFound:
+                    continue
+                self._ensure_loaded(entry)
+                if entry.model is not None:
+                    old = row.active_version
+                    row.history, row.active_version = history, candidate
+                    row.updated_at, row.updated_by = datetime.now(UTC), actor
+                    db.flush()
+                    return old, candidate
+            raise RolloutConflict(f"model {name!r} has no earlier version to roll back to")
+
+    def apply_committed(self) -> None:
+        """Pick up a change this process just committed (no TTL wait)."""
+        self._read_state(force=True)
+
+    def is_active(self, name: str, version: str) -> bool:
+        try:
+            return self.get(name).manifest.version == version
+        except ModelNotFound:
+            return False
+
+    def forget(self, name: str, version: str) -> None:
+        with self._lock:
+            self._versions.get(name, {}).pop(version, None)
+            if not self._versions.get(name):
+                self._versions.pop(name, None)
+
+
+def _package_dirs(root: Path) -> list[Path]:
+    """Package folders directly under `root` (bundled) or under `root/<name>/` (store)."""
+    if not root.is_dir():
+        return []
+    out = []
+    for p in sorted(root.iterdir()):
+        if not p.is_dir() or p.name.startswith("."):
+            continue
+        if (p / "manifest.json").exists():
+            out.append(p)
+        else:
+            out += [v for v in sorted(p.iterdir()) if v.is_dir() and not v.name.startswith(".")]
+    return out

@@ -1,14 +1,34 @@
-"""Model listing endpoints."""
+"""Model registry endpoints: list, detail, import, versions, activate, roll back."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from typing import Annotated
 
-from clearscan.deps import AnyUser, StateDep
-from clearscan.registry.schemas import ModelDetail, ModelList, ModelPublic
-from clearscan.registry.service import ModelNotFound
+from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile
+
+from clearscan.deps import AdminUser, AnyUser, SessionDep, StateDep, request_context
+from clearscan.registry import rollout
+from clearscan.registry.schemas import (
+    ModelDetail,
+    ModelList,
+    ModelPublic,
+    ModelVersionList,
+    ModelVersionPublic,
+    RollbackResult,
+)
+from clearscan.registry.service import RegistryError
+from clearscan.registry.store import ImportRejected, OnnxFlags
 
 router = APIRouter(tags=["models"])
+
+
+def _floats(text: str | None, field: str) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise HTTPException(422, f"{field}: comma-separated numbers expected") from None
 
 
 @router.get("/models", response_model=ModelList)
@@ -17,9 +37,94 @@ def list_models(state: StateDep, user: AnyUser) -> ModelList:
     return ModelList(items=items, total=len(items))
 
 
+@router.post(
+    "/models",
+    response_model=ModelVersionPublic,
+    status_code=201,
+    summary="Import a model package (.zip) or a bare .onnx file as a new version",
+)
+def import_model(
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    admin: AdminUser,
+    file: Annotated[UploadFile, File(description="package .zip, or a bare .onnx file")],
+    name: Annotated[str | None, Form(max_length=64)] = None,
+    version: Annotated[str | None, Form(max_length=64)] = None,
+    labels: Annotated[str | None, Form(max_length=4000, description="a,b,... (bare .onnx)")] = None,
+    channels: Annotated[int | None, Form(ge=1, le=3)] = None,
+    height: Annotated[int | None, Form(ge=1, le=4096)] = None,
+    width: Annotated[int | None, Form(ge=1, le=4096)] = None,
+    mean: Annotated[str | None, Form(max_length=200)] = None,
+    std: Annotated[str | None, Form(max_length=200)] = None,
+    modality: Annotated[str | None, Form(max_length=16)] = None,
+) -> ModelVersionPublic:
+    flags = OnnxFlags(
+        name=name,
+        version=version,
+        labels=[x.strip() for x in labels.split(",") if x.strip()] if labels else None,
+        channels=channels,
+        input_size=(height, width) if height and width else None,
+        mean=_floats(mean, "mean"),
+        std=_floats(std, "std"),
+        modality=modality,
+    )
+    try:
+        manifest = rollout.import_upload(
+            db=db,
+            ctx=request_context(request, admin.username),
+            store=state.store,
+            registry=state.registry,
+            upload=file.file,
+            flags=flags,
+        )
+        return ModelVersionPublic.of(state.registry.version(manifest.name, manifest.version))
+    except ImportRejected as exc:
+        raise HTTPException(exc.status_code, str(exc)) from None
+
+
 @router.get("/models/{name}", response_model=ModelDetail)
 def get_model(name: str, state: StateDep, user: AnyUser) -> ModelDetail:
     try:
         return ModelDetail.of_detail(state.registry.get(name))
-    except ModelNotFound as exc:
-        raise HTTPException(404, str(exc)) from None
+    except RegistryError as exc:
+        raise HTTPException(exc.status_code, exc.detail) from None
+
+
+@router.get("/models/{name}/versions", response_model=ModelVersionList)
+def list_versions(name: str, state: StateDep, user: AnyUser) -> ModelVersionList:
+    try:
+        items = [ModelVersionPublic.of(e) for e in state.registry.versions(name)]
+    except RegistryError as exc:
+        raise HTTPException(exc.status_code, exc.detail) from None
+    return ModelVersionList(items=items, total=len(items))
+
+
+@router.post("/models/{name}/versions/{version}/activate", response_model=ModelVersionPublic)
+def activate(
+    name: str, version: str, request: Request, db: SessionDep, state: StateDep, admin: AdminUser
+) -> ModelVersionPublic:
+    try:
+        entry = rollout.activate(
+            db=db,
+            ctx=request_context(request, admin.username),
+            registry=state.registry,
+            name=name,
+            version=version,
+        )
+    except RegistryError as exc:
+        raise HTTPException(exc.status_code, exc.detail) from None
+    return ModelVersionPublic.of(entry)
+
+
+@router.post("/models/{name}/rollback", response_model=RollbackResult)
+def rollback(
+    name: str, request: Request, db: SessionDep, state: StateDep, admin: AdminUser
+) -> RollbackResult:
+    try:
+        old, new = rollout.rollback(
+            db=db, ctx=request_context(request, admin.username), registry=state.registry, name=name
+        )
+    except RegistryError as exc:
+        raise HTTPException(exc.status_code, exc.detail) from None
+    return RollbackResult(name=name, previous_version=old, active_version=new)

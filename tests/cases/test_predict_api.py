@@ -113,11 +113,11 @@ def test_tiny_image_incompatible_422(client, clinician_headers):
     assert r.status_code == 422
 
 
-def test_upload_over_limit_413_before_body_is_read(settings, registry):
+def test_upload_over_limit_413_before_body_is_read(settings):
     from clearscan.app import create_app
 
     small = settings.model_copy(update={"max_upload_mb": 0.01})
-    with TestClient(create_app(small, registry=registry)) as c:
+    with TestClient(create_app(small)) as c:
         from tests.conftest import ADMIN_PASSWORD, login
 
         h = login(c, "admin", ADMIN_PASSWORD)

@@ -53,8 +53,8 @@ def backend_settings(request, settings: Settings) -> Iterator[Settings]:
             c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def test_main_path_and_audit_on_backend(backend_settings, registry):
-    app = create_app(backend_settings, registry=registry)
+def test_main_path_and_audit_on_backend(backend_settings):
+    app = create_app(backend_settings)
     state = app.state.clearscan
     try:
         with TestClient(app) as c:

@@ -129,7 +129,7 @@ def test_model_without_gap_head_still_serves_without_heatmap(tmp_path):
     assert out.cams is None and out.probabilities.shape == (1, 2)
 
 
-def test_bundled_model_is_explainable(registry):
-    entry = registry.get("pneumonia-cxr")
+def test_bundled_model_is_explainable(app):
+    entry = app.state.clearscan.registry.get("pneumonia-cxr")
     assert entry.model is not None and entry.model.explainable, entry.error
     assert entry.model.cam_head.target == entry.manifest.explain.target  # type: ignore[union-attr]

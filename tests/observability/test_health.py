@@ -14,13 +14,13 @@ def test_healthz_readyz_health(client):
     assert any(m["name"] == "pneumonia-cxr" and m["available"] for m in h["models"])
 
 
-def test_readyz_503_when_default_model_missing(settings, registry):
+def test_readyz_503_when_default_model_missing(settings):
     from fastapi.testclient import TestClient
 
     from clearscan.app import create_app
 
     s = settings.model_copy(update={"default_model": "not-installed"})
-    with TestClient(create_app(s, registry=registry)) as c:
+    with TestClient(create_app(s)) as c:
         r = c.get("/readyz")
         assert r.status_code == 503 and r.json()["default_model"] is False
 

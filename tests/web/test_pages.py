@@ -129,8 +129,8 @@ def test_login_sets_httponly_samesite_session_cookie(client, admin_headers):
         ("never", "https", False),
     ],
 )
-def test_session_cookie_secure_flag(settings, registry, mode, scheme, secure):
-    app = create_app(settings.model_copy(update={"secure_cookies": mode}), registry=registry)
+def test_session_cookie_secure_flag(settings, mode, scheme, secure):
+    app = create_app(settings.model_copy(update={"secure_cookies": mode}))
     with TestClient(app, base_url=f"{scheme}://testserver") as c:
         page = c.get("/login")
         # httpx keeps a Secure cookie from going over http; the server set it, send it anyway.
@@ -186,8 +186,8 @@ def test_login_csrf_helpers():
     assert not check_login_csrf("s" * 40, None, token)
 
 
-def test_login_throttled_after_repeated_failures(settings, registry):
-    app = create_app(settings.model_copy(update={"login_max_failures": 2}), registry=registry)
+def test_login_throttled_after_repeated_failures(settings):
+    app = create_app(settings.model_copy(update={"login_max_failures": 2}))
     with TestClient(app) as c:
         for _ in range(2):
             assert web_login(c, "admin", "wrong-password-x").status_code == 400

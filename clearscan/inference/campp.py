@@ -1,0 +1,67 @@
+"""Grad-CAM++ from the same single ONNX Runtime run as the prediction (no backward pass).
+
+For a global-average-pool + linear head the class score is
+
+    S_c = sum_k W[c, k] * mean_ij(A_k[i, j]) + b_c
+
+so the gradient g_k = dS_c/dA_k[i, j] = W[c, k] / Z (Z = h*w) is the same at every position and
+all higher derivatives vanish. Grad-CAM++ (Chattopadhyay et al., 2018, with the exponential of
+the score) then has closed-form coefficients, constant over positions:
+
+    alpha_k = g_k^2 / (2 g_k^2 + sum_ab A_k[a, b] * g_k^3 + eps)      (0 where g_k == 0)
+    w_k     = sum_ij relu(g_k) * alpha_k = Z * relu(g_k) * alpha_k
+    map     = relu(sum_k w_k * A_k)
+
+This is exactly pytorch-grad-cam's ``GradCAMPlusPlus.get_cam_weights`` (eps = 1e-7) evaluated
+with these gradients. The map is normalised by its peak to [0, 1], like
+``clearscan.inference.cam.class_activation_maps`` (a zero map stays zero).
+
+Unlike plain Grad-CAM, the result is not just a rescaling of the class-weighted activation map:
+each channel's weight is damped by its total activation (the sum_ab A_k term)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+EPS = 1e-7  # as in pytorch-grad-cam's GradCAMPlusPlus
+
+__all__ = ["gradcam_plus_plus_maps", "gradcam_plus_plus_weights"]
+
+
+def gradcam_plus_plus_weights(
+    activation: np.ndarray, weight: np.ndarray, classes: np.ndarray
+) -> np.ndarray:
+    """Grad-CAM++ channel weights (N x K, float64) for `classes[i]` of each sample i.
+
+    activation: N x K x h x w; weight: C x K (the linear head after global average pooling)."""
+    if activation.ndim != 4:
+        raise ValueError(f"activation must be N x K x h x w, got shape {list(activation.shape)}")
+    n, k, h, w = activation.shape
+    z = float(h * w)
+    g = np.asarray(weight, dtype=np.float64)[np.asarray(classes)] / z  # N x K
+    if g.shape != (n, k):
+        raise ValueError(f"weight rows have {g.shape[-1]} channels, activation has {k}")
+    g2 = g * g
+    g3 = g2 * g
+    total = activation.sum(axis=(2, 3), dtype=np.float64)  # N x K
+    denom = 2.0 * g2 + total * g3 + EPS
+    # channels with zero gradient get alpha 0 (as in the reference); a denominator that is
+    # exactly zero (only possible for activations with negative sums) also gives 0, not inf
+    alpha = np.zeros_like(g)
+    np.divide(g2, denom, out=alpha, where=(g != 0) & (denom != 0))
+    return z * np.maximum(g, 0.0) * alpha
+
+
+def gradcam_plus_plus_maps(
+    activation: np.ndarray, weight: np.ndarray, classes: np.ndarray
+) -> np.ndarray:
+    """Grad-CAM++ maps (N x h x w, float32) in [0, 1] for `classes[i]` of each sample i.
+
+    activation: N x K x h x w; weight: C x K; classes: N class indices."""
+    wts = gradcam_plus_plus_weights(activation, weight, classes)
+    cam = np.einsum("nk,nkhw->nhw", wts, activation, optimize=True)
+    np.maximum(cam, 0, out=cam)
+    peak = cam.reshape(cam.shape[0], -1).max(axis=1)
+    peak[peak == 0] = 1.0
+    cam /= peak[:, None, None]
+    return cam.astype(np.float32, copy=False)
