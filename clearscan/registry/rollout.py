@@ -54,6 +54,7 @@ def import_path(
         )
         raise
     registry.discover()
+    registry.load_version(manifest.name, manifest.version)
     audit.record(
         db,
         ctx,
@@ -71,7 +72,7 @@ def activate(
     *, db: Session, ctx: audit.RequestContext, registry: ModelRegistry, name: str, version: str
 ) -> ModelEntry:
     previous = registry.get(name).manifest.version
-    entry = registry.activate(db, name, version, actor=ctx.actor)
+    registry.activate(db, name, version, actor=ctx.actor)
     audit.append(
         db,
         ctx,
@@ -84,7 +85,7 @@ def activate(
     )
     db.commit()
     registry.apply_committed()
-    return entry
+    return registry.get(name)
 
 
 def rollback(

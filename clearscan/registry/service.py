@@ -71,7 +71,7 @@ class ModelEntry:
 
     @property
     def status(self) -> str:
-        return "unavailable" if self.model is None else self.role
+        return "unavailable" if self.error is not None else self.role
 
     @property
     def model_card(self) -> str | None:
@@ -85,6 +85,12 @@ class ModelEntry:
 
 _cache: dict[tuple[Path, str], OnnxModel] = {}
 _cache_lock = threading.Lock()
+
+
+def clear_cache() -> None:
+    """Forget every loaded model (the next load re-verifies the files), as a restart would."""
+    with _cache_lock:
+        _cache.clear()
 
 
 def _load(package_dir: Path, manifest: ModelManifest, threads: int) -> OnnxModel:
@@ -149,6 +155,35 @@ class ModelRegistry:
         self._read_state(force=True)
         for name in list(versions):
             self._ensure_loaded(self._serving_entry(name))
+        self._pin_new_names()
+
+    def _pin_new_names(self) -> None:
+        """Record the serving version of names seen for the first time, so that a later import
+        of a higher version never changes what serves: only activation does."""
+        if self.sessions is None:
+            return
+        with self._lock:
+            new = [n for n in self._versions if n not in self._state]
+        if not new:
+            return
+        try:
+            with self.sessions() as db:
+                for name in new:
+                    entry = self._serving_entry(name)
+                    if entry is not None and db.get(ModelState, name) is None:
+                        db.add(
+                            ModelState(
+                                name=name,
+                                active_version=entry.manifest.version,
+                                history=[],
+                                canary_percent=0,
+                                updated_by="system",
+                            )
+                        )
+                db.commit()
+        except SQLAlchemyError as exc:  # another process pinned it first, or the DB is down
+            log.warning("cannot record model roll-out state: %s", type(exc).__name__)
+        self._read_state(force=True)
 
     def _ensure_loaded(self, entry: ModelEntry | None) -> None:
         if entry is None or entry.model is not None or entry.error is not None:
@@ -196,9 +231,15 @@ class ModelRegistry:
         if unknown:  # another process imported a version: look again
             self._rescan()
 
+    def load_version(self, name: str, version: str) -> ModelEntry:
+        entry = self.version(name, version)
+        self._ensure_loaded(entry)
+        return entry
+
     def discover(self) -> None:
         """Look for versions added to the store since start-up (imports)."""
         self._rescan()
+        self._pin_new_names()
 
     def _rescan(self) -> None:
         for root in self.dirs:

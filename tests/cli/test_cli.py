@@ -114,3 +114,46 @@ def test_db_upgrade(tmp_path):
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"users", "cases", "images", "predictions", "reviews", "audit_events"} <= tables
+
+
+def test_models_commands(tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from clearscan.registry.service import BUNDLED_DIR
+
+    monkeypatch.setenv("CLEARSCAN_ADMIN_PASSWORD", "admin-password-123")
+    d = ["--data-dir", str(tmp_path / "data")]
+    pkg = tmp_path / "pkg"
+    shutil.copytree(BUNDLED_DIR / "pneumonia-cxr", pkg)
+    m = json.loads((pkg / "manifest.json").read_text())
+    m["version"] = "1.5.0"
+    (pkg / "manifest.json").write_text(json.dumps(m))
+
+    r = runner.invoke(app, ["models", "import", str(pkg), *d])
+    assert r.exit_code == 0, r.output
+    assert "pneumonia-cxr:1.5.0" in r.stdout
+    assert runner.invoke(app, ["models", "import", str(pkg), *d]).exit_code == 1  # immutable
+    listing = runner.invoke(app, ["models", "list", *d])
+    assert "pneumonia" in listing.stdout and "1.0.0" in listing.stdout
+    versions = runner.invoke(app, ["models", "versions", "pneumonia-cxr", *d])
+    assert "1.5.0" in versions.stdout and "inactive" in versions.stdout
+    assert runner.invoke(app, ["models", "activate", "pneumonia-cxr", "1.5.0", *d]).exit_code == 0
+    show = runner.invoke(app, ["models", "show", "pneumonia-cxr", *d])
+    assert "pneumonia-cxr:1.5.0" in show.stdout and "Not for clinical use" in show.stdout
+    # the active version cannot be removed; a bundled one never
+    assert runner.invoke(app, ["models", "remove", "pneumonia-cxr:1.5.0", *d]).exit_code == 1
+    r = runner.invoke(app, ["models", "rollback", "pneumonia-cxr", *d])
+    assert r.exit_code == 0 and "to 1.0.0" in r.stdout
+    out = tmp_path / "export.zip"
+    assert (
+        runner.invoke(app, ["models", "export", "pneumonia-cxr:1.5.0", str(out), *d]).exit_code == 0
+    )
+    assert out.stat().st_size > 100_000
+    assert runner.invoke(app, ["models", "remove", "pneumonia-cxr:1.0.0", *d]).exit_code == 1
+    assert runner.invoke(app, ["models", "remove", "pneumonia-cxr:1.5.0", *d]).exit_code == 0
+    assert runner.invoke(app, ["models", "activate", "pneumonia-cxr", "1.5.0", *d]).exit_code == 1
+    pickle_file = tmp_path / "model.pkl"
+    pickle_file.write_bytes(b"\x80\x04K\x01.")
+    r = runner.invoke(app, ["models", "import", str(pickle_file), *d])
+    assert r.exit_code == 1 and "pickle" in r.output
