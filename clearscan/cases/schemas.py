@@ -57,6 +57,7 @@ class PredictionPublic(BaseModel):
         default=None,
         description="x0, y0, x1, y1: the image region the model saw and the heatmap covers",
     )
+    explain_method: str | None = None
     inference_ms: float
     created_at: datetime
 
@@ -71,6 +72,7 @@ class PredictionPublic(BaseModel):
             top_label=p.top_label,
             heatmap_url=f"{API}/predictions/{p.id}/heatmap.png" if p.heatmap_sha256 else None,
             heatmap_box=p.heatmap_box,
+            explain_method=(p.details or {}).get("explain_method") if p.heatmap_sha256 else None,
             inference_ms=p.inference_ms,
             created_at=p.created_at,
         )

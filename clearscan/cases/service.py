@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import numpy as np
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session, selectinload
 
@@ -88,31 +87,36 @@ def decode_uploads(
 
 
 def analyze(
-    uploads: Sequence[bytes], images: Sequence[DecodedImage], model: OnnxModel, *, explain: bool
+    uploads: Sequence[bytes],
+    images: Sequence[DecodedImage],
+    model: OnnxModel,
+    *,
+    explain: bool,
+    method: str = "gradcam",
 ) -> list[Analysis]:
-    """Preprocess every image, run them as one batch (probabilities and Grad-CAM in one pass)."""
+    """Preprocess every image and run them through the version's micro-batcher (concurrent
+    requests share model runs; probabilities and the heatmap come from one pass)."""
     spec = model.manifest.input
     prep_ms, prepared = [], []
     for img in images:
         t0 = time.perf_counter()
         prepared.append(preprocess(img.pixels, spec))
         prep_ms.append((time.perf_counter() - t0) * 1000)
-    out = model.run(np.stack([p.tensor for p in prepared]), explain=explain)
-    share = out.run_ms / len(images)
+    outs = model.batcher(method).predict([p.tensor for p in prepared], explain=explain)
     results = []
-    for i, (data, img, prep) in enumerate(zip(uploads, images, prepared, strict=True)):
+    for i, (data, img, prep, out) in enumerate(zip(uploads, images, prepared, outs, strict=True)):
         t0 = time.perf_counter()
-        png = encode_heatmap(out.cams[i]) if out.cams is not None else None
+        png = encode_heatmap(out.cam) if out.cam is not None else None
         enc_ms = (time.perf_counter() - t0) * 1000
         results.append(
             Analysis(
                 data=data,
                 image=img,
-                probabilities=[round(float(p), 6) for p in out.probabilities[i]],
-                top_index=int(out.top[i]),
+                probabilities=[round(float(p), 6) for p in out.probabilities],
+                top_index=int(out.top),
                 box=prep.box,
                 heatmap_png=png,
-                inference_ms=round(prep_ms[i] + share + enc_ms, 3),
+                inference_ms=round(prep_ms[i] + out.run_ms / out.batch_size + enc_ms, 3),
             )
         )
     return results
@@ -128,6 +132,7 @@ def save_case(
     analyses: Sequence[Analysis],
     patient_ref: str | None,
     note: str | None,
+    explain_method: str | None = None,
 ) -> tuple[Case, list[Prediction]]:
     case = Case(created_by_id=user.id, patient_ref=patient_ref or None, note=note or None)
     db.add(case)
@@ -171,6 +176,7 @@ def save_case(
             heatmap_sha256=heat,
             heatmap_box=list(a.box) if heat else None,
             inference_ms=a.inference_ms,
+            details={"explain_method": explain_method} if heat else {},
         )
         db.add(pred)
         db.flush()

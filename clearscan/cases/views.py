@@ -38,6 +38,9 @@ def predict_endpoint(
     file: Annotated[list[UploadFile], File(description="one or more images")],
     model: Annotated[str | None, Form(max_length=128)] = None,
     explain: Annotated[bool, Form()] = True,
+    explain_method: Annotated[
+        str, Form(max_length=16, description="gradcam (default) or gradcam++")
+    ] = "gradcam",
     patient_ref: Annotated[str | None, Form(max_length=128)] = None,
     note: Annotated[str | None, Form(max_length=4000)] = None,
 ) -> PredictResponse:
@@ -51,6 +54,7 @@ def predict_endpoint(
             uploads=uploads,
             model_name=model,
             explain=explain,
+            explain_method=explain_method,
             patient_ref=patient_ref,
             note=note,
         )

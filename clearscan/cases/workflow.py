@@ -13,6 +13,7 @@ from clearscan.auth.models import User
 from clearscan.cases import service
 from clearscan.cases.models import Case, Prediction
 from clearscan.imaging import ImagingError
+from clearscan.inference.runtime import EXPLAIN_METHODS
 from clearscan.registry.service import RegistryError
 from clearscan.state import AppState
 
@@ -33,6 +34,7 @@ def predict(
     uploads: Sequence[bytes],
     model_name: str | None,
     explain: bool,
+    explain_method: str = "gradcam",
     patient_ref: str | None,
     note: str | None,
 ) -> tuple[Case, list[Prediction]]:
@@ -45,7 +47,11 @@ def predict(
             )
         entry, model = state.registry.runnable(model_name or state.settings.default_model)
         images = service.decode_uploads(uploads, entry.manifest, state.limits)
-        analyses = service.analyze(uploads, images, model, explain=explain)
+        if explain_method not in EXPLAIN_METHODS:
+            raise PredictRejected(
+                422, f"explain_method must be one of {', '.join(EXPLAIN_METHODS)}"
+            )
+        analyses = service.analyze(uploads, images, model, explain=explain, method=explain_method)
     except (ImagingError, service.CaseError, RegistryError) as exc:
         detail = getattr(exc, "detail", None) or str(exc)
         _reject(state, db, ctx, exc.status_code, detail)
@@ -62,6 +68,7 @@ def predict(
         analyses=analyses,
         patient_ref=patient_ref,
         note=note,
+        explain_method=explain_method if explain else None,
     )
     m = state.metrics
     for p in preds:

@@ -4,6 +4,7 @@ that return probabilities and, in the same run, Grad-CAM maps."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from clearscan.inference.batching import MicroBatcher
 from clearscan.inference.cam import (
     CamHead,
     CamUnsupported,
@@ -19,9 +21,11 @@ from clearscan.inference.cam import (
     expose_output,
     find_cam_head,
 )
+from clearscan.inference.campp import gradcam_plus_plus_maps
 from clearscan.registry.manifest import ModelManifest, verify_files
 
 log = logging.getLogger(__name__)
+EXPLAIN_METHODS = ("gradcam", "gradcam++")
 
 
 class ModelLoadError(RuntimeError):
@@ -51,6 +55,8 @@ class OnnxModel:
         self.cam_error: str | None = None
         self._session: ort.InferenceSession | None = None
         self._outputs: list[str] = []
+        self._batchers: dict[str, MicroBatcher] = {}
+        self._batchers_lock = threading.Lock()
 
     @property
     def explainable(self) -> bool:
@@ -132,7 +138,28 @@ class OnnxModel:
         for _ in range(3):
             self._session.run(self._outputs, {m.input.name: x})
 
-    def run(self, batch: np.ndarray, *, explain: bool) -> BatchOutput:
+    def batcher(self, method: str = "gradcam") -> MicroBatcher:
+        """The micro-batcher of this version for `method` (created on first use)."""
+        if method not in EXPLAIN_METHODS:
+            raise ValueError(f"unknown explanation method {method!r}")
+        with self._batchers_lock:
+            b = self._batchers.get(method)
+            if b is None:
+                spec = self.manifest.batching
+
+                def run(batch: np.ndarray, *, explain: bool) -> BatchOutput:
+                    return self.run(batch, explain=explain, method=method)
+
+                b = MicroBatcher(
+                    run,
+                    max_batch_size=spec.max_batch_size,
+                    max_delay_ms=spec.max_delay_ms,
+                    name=f"{self.manifest.ref}/{method}",
+                )
+                self._batchers[method] = b
+            return b
+
+    def run(self, batch: np.ndarray, *, explain: bool, method: str = "gradcam") -> BatchOutput:
         if self._session is None:
             raise ModelLoadError(f"{self.manifest.ref} is not loaded")
         m = self.manifest
@@ -144,7 +171,8 @@ class OnnxModel:
         top = self._decide(probs)
         cams = None
         if explain and self.cam_head is not None:
-            cams = class_activation_maps(outs[1], self.cam_head.weight, top)
+            maps = gradcam_plus_plus_maps if method == "gradcam++" else class_activation_maps
+            cams = maps(outs[1], self.cam_head.weight, top)
         run_ms = (time.perf_counter() - t0) * 1000
         return BatchOutput(probabilities=probs, top=top, cams=cams, run_ms=run_ms)
 

@@ -55,6 +55,15 @@ class ExplainSpec(BaseModel):
     target: str | None = None  # tensor name of the target activation; None: found in the graph
 
 
+class BatchingSpec(BaseModel):
+    """Dynamic micro-batching of concurrent requests for this model version."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_batch_size: int = Field(default=8, ge=1, le=1024)
+    # 0: no added wait; requests that queue while a batch runs go together in the next one.
+    max_delay_ms: float = Field(default=0.0, ge=0, le=1000)
+
+
 class ThresholdSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     label: str
@@ -80,6 +89,7 @@ class ModelManifest(BaseModel):
     output: OutputSpec = Field(default_factory=OutputSpec)
     explain: ExplainSpec = Field(default_factory=ExplainSpec)
     threshold: ThresholdSpec | None = None
+    batching: BatchingSpec = Field(default_factory=BatchingSpec)
     metrics: dict[str, object] = Field(default_factory=dict)
     training: dict[str, object] = Field(default_factory=dict)
     intended_use: str | None = None

@@ -216,3 +216,48 @@ def test_patient_identifiers_never_logged(client, clinician_headers, caplog):
     text = caplog.text
     for secret in ("Secretname", "PID-99887766", "MRN-55443322", "19700101"):
         assert secret not in text
+
+
+def test_gradcam_plus_plus_method(client, clinician_headers):
+    arr = chest_like(256, 5)
+    plain = _predict(client, clinician_headers, [("x.png", png_bytes(arr))]).json()["predictions"][
+        0
+    ]
+    pp = _predict(
+        client, clinician_headers, [("x.png", png_bytes(arr))], explain_method="gradcam++"
+    ).json()["predictions"][0]
+    assert plain["explain_method"] == "gradcam" and pp["explain_method"] == "gradcam++"
+    assert plain["probabilities"] == pp["probabilities"]
+    a = np.asarray(
+        Image.open(io.BytesIO(client.get(plain["heatmap_url"], headers=clinician_headers).content))
+    )
+    b = np.asarray(
+        Image.open(io.BytesIO(client.get(pp["heatmap_url"], headers=clinician_headers).content))
+    )
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    bad = _predict(client, clinician_headers, [("x.png", png_bytes(arr))], explain_method="lime")
+    assert bad.status_code == 422 and "explain_method" in bad.json()["detail"]
+
+
+def test_concurrent_requests_go_through_the_versions_batcher(client, clinician_headers, app):
+    """Every image of every concurrent request is served by the version's micro-batcher
+    (coalescing itself is tested deterministically in tests/inference/test_batching.py)."""
+    import threading
+
+    model = app.state.clearscan.registry.get("pneumonia-cxr").model
+    before = model.batcher("gradcam").stats
+    codes: list[int] = []
+
+    def one() -> None:
+        for _ in range(4):
+            codes.append(_predict(client, clinician_headers, [("x.png", png_bytes())]).status_code)
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = model.batcher("gradcam").stats
+    assert codes == [200] * 24
+    assert after.items - before.items == 24
+    assert after.failed_items == before.failed_items
