@@ -8,12 +8,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from clearscan.audit import service as audit
 from clearscan.auth.models import User
-from clearscan.cases.models import Case, Image, Prediction, Review
+from clearscan.cases.models import Case, Image, Prediction, Review, new_id
 from clearscan.imaging import DecodedImage, ImagingError, Limits, decode
 from clearscan.inference.heatmap import encode_heatmap
 from clearscan.inference.preprocess import preprocess
@@ -51,6 +52,7 @@ class Analysis:
     box: tuple[int, int, int, int]
     heatmap_png: bytes | None
     inference_ms: float
+    tensor: np.ndarray  # the model input, kept for a shadow version to see the same thing
 
 
 def check_compatible(img: DecodedImage, manifest: ModelManifest) -> None:
@@ -117,6 +119,7 @@ def analyze(
                 box=prep.box,
                 heatmap_png=png,
                 inference_ms=round(prep_ms[i] + out.run_ms / out.batch_size + enc_ms, 3),
+                tensor=prep.tensor,
             )
         )
     return results
@@ -124,6 +127,7 @@ def analyze(
 
 def save_case(
     *,
+    case_id: str | None = None,
     db: Session,
     blobs: BlobStore,
     ctx: audit.RequestContext,
@@ -134,7 +138,12 @@ def save_case(
     note: str | None,
     explain_method: str | None = None,
 ) -> tuple[Case, list[Prediction]]:
-    case = Case(created_by_id=user.id, patient_ref=patient_ref or None, note=note or None)
+    case = Case(
+        id=case_id or new_id(),
+        created_by_id=user.id,
+        patient_ref=patient_ref or None,
+        note=note or None,
+    )
     db.add(case)
     db.flush()
     entries = [audit.Entry("case.create", object_type="case", object_id=case.id)]

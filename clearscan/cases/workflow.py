@@ -4,18 +4,24 @@ stores nothing and is audited."""
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy.orm import Session
 
 from clearscan.audit import service as audit
 from clearscan.auth.models import User
 from clearscan.cases import service
-from clearscan.cases.models import Case, Prediction
+from clearscan.cases.models import Case, Prediction, new_id
 from clearscan.imaging import ImagingError
 from clearscan.inference.runtime import EXPLAIN_METHODS
-from clearscan.registry.service import RegistryError
+from clearscan.registry.models import ShadowResult
+from clearscan.registry.service import ModelEntry, RegistryError
 from clearscan.state import AppState
+
+log = logging.getLogger(__name__)
 
 
 class PredictRejected(Exception):
@@ -45,7 +51,9 @@ def predict(
             raise PredictRejected(
                 413, f"too many files: at most {state.settings.max_files_per_request} per request"
             )
-        entry, model = state.registry.runnable(model_name or state.settings.default_model)
+        name = model_name or state.settings.default_model
+        case_id = new_id()
+        entry, model = state.registry.route(name, case_id)  # canary share decided per case
         images = service.decode_uploads(uploads, entry.manifest, state.limits)
         if explain_method not in EXPLAIN_METHODS:
             raise PredictRejected(
@@ -60,6 +68,7 @@ def predict(
         _reject(state, db, ctx, exc.status_code, exc.detail)
         raise
     case, preds = service.save_case(
+        case_id=case_id,
         db=db,
         blobs=state.blobs,
         ctx=ctx,
@@ -74,7 +83,49 @@ def predict(
     for p in preds:
         m.predictions.labels(p.model_name, p.model_version, p.top_label).inc()
         m.inference.labels(p.model_name, p.model_version).observe(p.inference_ms / 1000)
+    shadow = state.registry.shadow_of(name)
+    if shadow is not None and shadow.manifest.version != entry.manifest.version:
+        _shadow_pool().submit(_run_shadow, state, shadow, entry.manifest.version, analyses, preds)
     return case, preds
+
+
+@functools.cache
+def _shadow_pool() -> ThreadPoolExecutor:
+    # One worker: shadow runs queue behind each other and never compete with replies for more
+    # than one core.
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
+
+
+def _run_shadow(
+    state: AppState,
+    shadow: ModelEntry,
+    served_version: str,
+    analyses: Sequence[service.Analysis],
+    preds: Sequence[Prediction],
+) -> None:
+    """Run the shadow version on the inputs the served version answered; store the comparison.
+    Best effort: a failure is logged, never surfaced to the clinician."""
+    try:
+        assert shadow.model is not None
+        outs = shadow.model.batcher().predict([a.tensor for a in analyses], explain=False)
+        labels = shadow.manifest.labels
+        with state.sessions() as db:
+            for a, p, out in zip(analyses, preds, outs, strict=True):
+                db.add(
+                    ShadowResult(
+                        model_name=shadow.manifest.name,
+                        served_version=served_version,
+                        shadow_version=shadow.manifest.version,
+                        prediction_id=p.id,
+                        served_label=p.top_label,
+                        shadow_label=labels[int(out.top)],
+                        served_ms=a.inference_ms,
+                        shadow_ms=round(out.run_ms / out.batch_size, 3),
+                    )
+                )
+            db.commit()
+    except Exception:
+        log.exception("shadow run of %s failed", shadow.manifest.ref)
 
 
 def _reject(

@@ -3,7 +3,7 @@
 from clearscan.audit.models import AuditEvent, AuditHead
 from clearscan.auth.models import User, UserSession
 from clearscan.cases.models import Case, Image, Prediction, Review
-from clearscan.registry.models import ModelState
+from clearscan.registry.models import ModelState, ShadowResult
 
 __all__ = [
     "AuditEvent",
@@ -13,6 +13,7 @@ __all__ = [
     "ModelState",
     "Prediction",
     "Review",
+    "ShadowResult",
     "User",
     "UserSession",
 ]

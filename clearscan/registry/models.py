@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Integer, String
+from sqlalchemy import JSON, Float, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from clearscan.db.base import Base, UTCDateTime, utcnow
@@ -24,3 +24,21 @@ class ModelState(Base):
     shadow_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class ShadowResult(Base):
+    """What a shadow version said about an input the active (or canary) version answered.
+    Never shown to clinicians; summarised in the roll-out report."""
+
+    __tablename__ = "shadow_results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64), index=True)
+    served_version: Mapped[str] = mapped_column(String(64))
+    shadow_version: Mapped[str] = mapped_column(String(64), index=True)
+    prediction_id: Mapped[str] = mapped_column(String(36))
+    served_label: Mapped[str] = mapped_column(String(128))
+    shadow_label: Mapped[str] = mapped_column(String(128))
+    served_ms: Mapped[float] = mapped_column(Float)
+    shadow_ms: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -8,6 +8,7 @@ in flight keep the model object they started with."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -48,6 +49,15 @@ class ModelUnavailable(RegistryError):
 
 class RolloutConflict(RegistryError):
     status_code = 409
+
+
+class RolloutInvalid(RegistryError):
+    status_code = 422
+
+
+def bucket(key: str) -> int:
+    """0-99, stable for a key across processes and restarts (not Python's salted hash())."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 100
 
 
 def version_key(v: str) -> tuple[int, ...]:
@@ -389,6 +399,77 @@ class ModelRegistry:
                     db.flush()
                     return old, candidate
             raise RolloutConflict(f"model {name!r} has no earlier version to roll back to")
+
+    # --- canary and shadow --------------------------------------------------------------------
+
+    def route(self, name: str, key: str) -> tuple[ModelEntry, OnnxModel]:
+        """The version that answers a request keyed by `key` (the case id): the canary for a
+        fixed share of keys, otherwise the serving version. Deterministic per key."""
+        serving = self.get(name)
+        with self._lock:
+            st = self._state.get(name)
+        if st and st.canary_version and st.canary_percent > 0 and bucket(key) < st.canary_percent:
+            try:
+                canary = self.load_version(name, st.canary_version)
+            except ModelNotFound:
+                canary = None
+            if canary is not None and canary.model is not None:
+                return canary, canary.model
+        if serving.model is None:
+            raise ModelUnavailable(f"model {name!r} is unavailable: {serving.error}")
+        return serving, serving.model
+
+    def shadow_of(self, name: str) -> ModelEntry | None:
+        with self._lock:
+            st = self._state.get(name)
+        if not st or not st.shadow_version:
+            return None
+        try:
+            entry = self.load_version(name, st.shadow_version)
+        except ModelNotFound:
+            return None
+        return entry if entry.model is not None else None
+
+    def rollout(self, name: str) -> dict[str, object]:
+        active = self.get(name).manifest.version
+        with self._lock:
+            st = self._state.get(name)
+        return {
+            "name": name,
+            "active_version": active,
+            "history": list(st.history) if st else [],
+            "canary": {"version": st.canary_version, "percent": st.canary_percent}
+            if st and st.canary_version
+            else None,
+            "shadow": {"version": st.shadow_version} if st and st.shadow_version else None,
+        }
+
+    def set_rollout(
+        self,
+        db: Session,
+        name: str,
+        *,
+        canary: tuple[str, int] | None,
+        shadow: str | None,
+        actor: str | None,
+    ) -> None:
+        """Replace the canary and shadow settings of `name` (None clears one)."""
+        active = self.get(name).manifest.version
+        for role, version in (("canary", canary[0] if canary else None), ("shadow", shadow)):
+            if version is None:
+                continue
+            if version == active:
+                raise RolloutConflict(f"{role} version {version} is already the active version")
+            entry = self.load_version(name, version)  # ModelNotFound -> 404
+            if entry.model is None:
+                raise RolloutConflict(f"{role} version {name}:{version} cannot load: {entry.error}")
+        if canary is not None and not 0 <= canary[1] <= 100:
+            raise RolloutInvalid("canary.percent must be between 0 and 100")
+        with self._state_row(db, name) as row:
+            row.canary_version, row.canary_percent = (canary[0], canary[1]) if canary else (None, 0)
+            row.shadow_version = shadow
+            row.updated_at, row.updated_by = datetime.now(UTC), actor
+        db.flush()
 
     def apply_committed(self) -> None:
         """Pick up a change this process just committed (no TTL wait)."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
+from pydantic import BaseModel, ConfigDict, Field
 
 from clearscan.deps import AdminUser, AnyUser, SessionDep, StateDep, request_context
 from clearscan.registry import rollout
@@ -128,3 +129,66 @@ def rollback(
     except RegistryError as exc:
         raise HTTPException(exc.status_code, exc.detail) from None
     return RollbackResult(name=name, previous_version=old, active_version=new)
+
+
+class CanarySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: str = Field(max_length=64)
+    percent: int = Field(ge=0, le=100, description="share of cases (0-100) routed to the canary")
+
+
+class ShadowSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: str = Field(max_length=64)
+
+
+class RolloutUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    canary: CanarySpec | None = None
+    shadow: ShadowSpec | None = None
+
+
+@router.get("/models/{name}/rollout", summary="Active version, history, canary and shadow")
+def get_rollout(name: str, state: StateDep, user: AnyUser) -> dict[str, object]:
+    try:
+        return state.registry.rollout(name)
+    except RegistryError as exc:
+        raise HTTPException(exc.status_code, exc.detail) from None
+
+
+@router.put("/models/{name}/rollout", summary="Set (or clear, with null) the canary and shadow")
+def put_rollout(
+    name: str,
+    body: RolloutUpdate,
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    admin: AdminUser,
+) -> dict[str, object]:
+    try:
+        return rollout.set_rollout(
+            db=db,
+            ctx=request_context(request, admin.username),
+            registry=state.registry,
+            name=name,
+            canary=(body.canary.version, body.canary.percent) if body.canary else None,
+            shadow=body.shadow.version if body.shadow else None,
+        )
+    except RegistryError as exc:
+        raise HTTPException(exc.status_code, exc.detail) from None
+
+
+@router.get(
+    "/models/{name}/rollout/report", summary="Agreement of the shadow version with what was served"
+)
+def rollout_report(
+    name: str,
+    db: SessionDep,
+    state: StateDep,
+    admin: AdminUser,
+    version: Annotated[str | None, Query(max_length=64)] = None,
+) -> dict[str, object]:
+    try:
+        return rollout.shadow_report(db=db, registry=state.registry, name=name, version=version)
+    except RegistryError as exc:
+        raise HTTPException(exc.status_code, exc.detail) from None
