@@ -47,6 +47,7 @@ bench: install-dev
 
 model: install-dev
 	$(BIN)/python scripts/train_bundled_model.py --data ../shared/datasets/pneumoniamnist/pneumoniamnist_trainval.npz
+	$(BIN)/python scripts/fit_ood_reference.py --data ../shared/datasets/pneumoniamnist/pneumoniamnist_trainval.npz
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

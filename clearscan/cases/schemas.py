@@ -58,11 +58,18 @@ class PredictionPublic(BaseModel):
         description="x0, y0, x1, y1: the image region the model saw and the heatmap covers",
     )
     explain_method: str | None = None
+    out_of_domain: bool | None = Field(
+        default=None,
+        description="the input lies outside the model's training inputs (null: "
+        "the model has no out-of-domain reference)",
+    )
+    ood_score: float | None = Field(default=None, description="> 1 means out of domain")
     inference_ms: float
     created_at: datetime
 
     @classmethod
     def of(cls, p: Prediction) -> PredictionPublic:
+        ood = (p.details or {}).get("ood_score")
         return cls(
             id=p.id,
             image_id=p.image_id,
@@ -73,6 +80,8 @@ class PredictionPublic(BaseModel):
             heatmap_url=f"{API}/predictions/{p.id}/heatmap.png" if p.heatmap_sha256 else None,
             heatmap_box=p.heatmap_box,
             explain_method=(p.details or {}).get("explain_method") if p.heatmap_sha256 else None,
+            out_of_domain=None if ood is None else ood > 1.0,
+            ood_score=ood,
             inference_ms=p.inference_ms,
             created_at=p.created_at,
         )

@@ -53,6 +53,7 @@ class Analysis:
     heatmap_png: bytes | None
     inference_ms: float
     tensor: np.ndarray  # the model input, kept for a shadow version to see the same thing
+    ood_score: float | None = None  # > 1: outside the model's training inputs
 
 
 def check_compatible(img: DecodedImage, manifest: ModelManifest) -> None:
@@ -120,6 +121,7 @@ def analyze(
                 heatmap_png=png,
                 inference_ms=round(prep_ms[i] + out.run_ms / out.batch_size + enc_ms, 3),
                 tensor=prep.tensor,
+                ood_score=None if out.ood_score is None else round(out.ood_score, 4),
             )
         )
     return results
@@ -185,7 +187,10 @@ def save_case(
             heatmap_sha256=heat,
             heatmap_box=list(a.box) if heat else None,
             inference_ms=a.inference_ms,
-            details={"explain_method": explain_method} if heat else {},
+            details={
+                **({"explain_method": explain_method} if heat else {}),
+                **({"ood_score": a.ood_score} if a.ood_score is not None else {}),
+            },
         )
         db.add(pred)
         db.flush()

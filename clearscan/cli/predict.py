@@ -85,6 +85,8 @@ def predict(
                     labels=m.labels,
                     probabilities=a.probabilities,
                     top_label=m.labels[a.top_index],
+                    out_of_domain=None if a.ood_score is None else a.ood_score > 1.0,
+                    ood_score=a.ood_score,
                     heatmap_url=heat_path.resolve().as_uri() if heat_path else None,
                     heatmap_box=list(a.box) if a.heatmap_png else None,
                     inference_ms=a.inference_ms,
@@ -111,6 +113,7 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
     )
     console.print(
         f"{result['file']}: [bold]{result['top_label']}[/bold] ({probs}) "
-        f"[dim]{result['model']['name']}:{result['model']['version']}, "
+        + ("[yellow]OUT OF DOMAIN[/yellow] " if result.get("out_of_domain") else "")
+        + f"[dim]{result['model']['name']}:{result['model']['version']}, "
         f"{result['inference_ms']:.1f} ms[/dim]"
     )

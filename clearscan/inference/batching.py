@@ -57,6 +57,7 @@ class ItemOutput:
     run_ms: float  # model run time of the whole batch this item was in
     batch_size: int  # number of items in that batch
     queue_ms: float  # time from submit() until the batch started
+    ood_score: float | None = None  # distance from the training inputs (None: no reference)
 
 
 @dataclass(frozen=True)
@@ -315,6 +316,7 @@ class MicroBatcher:
                     run_ms=run_ms,
                     batch_size=n,
                     queue_ms=(start - it.arrived) * 1000.0,
+                    ood_score=None if out.ood_scores is None else float(out.ood_scores[i]),
                 )
             )
 

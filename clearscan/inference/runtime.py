@@ -22,6 +22,7 @@ from clearscan.inference.cam import (
     find_cam_head,
 )
 from clearscan.inference.campp import gradcam_plus_plus_maps
+from clearscan.inference.ood import OodReference
 from clearscan.registry.manifest import ModelManifest, verify_files
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class BatchOutput:
     top: np.ndarray  # N (class index chosen, threshold applied)
     cams: np.ndarray | None  # N x h x w in [0, 1], for the top class
     run_ms: float  # wall time of the model run for the whole batch
+    ood_scores: np.ndarray | None = None  # N distances from the training inputs
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -55,6 +57,7 @@ class OnnxModel:
         self.cam_error: str | None = None
         self._session: ort.InferenceSession | None = None
         self._outputs: list[str] = []
+        self.ood: OodReference | None = None
         self._batchers: dict[str, MicroBatcher] = {}
         self._batchers_lock = threading.Lock()
 
@@ -92,9 +95,28 @@ class OnnxModel:
         except Exception as exc:
             raise ModelLoadError(f"{m.ref}: ONNX Runtime cannot load {m.weights}: {exc}") from exc
         self._check_io(session)
+        self._load_ood()
         self._session = session
         self._outputs = [m.output.name] + ([self.cam_head.target] if self.cam_head else [])
         self._self_test()
+
+    def _load_ood(self) -> None:
+        m = self.manifest
+        if m.ood is None:
+            return
+        if self.cam_head is None:
+            log.warning("%s: out-of-domain reference ignored: no GAP + linear head", m.ref)
+            return
+        try:
+            ref = OodReference.load(self.package_dir / m.ood.file)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"{m.ref}: ood.file {m.ood.file}: {exc}") from None
+        if ref.mean.size != self.cam_head.weight.shape[1]:
+            raise ModelLoadError(
+                f"{m.ref}: ood reference has {ref.mean.size} features, the "
+                f"target activation {self.cam_head.weight.shape[1]}"
+            )
+        self.ood = ref
 
     def _check_io(self, session: ort.InferenceSession) -> None:
         m = self.manifest
@@ -163,7 +185,8 @@ class OnnxModel:
         if self._session is None:
             raise ModelLoadError(f"{self.manifest.ref} is not loaded")
         m = self.manifest
-        names = self._outputs if explain and self.cam_head else self._outputs[:1]
+        need_act = self.cam_head is not None and (explain or self.ood is not None)
+        names = self._outputs if need_act else self._outputs[:1]
         t0 = time.perf_counter()
         outs = self._session.run(names, {m.input.name: batch})
         scores = outs[0].astype(np.float32, copy=False)
@@ -173,8 +196,9 @@ class OnnxModel:
         if explain and self.cam_head is not None:
             maps = gradcam_plus_plus_maps if method == "gradcam++" else class_activation_maps
             cams = maps(outs[1], self.cam_head.weight, top)
+        ood = self.ood.scores(outs[1], batch) if self.ood is not None and need_act else None
         run_ms = (time.perf_counter() - t0) * 1000
-        return BatchOutput(probabilities=probs, top=top, cams=cams, run_ms=run_ms)
+        return BatchOutput(probabilities=probs, top=top, cams=cams, run_ms=run_ms, ood_scores=ood)
 
     def _decide(self, probs: np.ndarray) -> np.ndarray:
         th = self.manifest.threshold

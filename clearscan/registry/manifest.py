@@ -64,6 +64,13 @@ class BatchingSpec(BaseModel):
     max_delay_ms: float = Field(default=0.0, ge=0, le=1000)
 
 
+class OodSpec(BaseModel):
+    """Reference statistics of the training inputs for the out-of-domain guard."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: str  # JSON written by clearscan.inference.ood (listed in `files`)
+
+
 class ThresholdSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     label: str
@@ -90,6 +97,7 @@ class ModelManifest(BaseModel):
     explain: ExplainSpec = Field(default_factory=ExplainSpec)
     threshold: ThresholdSpec | None = None
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
+    ood: OodSpec | None = None
     metrics: dict[str, object] = Field(default_factory=dict)
     training: dict[str, object] = Field(default_factory=dict)
     intended_use: str | None = None
@@ -109,6 +117,8 @@ class ModelManifest(BaseModel):
                 raise ValueError(f"files.{fname} is not a sha256 hex digest")
             if "/" in fname or "\\" in fname or fname.startswith("."):
                 raise ValueError(f"files.{fname}: only plain file names are allowed")
+        if self.ood and self.ood.file not in self.files:
+            raise ValueError(f"ood.file {self.ood.file!r} must be listed in files")
         if self.threshold and self.threshold.label not in self.labels:
             raise ValueError(f"threshold.label {self.threshold.label!r} is not one of labels")
         return self

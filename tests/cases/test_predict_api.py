@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from tests.conftest import chest_like, dicom_bytes, png_bytes
+
+DATASET = (
+    Path(__file__).resolve().parents[3]
+    / "shared/datasets/pneumoniamnist/pneumoniamnist_trainval.npz"
+)
 
 
 def _predict(
@@ -261,3 +267,33 @@ def test_concurrent_requests_go_through_the_versions_batcher(client, clinician_h
     assert codes == [200] * 24
     assert after.items - before.items == 24
     assert after.failed_items == before.failed_items
+
+
+def test_out_of_domain_inputs_are_flagged(client, clinician_headers):
+    """Chest X-ray-like inputs pass; a photograph-like colour image and an MR slice are flagged."""
+    from pydicom.data import get_testdata_file
+
+    from clearscan.imaging import decode
+
+    yy, xx = np.mgrid[0:256, 0:256] / 256
+    photo = np.stack([0.5 + 0.5 * np.sin(6 * xx + c) * np.cos(4 * yy - c) for c in (0, 1, 2)], -1)
+    photo[80:160, 60:200] = [0.9, 0.2, 0.1]
+    buf = io.BytesIO()
+    Image.fromarray((photo * 255).astype(np.uint8), mode="RGB").save(buf, format="PNG")
+    mr = decode(Path(get_testdata_file("MR_small.dcm")).read_bytes()).pixels
+    ct = decode(Path(get_testdata_file("CT_small.dcm")).read_bytes()).pixels
+    val = np.load(DATASET)["val_images"][:3] if DATASET.exists() else []
+    files = [
+        ("photo.png", buf.getvalue()),
+        ("mr.png", png_bytes(mr)),
+        ("ct.png", png_bytes(ct)),
+        ("blank.png", png_bytes(np.zeros((64, 64), np.float32))),
+    ]
+    files += [(f"cxr{i}.png", png_bytes(v / 255.0)) for i, v in enumerate(val)]
+    r = _predict(client, clinician_headers, files)
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert preds[0]["out_of_domain"] is True and preds[0]["ood_score"] > 1
+    assert [p["out_of_domain"] for p in preds[1:4]] == [True, True, True]
+    for p in preds[4:]:
+        assert p["out_of_domain"] is False and p["ood_score"] < 1
