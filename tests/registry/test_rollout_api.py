@@ -87,7 +87,9 @@ def _always_normal_package(version: str) -> bytes:
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("manifest.json", json.dumps(manifest))
         zf.writestr("model.onnx", weights)
-        zf.write(BUNDLED / "MODEL_CARD.md", "MODEL_CARD.md")
+        for f in manifest["files"]:
+            if f != "model.onnx":
+                zf.write(BUNDLED / f, f)
     return buf.getvalue()
 
 

@@ -28,7 +28,7 @@ def package_zip(
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("manifest.json", json.dumps(manifest))
-        for f in ("model.onnx", "MODEL_CARD.md"):
+        for f in json.loads((BUNDLED / "manifest.json").read_text())["files"]:
             zf.write(BUNDLED / f, f)
         for name, data in (extra or {}).items():
             zf.writestr(name, data)
