@@ -22,7 +22,7 @@ DATASET = (
 MANIFEST_KEYS = {
     "schema_version", "name", "version", "task", "runtime", "weights", "labels", "modality",
     "dicom_modalities", "body_part", "description", "input", "output", "explain", "threshold",
-    "metrics", "training", "intended_use", "limitations", "license", "model_card", "files",
+    "metrics", "training", "intended_use", "limitations", "license", "model_card", "files", "ood",
 }  # fmt: skip
 
 
@@ -78,7 +78,7 @@ def test_manifest_schema(manifest: dict[str, Any]) -> None:
 
 
 def test_file_hashes_match(manifest: dict[str, Any]) -> None:
-    assert set(manifest["files"]) == {"model.onnx", "MODEL_CARD.md"}
+    assert set(manifest["files"]) == {"model.onnx", "MODEL_CARD.md", "ood_reference.json"}
     for name, digest in manifest["files"].items():
         assert _sha256(PACKAGE / name) == digest, name
 
