@@ -11,7 +11,7 @@ help:
 	@echo "make run      set up .venv and serve UI + API on http://127.0.0.1:8000"
 	@echo "make test     set up dev extras, lint (ruff, mypy) and run the whole test suite"
 	@echo "make install  set-up only (runtime dependencies)"
-	@echo "make bench    benchmark POST /api/v1/predict"
+	@echo "make bench    benchmarks: predict latency/memory, serving throughput (ResNet-50 sized)"
 	@echo "make model    retrain the bundled pneumonia model (needs the dataset in ../shared)"
 
 $(BIN)/python:
@@ -44,6 +44,7 @@ test: install-dev lint
 
 bench: install-dev
 	$(BIN)/python benchmarks/bench_predict.py
+	$(BIN)/python benchmarks/bench_serving.py
 
 model: install-dev
 	$(BIN)/python scripts/train_bundled_model.py --data ../shared/datasets/pneumoniamnist/pneumoniamnist_trainval.npz

@@ -81,10 +81,14 @@ def import_(
             )
         except ImportRejected as exc:
             raise fail(str(exc)) from None
-    console.print(
-        f"imported [bold]{m.ref}[/bold] (inactive; `clearscan models activate "
-        f"{m.name} {m.version}` to serve it)"
-    )
+        serving = registry.is_active(m.name, m.version)
+    if serving:
+        console.print(f"imported [bold]{m.ref}[/bold]: the first version of {m.name}, serving now")
+    else:
+        console.print(
+            f"imported [bold]{m.ref}[/bold] (inactive; `clearscan models activate "
+            f"{m.name} {m.version}` to serve it)"
+        )
 
 
 @app.command("list")
