@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clearscan import __version__
+from clearscan.audit import service as audit
 from clearscan.auth import service as users
 from clearscan.auth.service import LoginLimiter
 from clearscan.config import Settings
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         secret=settings.resolved_secret_key,
     )
+    _audit_unavailable_models(state)
     app = FastAPI(
         title="ClearScan",
         version=__version__,
@@ -120,6 +122,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         large_bodies={f"{API_PREFIX}/models": int(settings.max_model_upload_mb * 2**20)},
     )
     return app
+
+
+def _audit_unavailable_models(state: AppState) -> None:
+    """A version that failed to load at start-up is an audit event as well as a log line."""
+    failed = [e for n in state.registry.names() for e in state.registry.versions(n) if e.error]
+    if not failed:
+        return
+    with state.sessions() as db:
+        audit.record(
+            db,
+            audit.RequestContext(actor="system"),
+            *[
+                audit.Entry(
+                    "model.unavailable",
+                    outcome="failure",
+                    object_type="model",
+                    object_id=e.manifest.ref,
+                    details={"error": (e.error or "")[:500]},
+                )
+                for e in failed
+            ],
+        )
 
 
 def _mount_docs(app: FastAPI) -> None:

@@ -14,6 +14,7 @@ from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from clearscan.audit import service as audit
@@ -24,8 +25,10 @@ from clearscan.cases import service as cases
 from clearscan.cases.schemas import CaseDetail, CaseSummary
 from clearscan.cases.workflow import PredictRejected, predict
 from clearscan.deps import SESSION_COOKIE, SessionDep, StateDep, request_context
-from clearscan.registry.schemas import ModelDetail
-from clearscan.registry.service import ModelNotFound
+from clearscan.registry import rollout
+from clearscan.registry.models import ShadowResult
+from clearscan.registry.schemas import ModelDetail, ModelVersionPublic
+from clearscan.registry.service import ModelNotFound, RegistryError
 from clearscan.state import AppState
 from clearscan.web.forms import (
     LOGIN_CSRF_COOKIE,
@@ -507,22 +510,216 @@ def models_page(request: Request, state: StateDep, ws: WebSessionDep) -> Respons
     )
 
 
-@router.get("/models/{name}", response_class=HTMLResponse)
-def model_page(name: str, request: Request, state: StateDep, ws: WebSessionDep) -> Response:
+_MODEL_NOTICES = {
+    "activated": "Version {active} is now the active version.",
+    "rolled-back": "Rolled back: version {active} is the active version again.",
+    "rollout": "Roll-out settings saved.",
+}
+
+
+def _shadow_report(
+    db: Session, state: AppState, name: str, shadow: str | None
+) -> dict[str, object] | None:
+    """The shadow report of the shadow version, or of the last one that left results."""
+    version = (
+        shadow
+        or db.execute(
+            select(ShadowResult.shadow_version)
+            .where(ShadowResult.model_name == name)
+            .order_by(ShadowResult.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+    )
+    if version is None:
+        return None
+    try:
+        return rollout.shadow_report(db=db, registry=state.registry, name=name, version=version)
+    except RegistryError:
+        return None
+
+
+def _model_page(
+    request: Request,
+    db: Session,
+    state: AppState,
+    ws: WebSession,
+    name: str,
+    *,
+    error: str | None = None,
+    notice: str | None = None,
+    rollout_form: dict[str, str] | None = None,
+    status: int = 200,
+) -> HTMLResponse:
     try:
         entry = state.registry.get(name)
+        versions = [ModelVersionPublic.of(e) for e in state.registry.versions(name)]
     except ModelNotFound:
         raise PageError(404, "Model not found", "No model of this name is installed.", ws) from None
     model = entry.model
+    plan: dict[str, Any] | None = None
+    report = None
+    if ws.is_admin:
+        plan = state.registry.rollout(name)
+        canary, shadow = plan.get("canary"), plan.get("shadow")
+        if rollout_form is None:
+            rollout_form = {
+                "canary_version": canary["version"] if isinstance(canary, dict) else "",
+                "canary_percent": str(canary["percent"]) if isinstance(canary, dict) else "",
+                "shadow_version": shadow["version"] if isinstance(shadow, dict) else "",
+            }
+        report = _shadow_report(
+            db, state, name, shadow["version"] if isinstance(shadow, dict) else None
+        )
     return render(
         request,
         "model.html",
         ws=ws,
+        status=status,
         m=ModelDetail.of_detail(entry),
         manifest=entry.manifest,
         note=model_note(entry),
         cam_error=model.cam_error if model else None,
+        versions=versions,
+        plan=plan,
+        report=report,
+        rollout_form=rollout_form or {},
+        candidates=[v.version for v in versions if v.status == "inactive"],
+        error=error,
+        notice=notice,
     )
+
+
+@router.get("/models/{name}", response_class=HTMLResponse)
+def model_page(
+    name: str,
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    ws: WebSessionDep,
+    done: QueryStr = None,
+) -> Response:
+    notice = None
+    if done in _MODEL_NOTICES:
+        try:
+            active = state.registry.get(name).manifest.version
+        except ModelNotFound:
+            active = ""
+        notice = _MODEL_NOTICES[done].format(active=active)
+    return _model_page(request, db, state, ws, name, notice=notice)
+
+
+def _registry_failed(
+    request: Request,
+    db: Session,
+    state: AppState,
+    ws: WebSession,
+    name: str,
+    exc: RegistryError,
+    rollout_form: dict[str, str] | None = None,
+) -> HTMLResponse:
+    db.rollback()
+    message = exc.detail[:1].upper() + exc.detail[1:]
+    return _model_page(
+        request,
+        db,
+        state,
+        ws,
+        name,
+        error=message,
+        rollout_form=rollout_form,
+        status=exc.status_code,
+    )
+
+
+@router.post("/models/{name}/versions/{version}/activate", response_class=HTMLResponse)
+def model_activate(
+    name: str,
+    version: str,
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    ws: AdminSession,
+    csrf_token: FormStr = None,
+) -> Response:
+    require_csrf(request, db, state, ws, csrf_token)
+    try:
+        rollout.activate(
+            db=db,
+            ctx=request_context(request, ws.username),
+            registry=state.registry,
+            name=name,
+            version=version,
+        )
+    except RegistryError as exc:
+        return _registry_failed(request, db, state, ws, name, exc)
+    return _redirect(f"/models/{name}?done=activated")
+
+
+@router.post("/models/{name}/rollback", response_class=HTMLResponse)
+def model_rollback(
+    name: str,
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    ws: AdminSession,
+    csrf_token: FormStr = None,
+) -> Response:
+    require_csrf(request, db, state, ws, csrf_token)
+    try:
+        rollout.rollback(
+            db=db, ctx=request_context(request, ws.username), registry=state.registry, name=name
+        )
+    except RegistryError as exc:
+        return _registry_failed(request, db, state, ws, name, exc)
+    return _redirect(f"/models/{name}?done=rolled-back")
+
+
+@router.post("/models/{name}/rollout", response_class=HTMLResponse)
+def model_rollout(
+    name: str,
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    ws: AdminSession,
+    canary_version: FormStr = None,
+    canary_percent: FormStr = None,
+    shadow_version: FormStr = None,
+    csrf_token: FormStr = None,
+) -> Response:
+    require_csrf(request, db, state, ws, csrf_token)
+    form = {
+        "canary_version": (canary_version or "").strip()[:64],
+        "canary_percent": (canary_percent or "").strip()[:16],
+        "shadow_version": (shadow_version or "").strip()[:64],
+    }
+    canary: tuple[str, int] | None = None
+    if form["canary_version"]:
+        text = form["canary_percent"]
+        percent = int(text) if text.isdigit() else -1
+        if not 0 <= percent <= 100:
+            return _model_page(
+                request,
+                db,
+                state,
+                ws,
+                name,
+                error="Canary percent: give a whole number from 0 to 100.",
+                rollout_form=form,
+                status=422,
+            )
+        canary = (form["canary_version"], percent)
+    try:
+        rollout.set_rollout(
+            db=db,
+            ctx=request_context(request, ws.username),
+            registry=state.registry,
+            name=name,
+            canary=canary,
+            shadow=form["shadow_version"] or None,
+        )
+    except RegistryError as exc:
+        return _registry_failed(request, db, state, ws, name, exc, rollout_form=form)
+    return _redirect(f"/models/{name}?done=rollout")
 
 
 # --- administration ---------------------------------------------------------------------------

@@ -129,3 +129,34 @@ def test_server_starts_and_reports_broken_model(tmp_path, settings):
         health = c.get("/api/v1/health").json()
         broken = next(m for m in health["models"] if m["name"] == "broken-model")
         assert broken["available"] is False and broken["error"]
+
+
+def test_published_json_schema_is_current():
+    """docs/manifest.schema.json is the published schema; regenerate it when the manifest changes:
+    python -c 'from tests.registry.test_registry import write_schema; write_schema()'"""
+    published = json.loads(SCHEMA_PATH.read_text())
+    assert published == current_schema()
+
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "manifest.schema.json"
+
+
+def current_schema() -> dict:
+    from clearscan.registry.manifest import ModelManifest
+
+    schema = ModelManifest.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "ClearScan model package manifest"
+    return json.loads(json.dumps(schema, sort_keys=True))
+
+
+def write_schema() -> None:
+    SCHEMA_PATH.write_text(json.dumps(current_schema(), indent=2, sort_keys=True) + "\n")
+
+
+def test_bundled_manifest_is_valid_and_schema_requires_core_fields():
+    from clearscan.registry.manifest import ModelManifest
+
+    ModelManifest.model_validate(json.loads((BUNDLED / "manifest.json").read_text()))
+    required = set(json.loads(SCHEMA_PATH.read_text())["required"])
+    assert {"name", "version", "weights", "labels", "input"} <= required

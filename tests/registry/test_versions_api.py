@@ -265,6 +265,8 @@ def test_corrupt_active_version_falls_back_to_last_good(client, admin_headers, s
             for v in c2.get("/api/v1/models/pneumonia-cxr/versions", headers=h).json()["items"]
         }
         assert vs["5.0.0"]["status"] == "unavailable" and "sha256" in vs["5.0.0"]["error"]
+        events = c2.get("/api/v1/audit?action=model.unavailable", headers=h).json()["items"]
+        assert events and events[0]["object_id"] == "pneumonia-cxr:5.0.0"
 
 
 def test_concurrent_activate_and_predict_lose_nothing(client, admin_headers, clinician_headers):
