@@ -88,6 +88,10 @@ class OnnxModel:
         if self.threads:
             opts.intra_op_num_threads = self.threads
         opts.log_severity_level = 3
+        # Idle ONNX Runtime threads would spin for work and take CPU from decoding, storage and
+        # HTTP in the same process; let them sleep.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(
                 proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
