@@ -62,9 +62,11 @@ def build_registry(
     return registry
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, initialised: bool = False) -> FastAPI:
+    """Build the app. `initialised=True` when the caller already ran `initialise(settings)`."""
     settings = settings or Settings()
-    initialise(settings)
+    if not initialised:
+        initialise(settings)
     engine = create_db_engine(settings.sqlalchemy_url)
     sessions = make_session_factory(engine)
     metrics = Metrics()

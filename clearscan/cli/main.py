@@ -68,7 +68,7 @@ def serve(
                 border_style="yellow",
             )
         )
-    app_ = create_app(settings)
+    app_ = create_app(settings, initialised=True)
     console.print(f"ClearScan {__version__} on http://{host}:{port}  (data: {settings.data_dir})")
     uvicorn.run(
         app_,
