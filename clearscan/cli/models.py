@@ -104,7 +104,7 @@ def list_(data_dir: DataDirOpt = None) -> None:
                 str(len(registry.versions(m.name))),
                 m.task,
                 ", ".join(m.labels),
-                e.status,
+                registry.status(e),
             )
     console.print(table)
 
@@ -121,7 +121,7 @@ def show(
         except RegistryError as exc:
             raise fail(exc.detail) from None
         m = e.manifest
-        console.print(f"[bold]{m.ref}[/bold]  {e.status}  ({e.source})")
+        console.print(f"[bold]{m.ref}[/bold]  {registry.status(e)}  ({e.source})")
         console.print(
             f"task {m.task}; labels {', '.join(m.labels)}; modality {m.modality}; "
             f"input {m.input.channels}x{m.input.height}x{m.input.width}"
@@ -147,7 +147,7 @@ def versions(name: str, data_dir: DataDirOpt = None) -> None:
         for e in rows:
             table.add_row(
                 e.manifest.version,
-                e.status,
+                registry.status(e),
                 e.source,
                 e.manifest.files.get(e.manifest.weights, "")[:16],
             )

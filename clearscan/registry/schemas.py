@@ -30,7 +30,7 @@ class ModelPublic(BaseModel):
             labels=m.labels,
             modality=m.modality,
             body_part=m.body_part,
-            status=e.status,
+            status="unavailable" if e.error is not None else "active",  # a serving entry
             explainable=bool(e.model and e.model.explainable),
             error=e.error,
         )
@@ -77,12 +77,12 @@ class ModelVersionPublic(BaseModel):
     error: str | None = None
 
     @classmethod
-    def of(cls, e: ModelEntry) -> ModelVersionPublic:
+    def of(cls, e: ModelEntry, status: str) -> ModelVersionPublic:
         m = e.manifest
         return cls(
             name=m.name,
             version=m.version,
-            status=e.status,
+            status=status,
             source=e.source,
             weights_sha256=m.files.get(m.weights),
             error=e.error,

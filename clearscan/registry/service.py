@@ -77,11 +77,6 @@ class ModelEntry:
     source: str  # "bundled" | "store"
     model: OnnxModel | None = None
     error: str | None = None
-    role: str = "inactive"  # "active" | "inactive" (set by the registry for listing)
-
-    @property
-    def status(self) -> str:
-        return "unavailable" if self.error is not None else self.role
 
     @property
     def model_card(self) -> str | None:
@@ -306,7 +301,6 @@ class ModelRegistry:
         for name in self.names():
             entry = self._serving_entry(name)
             if entry is not None:
-                entry.role = "active"
                 out.append(entry)
         return out
 
@@ -319,8 +313,7 @@ class ModelRegistry:
                 key=lambda e: version_key(e.manifest.version),
                 reverse=True,
             )
-        for e in entries:
-            e.role = "active" if e is serving else "inactive"
+        _ = serving  # raises ModelNotFound for an unknown name
         return entries
 
     def version(self, name: str, version: str) -> ModelEntry:
@@ -339,8 +332,13 @@ class ModelRegistry:
         entry = self._serving_entry(name)
         if entry is None:
             raise ModelNotFound(f"model {name!r} not found")
-        entry.role = "active"
         return entry
+
+    def status(self, entry: ModelEntry) -> str:
+        """active (it serves its name), inactive, or unavailable (it failed to load)."""
+        if entry.error is not None:
+            return "unavailable"
+        return "active" if self._serving_entry(entry.manifest.name) is entry else "inactive"
 
     def runnable(self, name: str) -> tuple[ModelEntry, OnnxModel]:
         entry = self.get(name)

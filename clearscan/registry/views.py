@@ -79,7 +79,8 @@ def import_model(
             upload=file.file,
             flags=flags,
         )
-        return ModelVersionPublic.of(state.registry.version(manifest.name, manifest.version))
+        entry = state.registry.version(manifest.name, manifest.version)
+        return ModelVersionPublic.of(entry, state.registry.status(entry))
     except ImportRejected as exc:
         raise HTTPException(exc.status_code, str(exc)) from None
 
@@ -95,7 +96,8 @@ def get_model(name: str, state: StateDep, user: AnyUser) -> ModelDetail:
 @router.get("/models/{name}/versions", response_model=ModelVersionList)
 def list_versions(name: str, state: StateDep, user: AnyUser) -> ModelVersionList:
     try:
-        items = [ModelVersionPublic.of(e) for e in state.registry.versions(name)]
+        reg = state.registry
+        items = [ModelVersionPublic.of(e, reg.status(e)) for e in reg.versions(name)]
     except RegistryError as exc:
         raise HTTPException(exc.status_code, exc.detail) from None
     return ModelVersionList(items=items, total=len(items))
@@ -115,7 +117,7 @@ def activate(
         )
     except RegistryError as exc:
         raise HTTPException(exc.status_code, exc.detail) from None
-    return ModelVersionPublic.of(entry)
+    return ModelVersionPublic.of(entry, state.registry.status(entry))
 
 
 @router.post("/models/{name}/rollback", response_model=RollbackResult)

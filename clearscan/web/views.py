@@ -552,7 +552,8 @@ def _model_page(
 ) -> HTMLResponse:
     try:
         entry = state.registry.get(name)
-        versions = [ModelVersionPublic.of(e) for e in state.registry.versions(name)]
+        reg = state.registry
+        versions = [ModelVersionPublic.of(e, reg.status(e)) for e in reg.versions(name)]
     except ModelNotFound:
         raise PageError(404, "Model not found", "No model of this name is installed.", ws) from None
     model = entry.model

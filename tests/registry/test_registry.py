@@ -69,9 +69,9 @@ def test_corrupt_weights_marked_unavailable_others_unaffected(tmp_path):
     raw[len(raw) // 2] ^= 0xFF
     (bad / "model.onnx").write_bytes(bytes(raw))
     reg = _registry(tmp_path)
-    assert reg.get("good-model").status == "active"
+    assert reg.status(reg.get("good-model")) == "active"
     entry = reg.get("bad-model")
-    assert entry.status == "unavailable" and "sha256" in (entry.error or "")
+    assert reg.status(entry) == "unavailable" and "sha256" in (entry.error or "")
     with pytest.raises(ModelUnavailable):
         reg.runnable("bad-model")
     with pytest.raises(ModelNotFound):
@@ -87,8 +87,9 @@ def test_truncated_onnx_with_matching_hash_is_unavailable(tmp_path):
     m = json.loads((pkg / "manifest.json").read_text())
     m["files"]["model.onnx"] = hashlib.sha256(data).hexdigest()
     (pkg / "manifest.json").write_text(json.dumps(m))
-    entry = _registry(tmp_path).get("pneumonia-cxr")
-    assert entry.status == "unavailable" and "ONNX" in (entry.error or "")
+    reg = _registry(tmp_path)
+    entry = reg.get("pneumonia-cxr")
+    assert reg.status(entry) == "unavailable" and "ONNX" in (entry.error or "")
 
 
 def test_input_shape_contradicting_manifest_is_unavailable(tmp_path):
@@ -96,15 +97,17 @@ def test_input_shape_contradicting_manifest_is_unavailable(tmp_path):
     m = json.loads((pkg / "manifest.json").read_text())
     m["input"]["height"] = m["input"]["width"] = 64
     (pkg / "manifest.json").write_text(json.dumps(m))
-    entry = _registry(tmp_path).get("pneumonia-cxr")
-    assert entry.status == "unavailable" and "contradicts" in (entry.error or "")
+    reg = _registry(tmp_path)
+    entry = reg.get("pneumonia-cxr")
+    assert reg.status(entry) == "unavailable" and "contradicts" in (entry.error or "")
 
 
 def test_labels_not_matching_outputs_is_unavailable(tmp_path):
     pkg = _copy(tmp_path)
     _edit(pkg, labels=["a", "b", "c"], threshold=None)
-    entry = _registry(tmp_path).get("pneumonia-cxr")
-    assert entry.status == "unavailable" and "labels" in (entry.error or "")
+    reg = _registry(tmp_path)
+    entry = reg.get("pneumonia-cxr")
+    assert reg.status(entry) == "unavailable" and "labels" in (entry.error or "")
 
 
 def test_invalid_manifest_is_reported_not_fatal(tmp_path):
