@@ -24,7 +24,6 @@ import shlex
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from clearscan.training.architectures import PneumoniaNet, build_model  # noqa: E402
+from clearscan.training.export import export_onnx as export  # noqa: E402
 
 LABELS = ["normal", "pneumonia"]
 INPUT_NAME = "image"
@@ -277,21 +277,16 @@ def fold_threshold(model: PneumoniaNet, threshold: float) -> PneumoniaNet:
 
 def export_onnx(model: PneumoniaNet, path: Path) -> str:
     """Export to ONNX (opset 17, dynamic batch); rename the GAP input; return its name."""
-    model.eval()
-    dummy = torch.rand(2, 1, 28, 28)
-    with warnings.catch_warnings():  # the legacy exporter is chosen on purpose (plain graph)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model,
-            (dummy,),
-            str(path),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}},
-            do_constant_folding=True,
-        )
+    export(
+        model,
+        path,
+        channels=1,
+        height=28,
+        width=28,
+        opset=OPSET,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+    )
     m = onnx.load(str(path))
     pools = [n for n in m.graph.node if n.op_type == "GlobalAveragePool"]
     if len(pools) != 1:

@@ -17,12 +17,13 @@ This module (with ``architectures``) is the only place in the package that impor
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from clearscan.training.export import export_onnx as _export
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "export_onnx", "resnet18", "resnet50"]
 
@@ -198,23 +199,14 @@ def export_onnx(
     input_name: str = "image",
     output_name: str = "logits",
 ) -> Path:
-    """Export with the legacy TorchScript exporter (``dynamo=False``: a plain graph whose head
-    is GlobalAveragePool -> Flatten -> Gemm), opset 17, dynamic batch axis. Returns ``path``."""
-    model.eval()
-    dummy = torch.rand(2, model.in_channels, height, width)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # the legacy exporter is chosen on purpose
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model,
-            (dummy,),
-            str(path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=[input_name],
-            output_names=[output_name],
-            dynamic_axes={input_name: {0: "N"}, output_name: {0: "N"}},
-            do_constant_folding=True,
-        )
-    return path
+    """Export a ResNet (see ``clearscan.training.export.export_onnx``). Returns ``path``."""
+    return _export(
+        model,
+        path,
+        channels=model.in_channels,
+        height=height,
+        width=width,
+        opset=opset,
+        input_name=input_name,
+        output_name=output_name,
+    )
