@@ -306,14 +306,14 @@ class ModelRegistry:
 
     def versions(self, name: str) -> list[ModelEntry]:
         self._read_state()
-        serving = self.get(name)
         with self._lock:
+            if name not in self._versions:
+                raise ModelNotFound(f"model {name!r} not found")
             entries = sorted(
                 self._versions.get(name, {}).values(),
                 key=lambda e: version_key(e.manifest.version),
                 reverse=True,
             )
-        _ = serving  # raises ModelNotFound for an unknown name
         return entries
 
     def version(self, name: str, version: str) -> ModelEntry:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import threading
 import zipfile
 from pathlib import Path
@@ -319,4 +318,3 @@ def test_export_roundtrip(tmp_path, app):
     out = store.export(BUNDLED, tmp_path / "x.zip")
     with zipfile.ZipFile(out) as zf:
         assert {"manifest.json", "model.onnx", "MODEL_CARD.md"} <= set(zf.namelist())
-    shutil.rmtree(tmp_path / "unused", ignore_errors=True)
