@@ -18,12 +18,13 @@ from clearscan import __version__
 from clearscan.audit import service as audit
 from clearscan.auth import service as users
 from clearscan.auth.service import LoginLimiter
-from clearscan.config import Settings
+from clearscan.config import ConfigError, Settings
 from clearscan.db import create_db_engine, make_session_factory
 from clearscan.db.migrate import upgrade
+from clearscan.inference.runtime import ModelLoadError, onnx_providers
 from clearscan.middleware import CoreMiddleware
 from clearscan.observability.metrics import Metrics
-from clearscan.registry.service import BUNDLED_DIR, ModelRegistry
+from clearscan.registry.service import BUNDLED_DIR, ModelRegistry, _cache
 from clearscan.registry.store import ModelStore
 from clearscan.state import AppState
 from clearscan.storage import LocalBlobStore
@@ -53,11 +54,24 @@ def model_store(settings: Settings) -> ModelStore:
     )
 
 
+def check_device(device: str) -> None:
+    """CLEARSCAN_DEVICE=cuda on a machine without the CUDA execution provider stops start-up
+    (a quiet fall-back to the CPU would hide a tenfold slow-down)."""
+    try:
+        onnx_providers(device)
+    except ModelLoadError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def build_registry(
     settings: Settings, sessions: sessionmaker[Session] | None = None
 ) -> ModelRegistry:
     dirs = [BUNDLED_DIR, model_store(settings).root]
-    registry = ModelRegistry(dirs, sessions=sessions, threads=settings.intra_op_threads)
+    check_device(settings.device)
+    _cache.resize(int(settings.model_cache_mb * 2**20))
+    registry = ModelRegistry(
+        dirs, sessions=sessions, threads=settings.intra_op_threads, device=settings.device
+    )
     registry.load_all()
     return registry
 

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     trusted_proxies: list[str] = Field(default_factory=list)
 
     intra_op_threads: int = 0
+    # cpu, or cuda: ONNX Runtime's CUDA execution provider (onnxruntime-gpu) and PyTorch on the
+    # GPU; a cuda setting that cannot be honoured stops start-up instead of falling back quietly
+    device: Literal["cpu", "cuda"] = "cpu"
+    # memory cap of loaded model versions (weights file sizes); least recently used unload first
+    model_cache_mb: float = Field(default=4096.0, gt=0)
     log_level: str = "INFO"
 
     @field_validator("data_dir", mode="after")

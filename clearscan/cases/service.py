@@ -18,7 +18,7 @@ from clearscan.cases.models import Case, Image, Prediction, Review, new_id
 from clearscan.imaging import DecodedImage, ImagingError, Limits, decode
 from clearscan.inference.heatmap import encode_heatmap
 from clearscan.inference.preprocess import preprocess
-from clearscan.inference.runtime import OnnxModel
+from clearscan.inference.runtime import Model
 from clearscan.registry.manifest import ModelManifest
 from clearscan.storage import BlobStore
 
@@ -92,7 +92,7 @@ def decode_uploads(
 def analyze(
     uploads: Sequence[bytes],
     images: Sequence[DecodedImage],
-    model: OnnxModel,
+    model: Model,
     *,
     explain: bool,
     method: str = "gradcam",

@@ -53,13 +53,16 @@ def predict(
             )
         name = model_name or state.settings.default_model
         case_id = new_id()
-        entry, model = state.registry.route(name, case_id)  # canary share decided per case
-        images = service.decode_uploads(uploads, entry.manifest, state.limits)
         if explain_method not in EXPLAIN_METHODS:
             raise PredictRejected(
                 422, f"explain_method must be one of {', '.join(EXPLAIN_METHODS)}"
             )
-        analyses = service.analyze(uploads, images, model, explain=explain, method=explain_method)
+        # the canary share is decided per case; the version stays loaded while it is used
+        with state.registry.serve(name, case_id) as (entry, model):
+            images = service.decode_uploads(uploads, entry.manifest, state.limits)
+            analyses = service.analyze(
+                uploads, images, model, explain=explain, method=explain_method
+            )
     except (ImagingError, service.CaseError, RegistryError) as exc:
         detail = getattr(exc, "detail", None) or str(exc)
         _reject(state, db, ctx, exc.status_code, detail)
@@ -106,8 +109,8 @@ def _run_shadow(
     """Run the shadow version on the inputs the served version answered; store the comparison.
     Best effort: a failure is logged, never surfaced to the clinician."""
     try:
-        assert shadow.model is not None
-        outs = shadow.model.batcher().predict([a.tensor for a in analyses], explain=False)
+        with state.registry.lease(shadow) as model:
+            outs = model.batcher().predict([a.tensor for a in analyses], explain=False)
         labels = shadow.manifest.labels
         with state.sessions() as db:
             for a, p, out in zip(analyses, preds, outs, strict=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,8 +44,10 @@ def predict(
 
     settings = load_settings(data_dir)
     registry = build_registry(settings)
+    stack = ExitStack()
     try:
-        entry, runner = registry.runnable(model or settings.default_model)
+        entry = registry.get(model or settings.default_model)
+        runner = stack.enter_context(registry.lease(entry))  # loaded while the files run
     except RegistryError as exc:
         raise fail(str(exc)) from None
     limits = Limits(max_pixels=settings.max_pixels, max_dimension=settings.max_dimension)
@@ -52,15 +55,18 @@ def predict(
         out.mkdir(parents=True, exist_ok=True)
     failures = 0
     show_bar = len(images) > 1
-    with Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        disable=not show_bar,
-        transient=True,
-    ) as progress:
+    with (
+        stack,
+        Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            disable=not show_bar,
+            transient=True,
+        ) as progress,
+    ):
         task = progress.add_task("analysing", total=len(images))
         for i, path in enumerate(images, 1):
             result: dict[str, Any] = {"file": str(path)}

@@ -17,7 +17,7 @@ that item arrived* or `max_batch_size` such items are waiting, whichever comes f
 * `close()` drains everything already submitted (no more waiting for company), then stops the
   worker; later `submit` calls raise RuntimeError.
 
-Only stdlib + numpy: `run` is any callable shaped like `OnnxModel.run`.
+Only stdlib + numpy: `run` is any callable shaped like `Model.run`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ __all__ = ["BatcherStats", "ItemOutput", "MicroBatcher", "RunBatch"]
 
 
 class RunBatch(Protocol):
-    """`OnnxModel.run`'s shape: N x C x H x W batch in, BatchOutput out."""
+    """`Model.run`'s shape: N x C x H x W batch in, BatchOutput out."""
 
     def __call__(self, batch: np.ndarray, *, explain: bool) -> BatchOutput: ...
 

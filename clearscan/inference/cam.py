@@ -145,10 +145,21 @@ def class_activation_maps(
     """Grad-CAM maps (N x h x w) in [0, 1] for `classes[i]` of each sample i.
 
     activation: N x K x h x w; weight: C x K."""
-    w = weight[classes]  # N x K
-    cam = np.einsum("nk,nkhw->nhw", w, activation, optimize=True)
+    return weighted_maps(weight[classes], activation)
+
+
+def weighted_maps(channel_weights: np.ndarray, activation: np.ndarray) -> np.ndarray:
+    """ReLU(sum_k w[n, k] * A[n, k]) per sample, normalised by its peak to [0, 1] (a zero map
+    stays zero). channel_weights: N x K; activation: N x K x h x w."""
+    cam = np.einsum("nk,nkhw->nhw", channel_weights, activation, optimize=True)
     np.maximum(cam, 0, out=cam)
     peak = cam.reshape(cam.shape[0], -1).max(axis=1)
     peak[peak == 0] = 1.0
     cam /= peak[:, None, None]
     return cam.astype(np.float32, copy=False)
+
+
+def gradcam_maps_from_gradients(activation: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+    """Grad-CAM (Selvaraju et al.) from the gradient of each sample's class score w.r.t. its
+    activation (both N x K x h x w): channel weights are the spatial means of the gradient."""
+    return weighted_maps(gradients.mean(axis=(2, 3)), activation)

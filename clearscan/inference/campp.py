@@ -23,9 +23,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from clearscan.inference.cam import weighted_maps
+
 EPS = 1e-7  # as in pytorch-grad-cam's GradCAMPlusPlus
 
-__all__ = ["gradcam_plus_plus_maps", "gradcam_plus_plus_weights"]
+__all__ = [
+    "gradcam_plus_plus_from_gradients",
+    "gradcam_plus_plus_maps",
+    "gradcam_plus_plus_weights",
+]
 
 
 def gradcam_plus_plus_weights(
@@ -58,10 +64,19 @@ def gradcam_plus_plus_maps(
     """Grad-CAM++ maps (N x h x w, float32) in [0, 1] for `classes[i]` of each sample i.
 
     activation: N x K x h x w; weight: C x K; classes: N class indices."""
-    wts = gradcam_plus_plus_weights(activation, weight, classes)
-    cam = np.einsum("nk,nkhw->nhw", wts, activation, optimize=True)
-    np.maximum(cam, 0, out=cam)
-    peak = cam.reshape(cam.shape[0], -1).max(axis=1)
-    peak[peak == 0] = 1.0
-    cam /= peak[:, None, None]
-    return cam.astype(np.float32, copy=False)
+    return weighted_maps(gradcam_plus_plus_weights(activation, weight, classes), activation)
+
+
+def gradcam_plus_plus_from_gradients(activation: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+    """Grad-CAM++ maps (N x h x w) from the gradient of each sample's class score w.r.t. its
+    activation (both N x K x h x w), for heads that are not GAP + linear: the same formula as
+    pytorch-grad-cam's ``GradCAMPlusPlus.get_cam_weights`` with position-dependent gradients."""
+    g = gradients.astype(np.float64, copy=False)
+    g2 = g * g
+    g3 = g2 * g
+    total = activation.sum(axis=(2, 3), dtype=np.float64)[:, :, None, None]
+    denom = 2.0 * g2 + total * g3 + EPS
+    alpha = np.zeros_like(g)
+    np.divide(g2, denom, out=alpha, where=(g != 0) & (denom != 0))
+    weights = (np.maximum(g, 0.0) * alpha).sum(axis=(2, 3))
+    return weighted_maps(weights, activation)

@@ -48,29 +48,178 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-class OnnxModel:
-    def __init__(self, package_dir: Path, manifest: ModelManifest, *, threads: int = 0) -> None:
+class Model:
+    """A loaded model version, whatever its runtime: verified files, warmed up, one micro-batcher
+    per explanation method. Subclasses implement `_load` and `run`."""
+
+    runtime = ""
+
+    def __init__(
+        self, package_dir: Path, manifest: ModelManifest, *, threads: int = 0, device: str = "cpu"
+    ) -> None:
         self.package_dir = package_dir
         self.manifest = manifest
         self.threads = threads
-        self.cam_head: CamHead | None = None
+        self.device = device
         self.cam_error: str | None = None
-        self._session: ort.InferenceSession | None = None
-        self._outputs: list[str] = []
         self.ood: OodReference | None = None
         self._batchers: dict[str, MicroBatcher] = {}
         self._batchers_lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def explainable(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def memory_bytes(self) -> int:
+        """What this version counts against CLEARSCAN_MODEL_CACHE_MB: the size of its weights
+        file (a close lower bound of what the runtime holds; activations come on top)."""
+        try:
+            return (self.package_dir / self.manifest.weights).stat().st_size
+        except OSError:
+            return 0
+
+    def load(self) -> None:
+        try:
+            verify_files(self.package_dir, self.manifest)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        self._load()
+
+    def _load(self) -> None:
+        raise NotImplementedError
+
+    def run(self, batch: np.ndarray, *, explain: bool, method: str = "gradcam") -> BatchOutput:
+        raise NotImplementedError
+
+    def batcher(self, method: str = "gradcam") -> MicroBatcher:
+        """The micro-batcher of this version for `method` (created on first use)."""
+        if method not in EXPLAIN_METHODS:
+            raise ValueError(f"unknown explanation method {method!r}")
+        with self._batchers_lock:
+            if self._closed:
+                raise ModelLoadError(f"{self.manifest.ref} was unloaded")
+            b = self._batchers.get(method)
+            if b is None:
+                spec = self.manifest.batching
+
+                def run(batch: np.ndarray, *, explain: bool) -> BatchOutput:
+                    return self.run(batch, explain=explain, method=method)
+
+                b = MicroBatcher(
+                    run,
+                    max_batch_size=spec.max_batch_size,
+                    max_delay_ms=spec.max_delay_ms,
+                    name=f"{self.manifest.ref}/{method}",
+                )
+                self._batchers[method] = b
+            return b
+
+    def close(self) -> None:
+        """Finish the work already queued, stop the batcher threads, drop the runtime."""
+        with self._batchers_lock:
+            self._closed = True
+            batchers = list(self._batchers.values())
+            self._batchers.clear()
+        for b in batchers:
+            b.close()
+        self._release()
+
+    def _release(self) -> None:
+        """Drop the runtime's session (subclasses)."""
+
+    def _read_ood(self, features: int) -> OodReference:
+        """The package's out-of-domain reference, checked against the activation's channels."""
+        m = self.manifest
+        assert m.ood is not None
+        try:
+            ref = OodReference.load(self.package_dir / m.ood.file)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"{m.ref}: ood.file {m.ood.file}: {exc}") from None
+        if ref.mean.size != features:
+            raise ModelLoadError(
+                f"{m.ref}: ood reference has {ref.mean.size} features, the "
+                f"target activation {features}"
+            )
+        return ref
+
+    def _decide(self, probs: np.ndarray) -> np.ndarray:
+        th = self.manifest.threshold
+        top = probs.argmax(axis=1)
+        if th is None or th.folded_into_bias:
+            return top
+        idx = self.manifest.labels.index(th.label)
+        rest = probs.copy()
+        rest[:, idx] = -1.0
+        return np.where(probs[:, idx] >= th.value, idx, rest.argmax(axis=1))
+
+    def _probe_input(self) -> np.ndarray:
+        m = self.manifest
+        rng = np.random.default_rng(0)
+        return rng.random((1, m.input.channels, m.input.height, m.input.width), dtype=np.float32)
+
+    def _check_width(self, scores: np.ndarray) -> None:
+        m = self.manifest
+        if scores.shape != (1, len(m.labels)):
+            raise ModelLoadError(
+                f"{m.ref}: labels has {len(m.labels)} entries but the model outputs shape "
+                f"{list(scores.shape)}"
+            )
+
+
+def onnx_providers(device: str) -> list[str]:
+    """ONNX Runtime execution providers for CLEARSCAN_DEVICE (cuda needs onnxruntime-gpu)."""
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ModelLoadError(
+                "CLEARSCAN_DEVICE=cuda but ONNX Runtime has no CUDAExecutionProvider "
+                "(install onnxruntime-gpu on a machine with an NVIDIA GPU)"
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def create_model(
+    package_dir: Path, manifest: ModelManifest, *, threads: int = 0, device: str = "cpu"
+) -> Model:
+    """The runtime object for `manifest.runtime` (not loaded yet)."""
+    cls: type[Model]
+    if manifest.runtime == "onnx":
+        cls = OnnxModel
+    elif manifest.runtime == "torchscript":
+        from clearscan.inference.torchscript import TorchScriptModel
+
+        cls = TorchScriptModel
+    elif manifest.runtime == "sklearn":
+        from clearscan.inference.sklearn_model import SklearnModel
+
+        cls = SklearnModel
+    else:  # the manifest schema refuses other values
+        raise ModelLoadError(f"{manifest.ref}: unknown runtime {manifest.runtime!r}")
+    return cls(package_dir, manifest, threads=threads, device=device)
+
+
+class OnnxModel(Model):
+    runtime = "onnx"
+
+    def __init__(
+        self, package_dir: Path, manifest: ModelManifest, *, threads: int = 0, device: str = "cpu"
+    ) -> None:
+        super().__init__(package_dir, manifest, threads=threads, device=device)
+        self.cam_head: CamHead | None = None
+        self._session: ort.InferenceSession | None = None
+        self._outputs: list[str] = []
 
     @property
     def explainable(self) -> bool:
         return self.cam_head is not None
 
-    def load(self) -> None:
+    def _release(self) -> None:
+        self._session = None
+
+    def _load(self) -> None:
         m = self.manifest
-        try:
-            verify_files(self.package_dir, m)
-        except ValueError as exc:
-            raise ModelLoadError(str(exc)) from exc
         try:
             proto = onnx.load_model(str(self.package_dir / m.weights))
         except Exception as exc:  # truncated or not ONNX at all
@@ -92,9 +241,10 @@ class OnnxModel:
         # HTTP in the same process; let them sleep.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        providers = onnx_providers(self.device)
         try:
             session = ort.InferenceSession(
-                proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
+                proto.SerializeToString(), sess_options=opts, providers=providers
             )
         except Exception as exc:
             raise ModelLoadError(f"{m.ref}: ONNX Runtime cannot load {m.weights}: {exc}") from exc
@@ -105,22 +255,14 @@ class OnnxModel:
         self._self_test()
 
     def _load_ood(self) -> None:
-        m = self.manifest
-        if m.ood is None:
+        if self.manifest.ood is None:
             return
         if self.cam_head is None:
-            log.warning("%s: out-of-domain reference ignored: no GAP + linear head", m.ref)
-            return
-        try:
-            ref = OodReference.load(self.package_dir / m.ood.file)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelLoadError(f"{m.ref}: ood.file {m.ood.file}: {exc}") from None
-        if ref.mean.size != self.cam_head.weight.shape[1]:
-            raise ModelLoadError(
-                f"{m.ref}: ood reference has {ref.mean.size} features, the "
-                f"target activation {self.cam_head.weight.shape[1]}"
+            log.warning(
+                "%s: out-of-domain reference ignored: no GAP + linear head", self.manifest.ref
             )
-        self.ood = ref
+            return
+        self.ood = self._read_ood(self.cam_head.weight.shape[1])
 
     def _check_io(self, session: ort.InferenceSession) -> None:
         m = self.manifest
@@ -145,15 +287,10 @@ class OnnxModel:
         """Warm up, check the output width against the labels, and check that the located head
         really is GAP + linear (logits recomputed from the activation must match)."""
         m = self.manifest
-        rng = np.random.default_rng(0)
-        x = rng.random((1, m.input.channels, m.input.height, m.input.width), dtype=np.float32)
+        x = self._probe_input()
         assert self._session is not None
         outs = self._session.run(self._outputs, {m.input.name: x})
-        if outs[0].shape != (1, len(m.labels)):
-            raise ModelLoadError(
-                f"{m.ref}: labels has {len(m.labels)} entries but the model outputs shape "
-                f"{list(outs[0].shape)}"
-            )
+        self._check_width(outs[0])
         if self.cam_head is not None and m.output.kind == "logits":
             act = outs[1]
             recomputed = act.mean(axis=(2, 3)) @ self.cam_head.weight.T + self.cam_head.bias
@@ -163,27 +300,6 @@ class OnnxModel:
                 self._outputs = self._outputs[:1]
         for _ in range(3):
             self._session.run(self._outputs, {m.input.name: x})
-
-    def batcher(self, method: str = "gradcam") -> MicroBatcher:
-        """The micro-batcher of this version for `method` (created on first use)."""
-        if method not in EXPLAIN_METHODS:
-            raise ValueError(f"unknown explanation method {method!r}")
-        with self._batchers_lock:
-            b = self._batchers.get(method)
-            if b is None:
-                spec = self.manifest.batching
-
-                def run(batch: np.ndarray, *, explain: bool) -> BatchOutput:
-                    return self.run(batch, explain=explain, method=method)
-
-                b = MicroBatcher(
-                    run,
-                    max_batch_size=spec.max_batch_size,
-                    max_delay_ms=spec.max_delay_ms,
-                    name=f"{self.manifest.ref}/{method}",
-                )
-                self._batchers[method] = b
-            return b
 
     def run(self, batch: np.ndarray, *, explain: bool, method: str = "gradcam") -> BatchOutput:
         if self._session is None:
@@ -203,13 +319,3 @@ class OnnxModel:
         ood = self.ood.scores(outs[1], batch) if self.ood is not None and need_act else None
         run_ms = (time.perf_counter() - t0) * 1000
         return BatchOutput(probabilities=probs, top=top, cams=cams, run_ms=run_ms, ood_scores=ood)
-
-    def _decide(self, probs: np.ndarray) -> np.ndarray:
-        th = self.manifest.threshold
-        top = probs.argmax(axis=1)
-        if th is None or th.folded_into_bias:
-            return top
-        idx = self.manifest.labels.index(th.label)
-        rest = probs.copy()
-        rest[:, idx] = -1.0
-        return np.where(probs[:, idx] >= th.value, idx, rest.argmax(axis=1))

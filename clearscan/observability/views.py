@@ -44,7 +44,7 @@ def readyz(state: StateDep) -> JSONResponse:
     db_ok, _ = _db_ok(state)
     st_ok, _ = _storage_ok(state)
     try:
-        default_ok = state.registry.get(state.settings.default_model).model is not None
+        default_ok = state.registry.get(state.settings.default_model).available
     except Exception:
         default_ok = False
     ok = db_ok and st_ok and default_ok
@@ -65,8 +65,9 @@ def health(state: StateDep) -> dict[str, object]:
             {
                 "name": e.manifest.name,
                 "version": e.manifest.version,
-                "available": e.model is not None,
-                "explainable": bool(e.model and e.model.explainable),
+                "available": e.available,
+                "loaded": e.model is not None,
+                "explainable": e.explainable,
                 "error": e.error,
             }
             for e in state.registry.entries()
@@ -80,6 +81,6 @@ def health(state: StateDep) -> dict[str, object]:
 def metrics(state: StateDep) -> Response:
     for e in state.registry.entries():
         state.metrics.models_available.labels(e.manifest.name, e.manifest.version).set(
-            1 if e.model is not None else 0
+            1 if e.available else 0
         )
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

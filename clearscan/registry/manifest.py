@@ -85,7 +85,9 @@ class ModelManifest(BaseModel):
     name: str = Field(pattern=NAME)
     version: str = Field(pattern=SEMVER)
     task: Literal["classification"] = "classification"
-    runtime: Literal["onnx"] = "onnx"
+    # onnx: ONNX Runtime; torchscript: PyTorch (torch.jit.load; never torch.load's pickles);
+    # sklearn: a scikit-learn estimator saved with skops (never pickle/joblib)
+    runtime: Literal["onnx", "torchscript", "sklearn"] = "onnx"
     weights: str
     labels: list[str] = Field(min_length=1)
     modality: str | None = None

@@ -31,7 +31,7 @@ class ModelPublic(BaseModel):
             modality=m.modality,
             body_part=m.body_part,
             status="unavailable" if e.error is not None else "active",  # a serving entry
-            explainable=bool(e.model and e.model.explainable),
+            explainable=e.explainable,
             error=e.error,
         )
 
@@ -86,7 +86,7 @@ class ModelVersionPublic(BaseModel):
             source=e.source,
             weights_sha256=m.files.get(m.weights),
             error=e.error,
-            explainable=bool(e.model and e.model.explainable),
+            explainable=e.explainable,
         )
 
 

@@ -12,7 +12,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from clearscan.inference.runtime import ModelLoadError, OnnxModel
+from clearscan.inference.runtime import Model, ModelLoadError, create_model
 from clearscan.registry.manifest import ManifestError, ModelManifest, load_manifest
 from clearscan.registry.models import ModelState
 
@@ -68,15 +69,155 @@ def version_key(v: str) -> tuple[int, ...]:
         return (-1,)
 
 
+class ModelCache:
+    """Loaded versions, least recently used first, within a memory cap (bytes; None: no cap).
+
+    A version counts its weights file size (`Model.memory_bytes`). When a load takes the total
+    over the cap, the least recently used versions that no request is using are unloaded (their
+    batchers finish what is queued, then stop); a version in use is never unloaded, so the cap
+    can be exceeded while every loaded version is busy. Loads of one version are serialised: two
+    requests for a cold version load it once."""
+
+    def __init__(self, capacity_bytes: int | None = None) -> None:
+        self.capacity_bytes = capacity_bytes
+        self._models: OrderedDict[tuple[Path, str], Model] = OrderedDict()
+        self._leases: dict[tuple[Path, str], int] = {}
+        self._loading: dict[tuple[Path, str], threading.Lock] = {}
+        self._lock = threading.Lock()
+        self.loads = 0
+        self.evictions = 0
+
+    def peek(self, key: tuple[Path, str]) -> Model | None:
+        with self._lock:
+            return self._models.get(key)
+
+    @property
+    def used_bytes(self) -> int:
+        with self._lock:
+            return sum(m.memory_bytes for m in self._models.values())
+
+    def keys(self) -> list[tuple[Path, str]]:
+        """Loaded versions, least recently used first."""
+        with self._lock:
+            return list(self._models)
+
+    def acquire(self, key: tuple[Path, str], loader: Callable[[], Model]) -> Model:
+        """The loaded model for `key` (loading it with `loader` if cold), marked in use until
+        `release(key)`. `loader` raises ModelLoadError for a version that cannot load."""
+        with self._lock:
+            model = self._hit(key)
+            if model is not None:
+                return model
+            load_lock = self._loading.setdefault(key, threading.Lock())
+        with load_lock:
+            with self._lock:
+                model = self._hit(key)
+                if model is not None:
+                    return model
+            model = loader()
+            with self._lock:
+                self._models[key] = model
+                self._leases[key] = self._leases.get(key, 0) + 1
+                self.loads += 1
+                victims = self._over_cap()
+        self._close(victims)
+        return model
+
+    def release(self, key: tuple[Path, str]) -> None:
+        with self._lock:
+            left = self._leases.get(key, 0) - 1
+            if left > 0:
+                self._leases[key] = left
+            else:
+                self._leases.pop(key, None)
+            victims = self._over_cap()
+        self._close(victims)
+
+    @contextmanager
+    def lease(self, key: tuple[Path, str], loader: Callable[[], Model]) -> Iterator[Model]:
+        model = self.acquire(key, loader)
+        try:
+            yield model
+        finally:
+            self.release(key)
+
+    def resize(self, capacity_bytes: int | None) -> None:
+        with self._lock:
+            self.capacity_bytes = capacity_bytes
+            victims = self._over_cap()
+        self._close(victims)
+
+    def clear(self) -> None:
+        """Unload every version no request is using (as a restart would, for those)."""
+        with self._lock:
+            idle = [k for k in self._models if not self._leases.get(k)]
+            victims = [self._models.pop(k) for k in idle]
+        self._close(victims)
+
+    def _hit(self, key: tuple[Path, str]) -> Model | None:
+        model = self._models.get(key)
+        if model is not None:
+            self._models.move_to_end(key)
+            self._leases[key] = self._leases.get(key, 0) + 1
+        return model
+
+    def _over_cap(self) -> list[Model]:
+        if self.capacity_bytes is None:
+            return []
+        total = sum(m.memory_bytes for m in self._models.values())
+        victims = []
+        for k in list(self._models):
+            if total <= self.capacity_bytes:
+                break
+            if self._leases.get(k):
+                continue
+            model = self._models.pop(k)
+            total -= model.memory_bytes
+            victims.append(model)
+            self.evictions += 1
+        return victims
+
+    @staticmethod
+    def _close(victims: list[Model]) -> None:
+        for m in victims:
+            log.info("model %s unloaded (model cache cap)", m.manifest.ref)
+            m.close()
+
+
+# Process-wide: every registry of a process shares its loaded versions (the server has one).
+_cache = ModelCache()
+
+
+def clear_cache() -> None:
+    """Forget every loaded model (the next load re-verifies the files), as a restart would."""
+    _cache.clear()
+
+
 @dataclass
 class ModelEntry:
-    """One version of one model."""
+    """One version of one model. Loaded on demand through the registry's cache."""
 
     manifest: ModelManifest
     package_dir: Path
     source: str  # "bundled" | "store"
-    model: OnnxModel | None = None
-    error: str | None = None
+    cache: ModelCache = field(default_factory=lambda: _cache, repr=False)
+    error: str | None = None  # why it cannot load (unavailable)
+    verified: bool = False  # loaded successfully at least once in this process
+    explainable: bool = False
+    cam_error: str | None = None
+
+    @property
+    def key(self) -> tuple[Path, str]:
+        return (self.package_dir.resolve(), self.manifest.files.get(self.manifest.weights, ""))
+
+    @property
+    def available(self) -> bool:
+        return self.error is None and self.verified
+
+    @property
+    def model(self) -> Model | None:
+        """The loaded model when it is in memory now (None when cold or unavailable)."""
+        return None if self.error is not None else self.cache.peek(self.key)
 
     @property
     def model_card(self) -> str | None:
@@ -86,29 +227,6 @@ class ModelEntry:
             return (self.package_dir / self.manifest.model_card).read_text(encoding="utf-8")
         except OSError:
             return None
-
-
-_cache: dict[tuple[Path, str], OnnxModel] = {}
-_cache_lock = threading.Lock()
-
-
-def clear_cache() -> None:
-    """Forget every loaded model (the next load re-verifies the files), as a restart would."""
-    with _cache_lock:
-        _cache.clear()
-
-
-def _load(package_dir: Path, manifest: ModelManifest, threads: int) -> OnnxModel:
-    key = (package_dir.resolve(), manifest.files.get(manifest.weights, ""))
-    with _cache_lock:
-        cached = _cache.get(key)
-    if cached is not None:
-        return cached
-    model = OnnxModel(package_dir, manifest, threads=threads)
-    model.load()
-    with _cache_lock:
-        _cache.setdefault(key, model)
-        return _cache[key]
 
 
 @dataclass
@@ -127,10 +245,14 @@ class ModelRegistry:
         *,
         sessions: sessionmaker[Session] | None = None,
         threads: int = 0,
+        device: str = "cpu",
+        cache: ModelCache | None = None,
     ) -> None:
         self.dirs = dirs
         self.sessions = sessions
         self.threads = threads
+        self.device = device
+        self.cache = cache if cache is not None else _cache
         self._versions: dict[str, dict[str, ModelEntry]] = {}
         self._state: dict[str, _Rollout] = {}
         self._problems: list[str] = []
@@ -152,7 +274,8 @@ class ModelRegistry:
                     continue
                 source = "bundled" if root == BUNDLED_DIR else "store"
                 versions.setdefault(manifest.name, {}).setdefault(
-                    manifest.version, ModelEntry(manifest=manifest, package_dir=pkg, source=source)
+                    manifest.version,
+                    ModelEntry(manifest=manifest, package_dir=pkg, source=source, cache=self.cache),
                 )
         with self._lock:
             self._versions = versions
@@ -191,17 +314,51 @@ class ModelRegistry:
         self._read_state(force=True)
 
     def _ensure_loaded(self, entry: ModelEntry | None) -> None:
-        if entry is None or entry.model is not None or entry.error is not None:
+        """Load `entry` once to learn whether it can serve (it stays in the cache, least
+        recently used, and may be unloaded later; a later request loads it again)."""
+        if entry is None or entry.verified or entry.error is not None:
             return
         try:
-            entry.model = _load(entry.package_dir, entry.manifest, self.threads)
+            with self.lease(entry):
+                pass
+        except ModelUnavailable:
+            return
+
+    def _loader(self, entry: ModelEntry) -> Callable[[], Model]:
+        def load() -> Model:
+            model = create_model(
+                entry.package_dir, entry.manifest, threads=self.threads, device=self.device
+            )
+            model.load()
+            return model
+
+        return load
+
+    @contextmanager
+    def lease(self, entry: ModelEntry) -> Iterator[Model]:
+        """The loaded model of `entry`, loaded now if it is cold, kept loaded while in use.
+        A version that fails to load is marked unavailable (ModelUnavailable is raised)."""
+        if entry.error is not None:
+            raise ModelUnavailable(f"model {entry.manifest.ref} is unavailable: {entry.error}")
+        try:
+            model = self.cache.acquire(entry.key, self._loader(entry))
         except ModelLoadError as exc:
             entry.error = str(exc)
             log.error("model %s unavailable: %s", entry.manifest.ref, exc)
-            return
-        if entry.model.cam_error:
-            log.warning("model %s: explanations off: %s", entry.manifest.ref, entry.model.cam_error)
-        log.info("model %s loaded and warmed", entry.manifest.ref)
+            raise ModelUnavailable(f"model {entry.manifest.ref} is unavailable: {exc}") from None
+        try:
+            if not entry.verified:
+                entry.verified = True
+                entry.explainable = model.explainable
+                entry.cam_error = model.cam_error
+                if model.cam_error:
+                    log.warning(
+                        "model %s: explanations off: %s", entry.manifest.ref, model.cam_error
+                    )
+                log.info("model %s loaded and warmed", entry.manifest.ref)
+            yield model
+        finally:
+            self.cache.release(entry.key)
 
     # --- roll-out state -----------------------------------------------------------------------
 
@@ -257,7 +414,9 @@ class ModelRegistry:
                     known = self._versions.setdefault(manifest.name, {})
                     if manifest.version not in known:
                         source = "bundled" if root == BUNDLED_DIR else "store"
-                        known[manifest.version] = ModelEntry(manifest, pkg, source)
+                        known[manifest.version] = ModelEntry(
+                            manifest, pkg, source, cache=self.cache
+                        )
 
     def _default_version(self, name: str) -> str | None:
         versions = self._versions.get(name, {})
@@ -283,7 +442,7 @@ class ModelRegistry:
             seen.add(v)
             entry = versions[v]
             self._ensure_loaded(entry)
-            if entry.model is not None:
+            if entry.error is None:
                 return entry
         first = next((versions[v] for v in order if v in versions), None)
         return first
@@ -340,13 +499,6 @@ class ModelRegistry:
             return "unavailable"
         return "active" if self._serving_entry(entry.manifest.name) is entry else "inactive"
 
-    def runnable(self, name: str) -> tuple[ModelEntry, OnnxModel]:
-        entry = self.get(name)
-        model = entry.model
-        if model is None:
-            raise ModelUnavailable(f"model {name!r} is unavailable: {entry.error}")
-        return entry, model
-
     @property
     def problems(self) -> list[str]:
         return list(self._problems)
@@ -367,7 +519,7 @@ class ModelRegistry:
         cannot load is refused and nothing changes."""
         entry = self.version(name, version)
         self._ensure_loaded(entry)
-        if entry.model is None:
+        if entry.error is not None:
             raise RolloutConflict(f"{name}:{version} cannot be activated: {entry.error}")
         with self._state_row(db, name) as row:
             if row.active_version != version:
@@ -390,7 +542,7 @@ class ModelRegistry:
                 except ModelNotFound:
                     continue
                 self._ensure_loaded(entry)
-                if entry.model is not None:
+                if entry.error is None:
                     old = row.active_version
                     row.history, row.active_version = history, candidate
                     row.updated_at, row.updated_by = datetime.now(UTC), actor
@@ -400,7 +552,7 @@ class ModelRegistry:
 
     # --- canary and shadow --------------------------------------------------------------------
 
-    def route(self, name: str, key: str) -> tuple[ModelEntry, OnnxModel]:
+    def route(self, name: str, key: str) -> ModelEntry:
         """The version that answers a request keyed by `key` (the case id): the canary for a
         fixed share of keys, otherwise the serving version. Deterministic per key."""
         serving = self.get(name)
@@ -411,11 +563,27 @@ class ModelRegistry:
                 canary = self.load_version(name, st.canary_version)
             except ModelNotFound:
                 canary = None
-            if canary is not None and canary.model is not None:
-                return canary, canary.model
-        if serving.model is None:
+            if canary is not None and canary.error is None:
+                return canary
+        if serving.error is not None:
             raise ModelUnavailable(f"model {name!r} is unavailable: {serving.error}")
-        return serving, serving.model
+        return serving
+
+    @contextmanager
+    def serve(self, name: str, key: str) -> Iterator[tuple[ModelEntry, Model]]:
+        """`route` and hold the chosen version loaded while the request uses it. A version whose
+        files fail to load now (corrupted since start-up) is marked unavailable and the request
+        falls back to the next good version, as at start-up."""
+        for _ in range(8):
+            entry = self.route(name, key)
+            try:
+                with self.lease(entry) as model:
+                    yield entry, model
+                    return
+            except ModelUnavailable:
+                if entry.error is None:  # raised by the caller's code, not by loading
+                    raise
+        raise ModelUnavailable(f"model {name!r} has no version that loads")
 
     def shadow_of(self, name: str) -> ModelEntry | None:
         with self._lock:
@@ -426,7 +594,7 @@ class ModelRegistry:
             entry = self.load_version(name, st.shadow_version)
         except ModelNotFound:
             return None
-        return entry if entry.model is not None else None
+        return entry if entry.error is None else None
 
     def rollout(self, name: str) -> dict[str, object]:
         active = self.get(name).manifest.version
@@ -459,7 +627,7 @@ class ModelRegistry:
             if version == active:
                 raise RolloutConflict(f"{role} version {version} is already the active version")
             entry = self.load_version(name, version)  # ModelNotFound -> 404
-            if entry.model is None:
+            if entry.error is not None:
                 raise RolloutConflict(f"{role} version {name}:{version} cannot load: {entry.error}")
         if canary is not None and not 0 <= canary[1] <= 100:
             raise RolloutInvalid("canary.percent must be between 0 and 100")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import onnx
 
-from clearscan.inference.runtime import ModelLoadError, OnnxModel
+from clearscan.inference.runtime import ModelLoadError, create_model
 from clearscan.registry.manifest import (
     MANIFEST_FILE,
     ManifestError,
@@ -128,6 +128,56 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _torch_archive_kind(path: Path) -> str | None:
+    """'torchscript' for a torch.jit.save archive, 'checkpoint' for a torch.save zip (a pickle
+    of arbitrary Python objects), None for any other zip (a package)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None
+    tops = {n.split("/", 1)[0] for n in names}
+    if len(tops) != 1:
+        return None
+    top = next(iter(tops))
+    if f"{top}/data.pkl" not in names:
+        return None
+    if any(n.startswith(f"{top}/code/") for n in names) and f"{top}/constants.pkl" in names:
+        return "torchscript"
+    return "checkpoint"
+
+
+def _manifest_for_torchscript(path: Path, flags: OnnxFlags, staging: Path) -> None:
+    """Build manifest.json for a bare TorchScript file from the flags (it carries no metadata)."""
+    missing = [
+        flag
+        for flag, value in (("--labels", flags.labels), ("--input-size", flags.input_size))
+        if not value
+    ]
+    if missing:
+        raise ImportRejected(f"a bare TorchScript file needs {' and '.join(missing)}")
+    assert flags.labels is not None and flags.input_size is not None
+    shutil.copyfile(path, staging / "model.pt")
+    name = flags.name or path.stem.lower()
+    manifest = {
+        "name": re.sub(r"[^a-z0-9._-]", "-", name.lower()),
+        "version": flags.version or "1.0.0",
+        "runtime": "torchscript",
+        "weights": "model.pt",
+        "labels": flags.labels,
+        "modality": flags.modality,
+        "input": {
+            "channels": flags.channels or 1,
+            "height": flags.input_size[0],
+            "width": flags.input_size[1],
+            "mean": flags.mean or [0.0],
+            "std": flags.std or [1.0],
+        },
+        "files": {"model.pt": _sha256(staging / "model.pt")},
+    }
+    (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+
+
 def _manifest_for_onnx(path: Path, flags: OnnxFlags, staging: Path) -> None:
     """Build manifest.json for a bare ONNX file from the flags and the graph's metadata."""
     try:
@@ -227,7 +277,15 @@ class ModelStore:
         with source.open("rb") as f:
             head = f.read(8)
         _refuse_pickle(source.name, head)
-        if head[:4] == b"PK\x03\x04":
+        torch_kind = _torch_archive_kind(source) if head[:4] == b"PK\x03\x04" else None
+        if torch_kind == "checkpoint":
+            raise ImportRejected(
+                f"{source.name} is a torch.save checkpoint (a pickle: loading it runs arbitrary "
+                "code); save a TorchScript module with torch.jit.save, or export to ONNX"
+            )
+        if torch_kind == "torchscript":
+            _manifest_for_torchscript(source, flags, staging)
+        elif head[:4] == b"PK\x03\x04":
             _extract_zip(source, staging, max_bytes=self.max_package_bytes)
         else:
             _manifest_for_onnx(source, flags, staging)
@@ -240,7 +298,13 @@ class ModelStore:
         for p in staging.rglob("*"):
             if p.is_file():
                 with p.open("rb") as f:
-                    _refuse_pickle(p.name, f.read(8))
+                    head = f.read(8)
+                _refuse_pickle(p.name, head)
+                if head[:4] == b"PK\x03\x04" and _torch_archive_kind(p) == "checkpoint":
+                    raise ImportRejected(
+                        f"{p.name} is a torch.save checkpoint (a pickle); packages carry "
+                        "TorchScript (torch.jit.save), ONNX or skops files"
+                    )
         listed = set(manifest.files) | {MANIFEST_FILE}
         extra = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
         unlisted = [f for f in extra if f not in listed]
@@ -248,7 +312,9 @@ class ModelStore:
             raise ImportRejected(f"files not listed in the manifest's sha256 list: {unlisted}")
         try:
             verify_files(staging, manifest)
-            OnnxModel(staging, manifest).load()  # the weights load and agree with the manifest
+            model = create_model(staging, manifest)
+            model.load()  # the weights load and agree with the manifest
+            model.close()
         except (ManifestError, ModelLoadError) as exc:
             raise ImportRejected(str(exc)) from None
         return manifest

@@ -556,7 +556,6 @@ def _model_page(
         versions = [ModelVersionPublic.of(e, reg.status(e)) for e in reg.versions(name)]
     except ModelNotFound:
         raise PageError(404, "Model not found", "No model of this name is installed.", ws) from None
-    model = entry.model
     plan: dict[str, Any] | None = None
     report = None
     if ws.is_admin:
@@ -579,7 +578,7 @@ def _model_page(
         m=ModelDetail.of_detail(entry),
         manifest=entry.manifest,
         note=model_note(entry),
-        cam_error=model.cam_error if model else None,
+        cam_error=entry.cam_error,
         versions=versions,
         plan=plan,
         report=report,

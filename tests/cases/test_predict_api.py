@@ -251,6 +251,7 @@ def test_concurrent_requests_go_through_the_versions_batcher(client, clinician_h
     import threading
 
     model = app.state.clearscan.registry.get("pneumonia-cxr").model
+    assert model is not None
     before = model.batcher("gradcam").stats
     codes: list[int] = []
 

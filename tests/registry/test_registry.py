@@ -72,8 +72,8 @@ def test_corrupt_weights_marked_unavailable_others_unaffected(tmp_path):
     assert reg.status(reg.get("good-model")) == "active"
     entry = reg.get("bad-model")
     assert reg.status(entry) == "unavailable" and "sha256" in (entry.error or "")
-    with pytest.raises(ModelUnavailable):
-        reg.runnable("bad-model")
+    with pytest.raises(ModelUnavailable), reg.serve("bad-model", "case-1"):
+        pass
     with pytest.raises(ModelNotFound):
         reg.get("nope")
 
