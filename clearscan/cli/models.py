@@ -40,18 +40,25 @@ def _split_ref(ref: str) -> tuple[str, str | None]:
 @app.command("import")
 def import_(
     path: Annotated[
-        Path, typer.Argument(help="Package folder, package .zip, or a bare .onnx file.")
+        Path,
+        typer.Argument(help="Package folder, package .zip, or a bare .onnx or TorchScript file."),
     ],
-    name: Annotated[str | None, typer.Option(help="Model name (bare .onnx).")] = None,
-    version: Annotated[str | None, typer.Option(help="Semantic version (bare .onnx).")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Model name (bare .onnx or TorchScript file).")
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option(help="Semantic version (bare .onnx or TorchScript file).")
+    ] = None,
     labels: Annotated[
-        str | None, typer.Option(help="Comma-separated class labels (bare .onnx).")
+        str | None,
+        typer.Option(help="Comma-separated class labels (bare .onnx or TorchScript file)."),
     ] = None,
     channels: Annotated[
-        int | None, typer.Option(help="Input channels, 1 or 3 (bare .onnx).")
+        int | None, typer.Option(help="Input channels, 1 or 3 (bare .onnx or TorchScript file).")
     ] = None,
     input_size: Annotated[
-        tuple[int, int] | None, typer.Option(help="Input height and width (bare .onnx).")
+        tuple[int, int] | None,
+        typer.Option(help="Input height and width (bare .onnx or TorchScript file)."),
     ] = None,
     mean: Annotated[str | None, typer.Option(help="Normalisation mean, comma-separated.")] = None,
     std: Annotated[str | None, typer.Option(help="Normalisation std, comma-separated.")] = None,
