@@ -85,7 +85,16 @@ class Model:
             verify_files(self.package_dir, self.manifest)
         except ValueError as exc:
             raise ModelLoadError(str(exc)) from exc
-        self._load()
+        try:
+            self._load()
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # whatever a foreign model does at load, it never escapes raw
+            log.exception("%s: unexpected error while loading", self.manifest.ref)
+            raise ModelLoadError(
+                f"{self.manifest.ref}: cannot load: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            ) from exc
 
     def _load(self) -> None:
         raise NotImplementedError

@@ -66,10 +66,15 @@ def _submodule_calls(graph: Any) -> list[tuple[str, Any]]:
 
 
 def _node_for(graph: Any, target: str) -> Any:
+    """The last call of submodule `target` (a module called twice, e.g. a shared activation,
+    gives its last output, as a forward hook that keeps the latest value would)."""
+    found = None
     for name, node in _submodule_calls(graph):
         if name == target:
-            return node
-    raise CamUnsupported(f"explain.target {target!r} is not a submodule called by forward()")
+            found = node
+    if found is None:
+        raise CamUnsupported(f"explain.target {target!r} is not a submodule called by forward()")
+    return found
 
 
 class _Split:
@@ -151,18 +156,33 @@ class TorchScriptModel(Model):
         self._self_test()
 
     def _find_split(self, module: Any) -> _Split:
-        target = self.manifest.explain.target
-        if target is not None:
-            return _Split(module, target)
-        # The last top-level submodule whose output is a 4-D activation with a spatial extent.
         torch = _torch()
         x = torch.from_numpy(self._probe_input()).to(self._torch_device)
-        names = [name for name, _ in _submodule_calls(module.forward.graph)]
-        for name in reversed(names):
-            split = _Split(module, name)
+
+        def spatial(split: _Split) -> bool:
             with torch.no_grad():
                 act = split.body(x)
-            if isinstance(act, torch.Tensor) and act.ndim == 4 and act.shape[2] * act.shape[3] > 1:
+            return (
+                isinstance(act, torch.Tensor) and act.ndim == 4 and act.shape[2] * act.shape[3] > 1
+            )
+
+        target = self.manifest.explain.target
+        if target is not None:
+            split = _Split(module, target)
+            if not spatial(split):
+                raise CamUnsupported(
+                    f"explain.target {target!r} does not output an N x K x h x w activation"
+                )
+            return split
+        # The last top-level submodule call whose output is a 4-D activation with an extent.
+        names: list[str] = []
+        for name, _ in _submodule_calls(module.forward.graph):
+            if name in names:
+                names.remove(name)
+            names.append(name)  # ordered by each name's last call
+        for name in reversed(names):
+            split = _Split(module, name)
+            if spatial(split):
                 return split
         raise CamUnsupported("no submodule of forward() outputs a 4-D activation")
 
@@ -177,13 +197,19 @@ class TorchScriptModel(Model):
             with torch.no_grad():
                 act = self._split.body(xt)
                 full = self._module(xt)
-                split = self._split.head(xt, act)
+                split = self._split.head(xt, act.clone())
             if not torch.allclose(full, split, atol=1e-4, rtol=1e-4):
                 self.cam_error = "the graph split at the target does not reproduce forward()"
                 self._split = None
-            elif m.ood is not None:
+            else:
+                try:
+                    self.run(x, explain=True)
+                except Exception as exc:  # a head autograd cannot differentiate as split
+                    self.cam_error = f"explained run failed: {str(exc).splitlines()[0][:200]}"
+                    self._split = None
+            if self._split is not None and m.ood is not None:
                 self.ood = self._read_ood(int(act.shape[1]))
-        elif m.ood is not None:
+        if self._split is None and m.ood is not None:
             log.warning("%s: out-of-domain reference ignored: no target activation", m.ref)
         for _ in range(2):
             self.run(x, explain=self._split is not None)
@@ -204,12 +230,13 @@ class TorchScriptModel(Model):
             with torch.no_grad():
                 act = split.body(x)
             if explain:
-                act.requires_grad_(True)
+                leaf = act.requires_grad_(True)
                 with torch.enable_grad():
-                    scores = split.head(x, act)
+                    # a copy goes into the head: it may modify its input in place (ReLU)
+                    scores = split.head(x, leaf.clone())
                 probs, top = self._scores(scores.detach().float().cpu().numpy())
                 chosen = scores.gather(1, torch.from_numpy(top).to(scores.device).view(-1, 1))
-                (grads,) = torch.autograd.grad(chosen.sum(), act)
+                (grads,) = torch.autograd.grad(chosen.sum(), leaf)
                 a = act.detach().float().cpu().numpy()
                 g = grads.float().cpu().numpy()
                 maps: Callable[[np.ndarray, np.ndarray], np.ndarray] = (
@@ -220,7 +247,7 @@ class TorchScriptModel(Model):
                 cams = maps(a, g)
             else:
                 with torch.no_grad():
-                    scores = split.head(x, act)
+                    scores = split.head(x, act.clone())
                 probs, top = self._scores(scores.float().cpu().numpy())
                 a = act.float().cpu().numpy()
             if self.ood is not None:

@@ -17,7 +17,9 @@ class ModelPublic(BaseModel):
     modality: str | None
     body_part: str | None
     status: str
+    runtime: str
     explainable: bool
+    loaded: bool  # in memory now (the model cache unloads least recently used versions)
     error: str | None = None
 
     @classmethod
@@ -27,6 +29,8 @@ class ModelPublic(BaseModel):
             name=m.name,
             version=m.version,
             task=m.task,
+            runtime=m.runtime,
+            loaded=e.model is not None,
             labels=m.labels,
             modality=m.modality,
             body_part=m.body_part,
@@ -73,7 +77,9 @@ class ModelVersionPublic(BaseModel):
     status: str  # active | inactive | unavailable
     source: str  # bundled | store
     weights_sha256: str | None
+    runtime: str
     explainable: bool
+    loaded: bool
     error: str | None = None
 
     @classmethod
@@ -86,7 +92,9 @@ class ModelVersionPublic(BaseModel):
             source=e.source,
             weights_sha256=m.files.get(m.weights),
             error=e.error,
+            runtime=m.runtime,
             explainable=e.explainable,
+            loaded=e.model is not None,
         )
 
 

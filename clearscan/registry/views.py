@@ -42,14 +42,16 @@ def list_models(state: StateDep, user: AnyUser) -> ModelList:
     "/models",
     response_model=ModelVersionPublic,
     status_code=201,
-    summary="Import a model package (.zip) or a bare .onnx file as a new version",
+    summary="Import a model package (.zip) or a bare .onnx or TorchScript file as a new version",
 )
 def import_model(
     request: Request,
     db: SessionDep,
     state: StateDep,
     admin: AdminUser,
-    file: Annotated[UploadFile, File(description="package .zip, or a bare .onnx file")],
+    file: Annotated[
+        UploadFile, File(description="package .zip, or a bare .onnx or TorchScript file")
+    ],
     name: Annotated[str | None, Form(max_length=64)] = None,
     version: Annotated[str | None, Form(max_length=64)] = None,
     labels: Annotated[str | None, Form(max_length=4000, description="a,b,... (bare .onnx)")] = None,
