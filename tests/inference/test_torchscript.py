@@ -514,7 +514,7 @@ def test_module_called_twice_is_split_at_its_last_call(tmp_path):
         assert out.cams.shape[1] < 28 // 2
         # reference: gradient of the class score w.r.t. the output of the last call of `act`
         outputs: list[Any] = []
-        handle = model.act.register_forward_hook(lambda mod, inp, o: outputs.append(o))
+        handle = model.act.register_forward_hook(lambda mod, inp, o, keep=outputs: keep.append(o))
         try:
             score = model(torch.from_numpy(x))[0, int(out.top[0])]
         finally:
