@@ -9,6 +9,7 @@ These models have no convolutional activation: no heatmaps."""
 
 from __future__ import annotations
 
+import importlib
 import time
 from typing import Any
 
@@ -16,22 +17,60 @@ import numpy as np
 
 from clearscan.inference.runtime import BatchOutput, Model, ModelLoadError
 
-TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.")
+# scikit-learn's own data classes that are not estimators but appear inside fitted models
+SKLEARN_DATA_CLASSES = {
+    "sklearn.tree._tree.Tree",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.calibration._CalibratedClassifier",
+}
+
+
+def trusted_type(name: str) -> bool:
+    """Whether skops may rebuild `name`: a class (never a function: skops calls what it rebuilds
+    with arguments from the file) that is a scikit-learn estimator or one of its data classes,
+    a NumPy dtype or scalar type, or a SciPy sparse matrix. Test helpers are never trusted."""
+    module, _, attr = name.rpartition(".")
+    root = module.split(".")[0]
+    if root not in {"sklearn", "numpy", "scipy"}:
+        return False
+    if any(p in {"tests", "testing"} or p.startswith("_test") for p in module.split(".")):
+        return False
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    if not isinstance(obj, type):
+        return False
+    if root == "sklearn":
+        from sklearn.base import BaseEstimator
+
+        return (
+            issubclass(obj, BaseEstimator)
+            or name in SKLEARN_DATA_CLASSES
+            or module.startswith("sklearn._loss")
+        )
+    if root == "numpy":
+        # not ndarray subclasses such as numpy.memmap, whose constructor opens files
+        return issubclass(obj, np.dtype | np.generic)
+    import scipy.sparse
+
+    return issubclass(obj, scipy.sparse.spmatrix | scipy.sparse.sparray)
 
 
 def load_skops(path: Any, ref: str) -> Any:
-    """Load a skops file, trusting only scikit-learn, NumPy and SciPy types."""
+    """Load a skops file, trusting only what `trusted_type` allows (checked before anything in
+    the file is built)."""
     from skops.io import get_untrusted_types, load
 
     try:
         untrusted = get_untrusted_types(file=path)
     except Exception as exc:  # not a zip, no schema, truncated
         raise ModelLoadError(f"{ref}: not a readable skops file: {exc}") from None
-    refused = sorted(t for t in untrusted if not t.startswith(TRUSTED_PREFIXES))
+    refused = sorted(t for t in untrusted if not trusted_type(t))
     if refused:
         raise ModelLoadError(
-            f"{ref}: the skops file holds types outside scikit-learn, NumPy and SciPy, "
-            f"refused: {', '.join(refused[:5])}"
+            f"{ref}: the skops file holds types that are not scikit-learn estimators, NumPy "
+            f"dtypes or SciPy sparse matrices, refused: {', '.join(refused[:5])}"
         )
     try:
         return load(path, trusted=list(untrusted))
@@ -73,6 +112,11 @@ class SklearnModel(Model):
             raise ModelLoadError(
                 f"{m.ref}: labels has {len(m.labels)} entries but the estimator has "
                 f"{len(classes)} classes"
+            )
+        names = list(classes) if classes is not None else []
+        if names and all(isinstance(c, str) for c in names) and names != m.labels:
+            raise ModelLoadError(
+                f"{m.ref}: labels {m.labels} must be the estimator's classes_ in order: {names}"
             )
         self._estimator = est
         out = self.run(self._probe_input(), explain=False)

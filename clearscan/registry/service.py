@@ -114,7 +114,11 @@ class ModelCache:
                 model = self._hit(key)
                 if model is not None:
                     return model
-            model = loader()
+            try:
+                model = loader()
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
             with self._lock:
                 self._models[key] = model
                 self._leases[key] = self._leases.get(key, 0) + 1
