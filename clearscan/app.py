@@ -112,10 +112,11 @@ def create_app(settings: Settings | None = None, *, initialised: bool = False) -
     from clearscan.audit.views import router as audit_router
     from clearscan.auth.views import router as auth_router
     from clearscan.cases.views import router as cases_router
+    from clearscan.datasets.views import router as datasets_router
     from clearscan.observability.views import router as health_router
     from clearscan.registry.views import router as models_router
 
-    for r in (auth_router, models_router, cases_router, audit_router):
+    for r in (auth_router, models_router, cases_router, datasets_router, audit_router):
         app.include_router(r, prefix=API_PREFIX)
     app.include_router(health_router)
     _mount_docs(app)
@@ -135,7 +136,10 @@ def create_app(settings: Settings | None = None, *, initialised: bool = False) -
         metrics=metrics,
         max_body=settings.max_upload_bytes,
         hsts=settings.secure_cookies == "always",
-        large_bodies={f"{API_PREFIX}/models": int(settings.max_model_upload_mb * 2**20)},
+        large_bodies={
+            f"{API_PREFIX}/models": int(settings.max_model_upload_mb * 2**20),
+            f"{API_PREFIX}/datasets": int(settings.max_dataset_upload_mb * 2**20),
+        },
     )
     return app
 

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     max_dimension: int = 30_000
     max_files_per_request: int = 32
     max_model_upload_mb: float = 2048.0
+    max_dataset_upload_mb: float = 4096.0
 
     access_token_minutes: int = 60
     session_minutes: int = 480

@@ -27,6 +27,10 @@ REQUIRED = {
     ("GET", "/api/v1/images/{image_id}/file"): "viewer",
     ("GET", "/api/v1/images/{image_id}/preview.png"): "viewer",
     ("GET", "/api/v1/predictions/{prediction_id}/heatmap.png"): "viewer",
+    ("POST", "/api/v1/datasets"): "admin",
+    ("GET", "/api/v1/datasets"): "viewer",
+    ("GET", "/api/v1/datasets/{dataset_id}"): "viewer",
+    ("GET", "/api/v1/datasets/{dataset_id}/items/{idx}/image.png"): "viewer",
     ("GET", "/api/v1/audit"): "admin",
     ("GET", "/api/v1/audit/verify"): "admin",
     ("GET", "/api/v1/health"): None,
@@ -54,6 +58,8 @@ def test_role_matrix(client, make_user, admin_headers, role):
             .replace("{case_id}", "missing")
             .replace("{prediction_id}", "missing")
             .replace("{image_id}", "missing")
+            .replace("{dataset_id}", "missing")
+            .replace("{idx}", "0")
         )
         r = client.request(method, url, headers=headers)
         if need is None:

@@ -8,7 +8,7 @@ import typer
 from rich.panel import Panel
 
 from clearscan import __version__
-from clearscan.cli import models, users
+from clearscan.cli import datasets, models, users
 from clearscan.cli.common import DataDirOpt, console, fail, load_settings
 from clearscan.cli.predict import predict
 from clearscan.config import ConfigError
@@ -21,6 +21,7 @@ app = typer.Typer(
 )
 app.add_typer(users.app, name="users")
 app.add_typer(models.app, name="models")
+app.add_typer(datasets.app, name="datasets")
 db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.command("predict")(predict)

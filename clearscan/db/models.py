@@ -3,12 +3,15 @@
 from clearscan.audit.models import AuditEvent, AuditHead
 from clearscan.auth.models import User, UserSession
 from clearscan.cases.models import Case, Image, Prediction, Review
+from clearscan.datasets.models import Dataset, DatasetItem
 from clearscan.registry.models import ModelState, ShadowResult
 
 __all__ = [
     "AuditEvent",
     "AuditHead",
     "Case",
+    "Dataset",
+    "DatasetItem",
     "Image",
     "ModelState",
     "Prediction",

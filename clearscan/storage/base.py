@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from pathlib import Path
+from typing import BinaryIO, Protocol
 
 
 class BlobError(Exception):
@@ -24,6 +25,18 @@ class BlobStore(Protocol):
 
     def put_many(self, items: list[bytes]) -> list[str]:
         """Store several blobs (concurrently where the backend can); digests in order."""
+        ...
+
+    def put_batch(self, items: list[bytes]) -> list[str]:
+        """Store many blobs with one durability barrier at the end; digests in order."""
+        ...
+
+    def put_file(self, source: Path) -> str:
+        """Store a file's bytes without holding them in memory; return the digest."""
+        ...
+
+    def open(self, digest: str) -> BinaryIO:
+        """A reader of the stored bytes (not verified: for streaming large blobs)."""
         ...
 
     def get(self, digest: str) -> bytes:

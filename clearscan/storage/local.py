@@ -10,6 +10,7 @@ import re
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 from clearscan.storage.base import BlobError, BlobIntegrityError, BlobNotFound
 
@@ -45,6 +46,65 @@ class LocalBlobStore:
             raise
         _fsync_dir(path.parent)
         return digest
+
+    def put_batch(self, items: list[bytes]) -> list[str]:
+        """Many blobs with one file-system sync at the end instead of two fsyncs each (dataset
+        imports: thousands of small images). Durable when this returns."""
+        digests = []
+        dirs: set[Path] = set()
+        for data in items:
+            digest = hashlib.sha256(data).hexdigest()
+            digests.append(digest)
+            path = self._path(digest)
+            if path.exists():
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.chmod(tmp, 0o440)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            dirs.add(path.parent)
+        if dirs:
+            os.sync()
+        return digests
+
+    def put_file(self, source: Path) -> str:
+        """Store a file's bytes without holding them in memory (large CSV tables)."""
+        h = hashlib.sha256()
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+                for chunk in iter(lambda: src.read(1 << 20), b""):
+                    h.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            digest = h.hexdigest()
+            path = self._path(digest)
+            if path.exists():
+                Path(tmp).unlink()
+                return digest
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(tmp, 0o440)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+        return digest
+
+    def open(self, digest: str) -> BinaryIO:
+        """A reader of the stored file (not re-hashed: callers that stream take the risk)."""
+        path = self._path(digest)
+        try:
+            return path.open("rb")
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {digest} not found") from None
 
     def put_many(self, items: list[bytes]) -> list[str]:
         """Each put waits on two fsyncs; doing them side by side halves a request's wait."""

@@ -1,0 +1,122 @@
+"""`clearscan datasets ...`: import a dataset (image folder or .zip of one, MedMNIST .npz, CSV),
+list them, show one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from clearscan.cli.common import DataDirOpt, cli_context, console, db_session, fail, load_settings
+from clearscan.datasets import service
+from clearscan.datasets.importers import DatasetError
+from clearscan.datasets.schemas import DatasetPublic
+from clearscan.imaging import Limits
+from clearscan.storage.local import LocalBlobStore
+
+app = typer.Typer(help="Datasets for training and evaluation.", no_args_is_help=True)
+
+
+@app.command("import")
+def import_(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder of <class>/ (or <split>/<class>/) images, a .zip of one, "
+            "a MedMNIST .npz, or a CSV table."
+        ),
+    ],
+    name: Annotated[str, typer.Option(help="Dataset name (lower-case, unique).")],
+    target: Annotated[str | None, typer.Option(help="CSV: the class column.")] = None,
+    time_column: Annotated[
+        str | None, typer.Option(help="CSV sensor streams: the time column.")
+    ] = None,
+    group_column: Annotated[
+        str | None, typer.Option(help="CSV sensor streams: one recording per group.")
+    ] = None,
+    labels: Annotated[
+        str | None, typer.Option(help=".npz: class names for labels 0, 1, ... (a,b,...).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the dataset as JSON.")] = False,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Import a dataset (checked whole before anything is stored; immutable afterwards)."""
+    if not path.exists():
+        raise fail(f"{path} does not exist")
+    settings = load_settings(data_dir)
+    options = service.ImportOptions(
+        name=name,
+        target=target,
+        time_column=time_column,
+        group_column=group_column,
+        labels=[x.strip() for x in labels.split(",") if x.strip()] if labels else None,
+    )
+    with db_session(settings) as db:
+        try:
+            with console.status("importing (reading and checking every item)"):
+                ds = service.import_dataset(
+                    db=db,
+                    blobs=LocalBlobStore(settings.blob_dir),
+                    ctx=cli_context(),
+                    source=path,
+                    options=options,
+                    limits=Limits(
+                        max_pixels=settings.max_pixels, max_dimension=settings.max_dimension
+                    ),
+                    max_bytes=int(settings.max_dataset_upload_mb * 2**20),
+                )
+        except DatasetError as exc:
+            raise fail(exc.detail) from None
+        _print(DatasetPublic.of(ds), as_json)
+
+
+@app.command("list")
+def list_(data_dir: DataDirOpt = None) -> None:
+    """List datasets, newest first."""
+    settings = load_settings(data_dir)
+    with db_session(settings) as db:
+        rows, _ = service.list_datasets(db, limit=1000, offset=0)
+        table = Table("name", "kind", "items", "classes", "hash", "created")
+        for d in rows:
+            table.add_row(
+                d.name,
+                f"{d.kind} ({d.source_format})",
+                str(d.n_items),
+                ", ".join(d.classes[:6]) + (" ..." if len(d.classes) > 6 else ""),
+                d.content_hash[:12],
+                d.created_at.strftime("%Y-%m-%d %H:%M"),
+            )
+        console.print(table)
+
+
+@app.command("show")
+def show(
+    name: Annotated[str, typer.Argument(help="Dataset name or id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Class balance per split, sizes and warnings of one dataset."""
+    settings = load_settings(data_dir)
+    with db_session(settings) as db:
+        try:
+            ds = service.get(db, name)
+        except DatasetError as exc:
+            raise fail(exc.detail) from None
+        _print(DatasetPublic.of(ds), as_json)
+
+
+def _print(d: DatasetPublic, as_json: bool) -> None:
+    if as_json:
+        console.print_json(json.dumps(d.model_dump(mode="json")))
+        return
+    console.print(f"[bold]{d.name}[/bold]  {d.kind} ({d.source_format}), {d.n_items} items")
+    console.print(f"hash {d.content_hash}")
+    table = Table("split", *d.classes, "total")
+    for split, per in d.counts.items():
+        table.add_row(split, *(str(per.get(c, 0)) for c in d.classes), str(sum(per.values())))
+    console.print(table)
+    for w in d.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")

@@ -1,0 +1,393 @@
+"""Dataset import and queries. An import reads and checks the whole source first (nothing is
+stored when anything is wrong), then writes the images (or the CSV) as blobs with one file-system
+sync, then commits the dataset row with its items and an audit event in one transaction."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
+
+from clearscan.audit import service as audit
+from clearscan.datasets.importers import (
+    SPLITS,
+    DatasetError,
+    ImageSource,
+    TableSource,
+    read_csv,
+    read_image_folder,
+    read_npz,
+)
+from clearscan.datasets.models import Dataset, DatasetItem
+from clearscan.imaging import Limits
+from clearscan.storage.base import BlobStore
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+VAL_FRACTION = 0.15
+SPLIT_SEED = 0
+TINY_CLASS = 10  # fewer items of a class in a split than this: warned
+BLOB_BATCH = 256
+
+
+class DatasetExists(DatasetError):
+    status_code = 409
+
+
+class DatasetNotFound(DatasetError):
+    status_code = 404
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    name: str
+    target: str | None = None  # CSV: the class column
+    time_column: str | None = None  # CSV sensor streams
+    group_column: str | None = None  # CSV sensor streams: one recording per group
+    labels: list[str] | None = None  # .npz: class names for label 0, 1, ...
+
+
+def detect_format(path: Path) -> str:
+    """folder | npz | csv, from the content (the client's file name is never trusted)."""
+    if path.is_dir():
+        return "folder"
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path.name}: {exc.strerror}") from None
+    if head[:4] == b"PK\x03\x04":
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = [n for n in zf.namelist() if not n.endswith("/")]
+        except zipfile.BadZipFile as exc:
+            raise DatasetError(f"not a readable zip file: {exc}") from None
+        npy = [n for n in names if n.endswith(".npy")]
+        return "npz" if npy and len(npy) == len(names) else "folder"
+    if head[:2] == b"\x80\x04" or head[:1] == b"\x80":
+        raise DatasetError("pickle files are refused (unpickling runs arbitrary code)")
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not just a multi-byte character cut at the end
+            raise DatasetError(
+                "not a dataset: expected a folder, a .zip of class folders, a MedMNIST .npz "
+                "or a UTF-8 CSV"
+            ) from None
+    return "csv"
+
+
+def import_dataset(
+    *,
+    db: Session,
+    blobs: BlobStore,
+    ctx: audit.RequestContext,
+    source: Path,
+    options: ImportOptions,
+    limits: Limits,
+    max_bytes: int,
+) -> Dataset:
+    try:
+        if not NAME.match(options.name):
+            raise DatasetError(
+                "name: lower-case letters, digits, '.', '_' and '-', at most 64 characters"
+            )
+        if db.scalar(select(Dataset.id).where(Dataset.name == options.name)) is not None:
+            raise DatasetExists(f"a dataset named {options.name!r} exists; datasets are immutable")
+        fmt = detect_format(source)
+        if fmt == "csv":
+            ds = _import_table(db, blobs, source, options)
+        else:
+            src = (
+                read_npz(source, class_names=options.labels)
+                if fmt == "npz"
+                else read_image_folder(source, limits=limits, max_bytes=max_bytes)
+            )
+            ds = _import_images(db, blobs, src, options)
+    except DatasetError as exc:
+        audit.record(
+            db,
+            ctx,
+            audit.Entry("dataset.import", outcome="rejected", details={"reason": exc.detail[:500]}),
+        )
+        db.commit()
+        raise
+    ds.created_by = ctx.actor
+    audit.record(
+        db,
+        ctx,
+        audit.Entry(
+            "dataset.import",
+            object_type="dataset",
+            object_id=ds.id,
+            details={"name": ds.name, "hash": ds.content_hash, "items": ds.n_items},
+        ),
+    )
+    db.commit()
+    return ds
+
+
+# --- images -------------------------------------------------------------------------------------
+
+
+def _import_images(
+    db: Session, blobs: BlobStore, src: ImageSource, options: ImportOptions
+) -> Dataset:
+    records = src.records
+    channels = Counter(r.channels for r in records)
+    if len(channels) > 1:
+        seen = ", ".join(f"{c} channel(s): {n} images" for c, n in sorted(channels.items()))
+        example = next(r.source for r in records if r.channels != channels.most_common(1)[0][0])
+        raise DatasetError(f"images of mixed channel counts ({seen}); e.g. {example}")
+    if len(src.classes) < 2:
+        raise DatasetError(
+            f"only one class ({src.classes[0]!r}); a classifier needs at least two class folders"
+        )
+    class_index = {c: i for i, c in enumerate(src.classes)}
+    labels = np.array([class_index[r.label] for r in records], dtype=np.int64)
+    given = [r.split for r in records]
+    splits, split_info = _assign_splits(given, labels, groups=None)
+    # second pass: store the bytes (one file-system sync per batch)
+    digests: list[str] = []
+    batch: list[bytes] = []
+    for data in src.reader(records):
+        batch.append(data)
+        if len(batch) >= BLOB_BATCH:
+            digests += blobs.put_batch(batch)
+            batch = []
+    digests += blobs.put_batch(batch)
+    if len(digests) != len(records):  # the source changed between the two passes
+        raise DatasetError("the source changed while it was being imported")
+    counts = _counts(splits, labels, src.classes)
+    warnings = _class_warnings(counts)
+    by_digest: dict[str, set[str]] = defaultdict(set)
+    for d, s in zip(digests, splits, strict=True):
+        by_digest[d].add(s)
+    across = sum(1 for ss in by_digest.values() if len(ss) > 1)
+    if across:
+        warnings.append(
+            f"{across} image(s) appear in more than one split (identical bytes): "
+            "evaluation on those splits is optimistic"
+        )
+    within = len(digests) - len(by_digest) - across
+    if within > 0:
+        warnings.append(f"{within} duplicate image(s) within a split")
+    heights = [r.height for r in records]
+    widths = [r.width for r in records]
+    canon = json.dumps(
+        {
+            "classes": src.classes,
+            "items": sorted(zip(splits, labels.tolist(), digests, strict=True)),
+        },
+        separators=(",", ":"),
+    )
+    ds = Dataset(
+        id=uuid.uuid4().hex,
+        name=options.name,
+        kind="images",
+        source_format=src.fmt,
+        content_hash=hashlib.sha256(canon.encode()).hexdigest(),
+        classes=src.classes,
+        counts=counts,
+        n_items=len(records),
+        info={
+            "channels": records[0].channels,
+            "height": {"min": min(heights), "max": max(heights)},
+            "width": {"min": min(widths), "max": max(widths)},
+            "splits": split_info,
+            "warnings": warnings,
+        },
+    )
+    db.add(ds)
+    db.flush()
+    rows = [
+        {
+            "dataset_id": ds.id,
+            "idx": i,
+            "split": s,
+            "label": int(lab),
+            "blob": d,
+            "height": r.height,
+            "width": r.width,
+        }
+        for i, (r, s, lab, d) in enumerate(zip(records, splits, labels, digests, strict=True))
+    ]
+    for start in range(0, len(rows), 5000):
+        db.execute(insert(DatasetItem), rows[start : start + 5000])
+    return ds
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+
+def _import_table(db: Session, blobs: BlobStore, source: Path, options: ImportOptions) -> Dataset:
+    table: TableSource = read_csv(
+        source,
+        target=options.target,
+        time_column=options.time_column,
+        group_column=options.group_column,
+    )
+    class_index = {c: i for i, c in enumerate(table.classes)}
+    labels = np.array([class_index[t] for t in table.targets], dtype=np.int64)
+    splits, split_info = _assign_splits(
+        table.splits or [None] * table.rows, labels, groups=table.groups
+    )
+    csv_blob = blobs.put_file(source)
+    split_blob = blobs.put(bytes(SPLITS.index(s) for s in splits))
+    counts = _counts(splits, labels, table.classes)
+    warnings = _class_warnings(counts, noun="rows")
+    if table.constant:
+        warnings.append(f"constant column(s), no information: {', '.join(table.constant[:20])}")
+    canon = json.dumps(
+        {
+            "csv": csv_blob,
+            "splits": split_blob,
+            "target": options.target,
+            "time": options.time_column,
+            "group": options.group_column,
+        },
+        sort_keys=True,
+    )
+    ds = Dataset(
+        id=uuid.uuid4().hex,
+        name=options.name,
+        kind="table",
+        source_format="csv",
+        content_hash=hashlib.sha256(canon.encode()).hexdigest(),
+        classes=table.classes,
+        counts=counts,
+        n_items=table.rows,
+        info={
+            "target": options.target,
+            "time_column": options.time_column,
+            "group_column": options.group_column,
+            "feature_columns": table.feature_columns,
+            "columns": table.columns,
+            "csv_blob": csv_blob,
+            "split_blob": split_blob,
+            "splits": split_info,
+            "warnings": warnings,
+        },
+    )
+    db.add(ds)
+    db.flush()
+    return ds
+
+
+# --- splits and summaries -----------------------------------------------------------------------
+
+
+def _assign_splits(
+    given: Sequence[str | None], labels: np.ndarray, *, groups: Sequence[str] | None
+) -> tuple[list[str], dict[str, Any]]:
+    """The source's splits; when it has no validation split, a stratified one (by class; by
+    whole groups when there are groups) is carved out of train with a fixed seed."""
+    splits = [s or "train" for s in given]
+    if "val" in splits:
+        return splits, {"validation": "from the source"}
+    rng = np.random.default_rng(SPLIT_SEED)
+    train = np.array([i for i, s in enumerate(splits) if s == "train"])
+    chosen: list[int] = []
+    if groups is not None:
+        group_rows: dict[str, list[int]] = defaultdict(list)
+        for i in train:
+            group_rows[groups[i]].append(int(i))
+        by_class: dict[int, list[str]] = defaultdict(list)
+        for g, rows in group_rows.items():  # a group's class: its most frequent label
+            by_class[int(np.bincount(labels[rows]).argmax())].append(g)
+        for _, gs in sorted(by_class.items()):
+            gs = sorted(gs)
+            rng.shuffle(gs)
+            take = round(len(gs) * VAL_FRACTION) if len(gs) > 1 else 0
+            for g in gs[:take]:
+                chosen += group_rows[g]
+        unit = "groups"
+    else:
+        for c in np.unique(labels[train]) if train.size else []:
+            idx = train[labels[train] == c]
+            idx = idx[rng.permutation(idx.size)]
+            take = round(idx.size * VAL_FRACTION) if idx.size > 1 else 0
+            chosen += idx[: max(take, 1 if idx.size > 1 else 0)].tolist()
+        unit = "rows"
+    for i in chosen:
+        splits[i] = "val"
+    info = {
+        "validation": "made: stratified by class" + (", whole groups" if unit == "groups" else ""),
+        "fraction": VAL_FRACTION,
+        "seed": SPLIT_SEED,
+    }
+    return splits, info
+
+
+def _counts(splits: Sequence[str], labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    out: dict[str, dict[str, int]] = {}
+    for s in SPLITS:
+        mask = np.array([x == s for x in splits], dtype=bool)
+        if mask.any():
+            bc = np.bincount(labels[mask], minlength=len(classes))
+            out[s] = {c: int(n) for c, n in zip(classes, bc, strict=True)}
+    return out
+
+
+def _class_warnings(counts: dict[str, dict[str, int]], noun: str = "images") -> list[str]:
+    out = []
+    for split, per in counts.items():
+        for c, n in per.items():
+            if n < TINY_CLASS:
+                out.append(f"class {c!r} has only {n} {noun} in {split}")
+    return out
+
+
+# --- queries ------------------------------------------------------------------------------------
+
+
+def get(db: Session, ref: str) -> Dataset:
+    """By id or by name."""
+    ds = db.get(Dataset, ref) or db.scalar(select(Dataset).where(Dataset.name == ref))
+    if ds is None:
+        raise DatasetNotFound(f"dataset {ref!r} not found")
+    return ds
+
+
+def list_datasets(db: Session, *, limit: int, offset: int) -> tuple[list[Dataset], int]:
+    total = db.scalar(select(func.count()).select_from(Dataset)) or 0
+    rows = db.scalars(
+        select(Dataset).order_by(Dataset.created_at.desc()).limit(limit).offset(offset)
+    ).all()
+    return list(rows), total
+
+
+def samples(db: Session, ds: Dataset, *, per_class: int = 4) -> list[DatasetItem]:
+    """A few items per split and class (the first ones), for the sample grid."""
+    out: list[DatasetItem] = []
+    for split, per in ds.counts.items():
+        for label, _ in enumerate(per):
+            out += db.scalars(
+                select(DatasetItem)
+                .where(
+                    DatasetItem.dataset_id == ds.id,
+                    DatasetItem.split == split,
+                    DatasetItem.label == label,
+                )
+                .order_by(DatasetItem.idx)
+                .limit(per_class)
+            ).all()
+    return out
+
+
+def item(db: Session, ds: Dataset, idx: int) -> DatasetItem:
+    row = db.get(DatasetItem, (ds.id, idx))
+    if row is None:
+        raise DatasetNotFound(f"dataset {ds.name!r} has no item {idx}")
+    return row

@@ -1,0 +1,111 @@
+"""Dataset endpoints: import, list, detail, sample images."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from clearscan.datasets import service
+from clearscan.datasets.importers import DatasetError
+from clearscan.datasets.schemas import DatasetDetail, DatasetList, DatasetPublic
+from clearscan.deps import AdminUser, AnyUser, SessionDep, StateDep, request_context
+from clearscan.imaging import ImagingError, decode, render_png
+from clearscan.storage.base import BlobError
+
+router = APIRouter(tags=["datasets"])
+
+
+@router.post(
+    "/datasets",
+    response_model=DatasetDetail,
+    status_code=201,
+    summary="Import a dataset: a .zip of class folders, a MedMNIST .npz or a CSV table",
+)
+def import_dataset(
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    admin: AdminUser,
+    file: Annotated[UploadFile, File(description=".zip of <class>/ folders, .npz or .csv")],
+    name: Annotated[str, Form(max_length=64)],
+    target: Annotated[str | None, Form(max_length=200, description="CSV: class column")] = None,
+    time_column: Annotated[str | None, Form(max_length=200)] = None,
+    group_column: Annotated[str | None, Form(max_length=200)] = None,
+    labels: Annotated[
+        str | None, Form(max_length=4000, description=".npz: class names a,b,...")
+    ] = None,
+) -> DatasetDetail:
+    options = service.ImportOptions(
+        name=name,
+        target=target or None,
+        time_column=time_column or None,
+        group_column=group_column or None,
+        labels=[x.strip() for x in labels.split(",") if x.strip()] if labels else None,
+    )
+    # the upload goes to a temporary file in the data dir (never under the client's name)
+    with tempfile.NamedTemporaryFile(dir=state.settings.data_dir, prefix=".dataset-") as tmp:
+        shutil.copyfileobj(file.file, tmp, length=1 << 20)
+        tmp.flush()
+        try:
+            ds = service.import_dataset(
+                db=db,
+                blobs=state.blobs,
+                ctx=request_context(request, admin.username),
+                source=Path(tmp.name),
+                options=options,
+                limits=state.limits,
+                max_bytes=int(state.settings.max_dataset_upload_mb * 2**20),
+            )
+        except DatasetError as exc:
+            raise HTTPException(exc.status_code, exc.detail) from None
+    return DatasetDetail.of_detail(ds, service.samples(db, ds))
+
+
+@router.get("/datasets", response_model=DatasetList)
+def list_datasets(
+    db: SessionDep,
+    user: AnyUser,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> DatasetList:
+    rows, total = service.list_datasets(db, limit=limit, offset=offset)
+    return DatasetList(items=[DatasetPublic.of(d) for d in rows], total=total)
+
+
+@router.get("/datasets/{dataset_id}", response_model=DatasetDetail)
+def get_dataset(dataset_id: str, db: SessionDep, user: AnyUser) -> DatasetDetail:
+    try:
+        ds = service.get(db, dataset_id)
+    except DatasetError as exc:
+        raise HTTPException(exc.status_code, exc.detail) from None
+    return DatasetDetail.of_detail(ds, service.samples(db, ds))
+
+
+@router.get(
+    "/datasets/{dataset_id}/items/{idx}/image.png",
+    response_class=Response,
+    summary="One image of an image dataset, rendered as PNG",
+)
+async def item_image(
+    dataset_id: str, idx: int, db: SessionDep, state: StateDep, user: AnyUser
+) -> Response:
+    try:
+        ds = service.get(db, dataset_id)
+        row = service.item(db, ds, idx)
+    except DatasetError as exc:
+        raise HTTPException(exc.status_code, exc.detail) from None
+
+    def render() -> bytes:
+        return render_png(decode(state.blobs.get(row.blob), limits=state.limits))
+
+    try:
+        png = await run_in_threadpool(render)
+    except (BlobError, ImagingError) as exc:
+        raise HTTPException(500 if isinstance(exc, BlobError) else 422, str(exc)) from None
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
