@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -22,6 +24,7 @@ from clearscan.config import ConfigError, Settings
 from clearscan.db import create_db_engine, make_session_factory
 from clearscan.db.migrate import upgrade
 from clearscan.inference.runtime import ModelLoadError, onnx_providers
+from clearscan.jobs.service import Handler, InProcessWorker, JobContext
 from clearscan.middleware import CoreMiddleware
 from clearscan.observability.metrics import Metrics
 from clearscan.registry.service import BUNDLED_DIR, ModelRegistry, _cache
@@ -98,7 +101,19 @@ def create_app(settings: Settings | None = None, *, initialised: bool = False) -
         secret=settings.resolved_secret_key,
     )
     _audit_unavailable_models(state)
+    state.jobs = InProcessWorker(sessions, job_handlers(state))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        assert state.jobs is not None
+        state.jobs.start()  # also picks up jobs queued before a restart
+        try:
+            yield
+        finally:
+            state.jobs.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="ClearScan",
         version=__version__,
         description="Self-hosted medical-imaging AI: upload, predict, explain, review. "
@@ -142,6 +157,22 @@ def create_app(settings: Settings | None = None, *, initialised: bool = False) -
         },
     )
     return app
+
+
+def job_handlers(state: AppState) -> dict[str, Handler]:
+    """The job kinds this process runs (the in-process worker; Celery workers later)."""
+    from clearscan.training.runs import TRAIN_KIND, run_training
+
+    def train(ctx: JobContext) -> dict[str, Any]:
+        return run_training(
+            ctx,
+            sessions=state.sessions,
+            blobs=state.blobs,
+            store=state.store,
+            on_registered=lambda name, version: state.registry.discover(),
+        )
+
+    return {TRAIN_KIND: train}
 
 
 def _audit_unavailable_models(state: AppState) -> None:

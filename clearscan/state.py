@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from clearscan.auth.service import LoginLimiter
 from clearscan.config import Settings
 from clearscan.imaging import Limits
+from clearscan.jobs.service import InProcessWorker
 from clearscan.observability.metrics import Metrics
 from clearscan.registry.service import ModelRegistry
 from clearscan.registry.store import ModelStore
@@ -28,6 +29,7 @@ class AppState:
     metrics: Metrics
     limiter: LoginLimiter
     secret: str
+    jobs: InProcessWorker | None = None
     started_at: float = field(default_factory=time.time)
 
     @property

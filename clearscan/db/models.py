@@ -4,6 +4,7 @@ from clearscan.audit.models import AuditEvent, AuditHead
 from clearscan.auth.models import User, UserSession
 from clearscan.cases.models import Case, Image, Prediction, Review
 from clearscan.datasets.models import Dataset, DatasetItem
+from clearscan.jobs.models import Job
 from clearscan.registry.models import ModelState, ShadowResult
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "Dataset",
     "DatasetItem",
     "Image",
+    "Job",
     "ModelState",
     "Prediction",
     "Review",

@@ -59,6 +59,7 @@ class PneumoniaNet(nn.Module):
         widths: Sequence[int] = (32, 64, 128),
         mean: float = 0.5,
         std: float = 0.25,
+        in_channels: int = 1,
     ) -> None:
         super().__init__()
         if len(widths) != 3:
@@ -67,7 +68,9 @@ class PneumoniaNet(nn.Module):
         self.register_buffer("mean", torch.tensor([[[[float(mean)]]]]))
         self.register_buffer("std", torch.tensor([[[[float(std)]]]]))
         self.stem = nn.Sequential(
-            nn.Conv2d(1, w1, 3, padding=1, bias=False), nn.BatchNorm2d(w1), nn.ReLU(inplace=True)
+            nn.Conv2d(in_channels, w1, 3, padding=1, bias=False),
+            nn.BatchNorm2d(w1),
+            nn.ReLU(inplace=True),
         )
         self.layer1 = BasicBlock(w1, w1, stride=1)
         self.layer2 = BasicBlock(w1, w2, stride=2)
@@ -102,7 +105,7 @@ class PneumoniaNet(nn.Module):
         return self.layer_last(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Map N x 1 x H x W pixels in [0, 1] to N x num_classes logits."""
+        """Map N x C x H x W pixels in [0, 1] to N x num_classes logits."""
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
@@ -111,6 +114,9 @@ def build_model(
     widths: Sequence[int] = (32, 64, 128),
     mean: float = 0.5,
     std: float = 0.25,
+    in_channels: int = 1,
 ) -> PneumoniaNet:
     """Build the bundled-model architecture."""
-    return PneumoniaNet(num_classes=num_classes, widths=widths, mean=mean, std=std)
+    return PneumoniaNet(
+        num_classes=num_classes, widths=widths, mean=mean, std=std, in_channels=in_channels
+    )

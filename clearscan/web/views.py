@@ -7,6 +7,9 @@ session cookie for GET requests."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -24,6 +27,10 @@ from clearscan.auth.schemas import UserCreate
 from clearscan.cases import service as cases
 from clearscan.cases.schemas import CaseDetail, CaseSummary
 from clearscan.cases.workflow import PredictRejected, predict
+from clearscan.datasets import service as datasets
+from clearscan.datasets.importers import DatasetError
+from clearscan.datasets.models import Dataset
+from clearscan.datasets.schemas import DatasetDetail, SampleItem
 from clearscan.deps import SESSION_COOKIE, SessionDep, StateDep, request_context
 from clearscan.registry import rollout
 from clearscan.registry.models import ShadowResult
@@ -56,6 +63,7 @@ from clearscan.web.templating import STATIC_DIR, render
 router = APIRouter(include_in_schema=False)
 CASES_PAGE_SIZE = 20
 AUDIT_PAGE_SIZE = 50
+DATASETS_PAGE_SIZE = 20
 KNOWN_ACTIONS = [
     "access.denied",
     "auth.login",
@@ -720,6 +728,232 @@ def model_rollout(
     except RegistryError as exc:
         return _registry_failed(request, db, state, ws, name, exc, rollout_form=form)
     return _redirect(f"/models/{name}?done=rollout")
+
+
+# --- datasets ---------------------------------------------------------------------------------
+
+_DATASET_FIELDS = {  # form field -> (title, longest accepted value)
+    "name": ("Name", 64),
+    "target": ("Target column", 200),
+    "time_column": ("Time column", 200),
+    "group_column": ("Group column", 200),
+    "labels": ("Class names", 4000),
+}
+_SPLIT_FACTS = {"validation": "Validation split", "fraction": "Share of train", "seed": "Seed"}
+_BAR_SLOTS = 8  # colours of the class-balance bars (.seg-c0 .. .seg-c7)
+
+
+def _datasets_page(
+    request: Request,
+    db: Session,
+    state: AppState,
+    ws: WebSession,
+    *,
+    page: int = 1,
+    error: str | None = None,
+    form: dict[str, str] | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    rows, total = datasets.list_datasets(
+        db, limit=DATASETS_PAGE_SIZE, offset=(page - 1) * DATASETS_PAGE_SIZE
+    )
+    return render(
+        request,
+        "datasets.html",
+        ws=ws,
+        status=status,
+        items=rows,
+        pages=Pagination(page, DATASETS_PAGE_SIZE, total, {}),
+        error=error,
+        form=form or dict.fromkeys(_DATASET_FIELDS, ""),
+        max_upload_mb=state.settings.max_upload_mb,
+    )
+
+
+@router.get("/datasets", response_class=HTMLResponse)
+def datasets_page(
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    ws: WebSessionDep,
+    page: QueryStr = None,
+) -> Response:
+    return _datasets_page(request, db, state, ws, page=parse_page(page))
+
+
+def _import_problem(file: UploadFile | None, form: dict[str, str]) -> str | None:
+    # A browser sends one empty part when no file is chosen.
+    if file is None or not (file.filename or file.size):
+        return "Choose a dataset file: a .zip of class folders, a MedMNIST .npz or a CSV table."
+    if file.size == 0:
+        return "The chosen file is empty."
+    if not form["name"]:
+        return "Give the dataset a name."
+    for key, (title, longest) in _DATASET_FIELDS.items():
+        if len(form[key]) > longest:
+            return f"{title} is longer than {longest} characters."
+    return None
+
+
+@router.post("/datasets", response_class=HTMLResponse)
+def datasets_import(
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    ws: AdminSession,
+    file: Annotated[UploadFile | None, File()] = None,
+    name: FormStr = None,
+    target: FormStr = None,
+    time_column: FormStr = None,
+    group_column: FormStr = None,
+    labels: FormStr = None,
+    csrf_token: FormStr = None,
+) -> Response:
+    require_csrf(request, db, state, ws, csrf_token)
+    given = (name, target, time_column, group_column, labels)
+    form = {k: (v or "").strip() for k, v in zip(_DATASET_FIELDS, given, strict=True)}
+    problem = _import_problem(file, form)
+    if problem or file is None:
+        return _datasets_page(request, db, state, ws, error=problem, form=form, status=422)
+    options = datasets.ImportOptions(
+        name=form["name"],
+        target=form["target"] or None,
+        time_column=form["time_column"] or None,
+        group_column=form["group_column"] or None,
+        labels=[x.strip() for x in form["labels"].split(",") if x.strip()] or None,
+    )
+    # The upload goes to a temporary file in the data dir, never under the client's file name.
+    with tempfile.NamedTemporaryFile(dir=state.settings.data_dir, prefix=".dataset-") as tmp:
+        shutil.copyfileobj(file.file, tmp, length=1 << 20)
+        tmp.flush()
+        try:
+            ds = datasets.import_dataset(
+                db=db,
+                blobs=state.blobs,
+                ctx=request_context(request, ws.username),
+                source=Path(tmp.name),
+                options=options,
+                limits=state.limits,
+                max_bytes=int(state.settings.max_dataset_upload_mb * 2**20),
+            )
+        except DatasetError as exc:
+            db.rollback()
+            # The importer's messages are shared with the CLI, which names its option.
+            detail = exc.detail.replace("--target COLUMN", "a target column")
+            message = detail[:1].upper() + detail[1:]
+            return _datasets_page(
+                request, db, state, ws, error=message, form=form, status=exc.status_code
+            )
+    return _redirect(f"/datasets/{ds.id}")
+
+
+def _class_balance(ds: Dataset) -> dict[str, Any]:
+    """Per split: the count of each class, the total and the bar segments (x, width in %)."""
+    classes = list(ds.classes)
+    rows: list[dict[str, Any]] = []
+    for split, per in ds.counts.items():
+        counts = [int(per.get(c, 0)) for c in classes]
+        total = sum(counts)
+        segments: list[dict[str, Any]] = []
+        x = 0.0
+        for i, (label, n) in enumerate(zip(classes, counts, strict=True)):
+            if n and total:
+                width = 100 * n / total
+                segments.append(
+                    {
+                        "label": label,
+                        "n": n,
+                        "share": n / total,
+                        "slot": i % _BAR_SLOTS,
+                        "x": f"{x:.3f}",
+                        "width": f"{width:.3f}",
+                    }
+                )
+                x += width
+        rows.append({"split": split, "counts": counts, "total": total, "segments": segments})
+    totals = [sum(r["counts"][i] for r in rows) for i in range(len(classes))]
+    return {
+        "classes": [{"label": c, "slot": i % _BAR_SLOTS} for i, c in enumerate(classes)],
+        "rows": rows,
+        "totals": totals,
+        "total": sum(totals),
+    }
+
+
+def _number(value: object) -> str:
+    if isinstance(value, bool) or value is None:
+        return "—" if value is None else str(value)
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _column_rows(info: dict[str, Any]) -> list[dict[str, Any]]:
+    roles = {
+        info.get("target"): "target",
+        info.get("time_column"): "time",
+        info.get("group_column"): "group",
+        "split": "split",
+    }
+    out = []
+    for col in info.get("columns") or []:
+        values = col.get("values")
+        out.append(
+            {
+                "name": col.get("name", ""),
+                "role": roles.get(col.get("name")),
+                "type": col.get("type", ""),
+                "missing": col.get("missing", 0),
+                "distinct": col.get("distinct", ""),
+                "stats": [_number(col.get(k)) for k in ("min", "max", "mean", "std")]
+                if "mean" in col
+                else None,
+                "values": ", ".join(str(v) for v in values) if values else "",
+                "more_values": bool(values)
+                and isinstance(col.get("distinct"), int)
+                and col["distinct"] > len(values),
+            }
+        )
+    return out
+
+
+def _split_facts(recipe: object) -> list[tuple[str, str]]:
+    if not isinstance(recipe, dict):
+        return []
+    facts = []
+    for key, value in recipe.items():
+        text = f"{value:.0%}" if key == "fraction" and isinstance(value, float) else str(value)
+        facts.append((_SPLIT_FACTS.get(key, key.replace("_", " ").capitalize()), text))
+    return facts
+
+
+@router.get("/datasets/{ref}", response_class=HTMLResponse)
+def dataset_page(ref: str, request: Request, db: SessionDep, ws: WebSessionDep) -> Response:
+    try:
+        ds = datasets.get(db, ref)
+    except DatasetError:
+        raise PageError(
+            404, "Dataset not found", "No dataset with this id or name exists.", ws
+        ) from None
+    per_class = 4 if len(ds.classes) <= 10 else 2
+    items = datasets.samples(db, ds, per_class=per_class) if ds.kind == "images" else []
+    detail = DatasetDetail.of_detail(ds, items)
+    groups: dict[tuple[str, str], list[SampleItem]] = {}
+    for s in detail.samples:
+        groups.setdefault((s.split, s.label), []).append(s)
+    return render(
+        request,
+        "dataset.html",
+        ws=ws,
+        ds=detail,
+        info=detail.info,
+        balance=_class_balance(ds),
+        split_facts=_split_facts(detail.info.get("splits")),
+        sample_groups=[{"split": k[0], "label": k[1], "items": v} for k, v in groups.items()],
+        columns=_column_rows(detail.info) if ds.kind == "table" else [],
+    )
 
 
 # --- administration ---------------------------------------------------------------------------

@@ -1,0 +1,334 @@
+"""Image classifier training (PyTorch), shared by training runs and the bundled-model script.
+
+The recipe that trained the bundled model (`scripts/train_bundled_model.py`), made general:
+any number of classes, 1 or 3 channels, a small ResNet-style CNN for 28-64 px inputs; AdamW with
+a one-cycle schedule, augmentation (affine + brightness/contrast), class-weighted cross-entropy
+with label smoothing, BatchNorm statistics re-estimated on clean training images before every
+validation pass, early stopping on validation AUC (macro one-vs-rest for several classes), and
+for two classes the decision threshold chosen on validation (median of the balanced-accuracy
+plateau) and folded into the final bias. Deterministic for a seed."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clearscan.training.architectures import PneumoniaNet, build_model
+
+
+@dataclass(frozen=True)
+class ImageRecipe:
+    name: str = "cnn-small"
+    size: int = 28  # input side (28-64 px for this architecture)
+    widths: tuple[int, int, int] = (24, 48, 96)
+    epochs: int = 24
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.05
+    class_weights: bool = True
+    patience: int = 12
+    rotate: float = 10.0
+    scale: float = 0.1
+    shift: float = 2.0
+    brightness: float = 0.1
+    contrast: float = 0.2
+    hflip: bool = False
+    seed: int = 0
+    threads: int = 2
+
+    def describe(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        return d
+
+
+RECIPES: dict[str, ImageRecipe] = {
+    "cnn-small": ImageRecipe(),
+    "cnn-small-64": ImageRecipe(name="cnn-small-64", size=64, widths=(32, 64, 128), epochs=20),
+}
+
+
+# --- metrics --------------------------------------------------------------------------------------
+
+
+def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Binary ROC AUC via the Mann-Whitney U statistic with mid-ranks for ties."""
+    y = np.asarray(y_true).astype(bool).ravel()
+    s = np.asarray(score, dtype=np.float64).ravel()
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    sorted_s = s[order]
+    ranks = np.empty(len(s), dtype=np.float64)
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def macro_auc(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """AUC of class 1 for two classes; one-vs-rest macro average for more."""
+    if prob.shape[1] == 2:
+        return roc_auc(y_true == 1, prob[:, 1])
+    aucs = [roc_auc(y_true == k, prob[:, k]) for k in range(prob.shape[1])]
+    aucs = [a for a in aucs if not math.isnan(a)]
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def choose_threshold(
+    y_true: np.ndarray, prob: np.ndarray, tolerance: float = 0.005
+) -> tuple[float, float]:
+    """Threshold on P(class 1) for balanced accuracy; returns (t, balanced accuracy).
+
+    Candidates are midpoints between consecutive distinct scores. A single best candidate is
+    often a narrow peak decided by one or two images, so every candidate within `tolerance` of
+    the best balanced accuracy counts as optimal and the median of that plateau is taken."""
+    y = np.asarray(y_true).astype(int).ravel()
+    s = np.unique(np.asarray(prob, dtype=np.float64).ravel())
+    cands = np.concatenate([[s[0] / 2.0], (s[:-1] + s[1:]) / 2.0, [(s[-1] + 1.0) / 2.0]])
+    pos, neg = prob[y == 1], prob[y == 0]
+    sens = (pos[None, :] >= cands[:, None]).mean(axis=1)
+    spec = (neg[None, :] < cands[:, None]).mean(axis=1)
+    bacc = (sens + spec) / 2.0
+    best = np.flatnonzero(bacc >= bacc.max() - tolerance - 1e-12)
+    idx = int(best[len(best) // 2])
+    return float(cands[idx]), float(bacc[idx])
+
+
+# --- training pieces ------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    """Fix every RNG we use and ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, r: ImageRecipe) -> torch.Tensor:
+    """Random affine (rotate/scale/shift) and brightness/contrast jitter on [0, 1] images."""
+    n = x.shape[0]
+
+    def u(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(n, generator=gen)
+
+    ang = u(-r.rotate, r.rotate) * math.pi / 180.0
+    scale = u(1.0 - r.scale, 1.0 + r.scale)
+    shift = r.shift * 2.0 / x.shape[-1]  # pixels -> normalised coordinates
+    tx, ty = u(-shift, shift), u(-shift, shift)
+    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1).to(
+        x.dtype
+    )
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if r.hflip:
+        flip = torch.rand(n, generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    contrast = u(1.0 - r.contrast, 1.0 + r.contrast)[:, None, None, None]
+    bright = u(-r.brightness, r.brightness)[:, None, None, None]
+    return ((x - mean) * contrast + mean + bright).clamp(0.0, 1.0)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: torch.nn.Module, x: torch.Tensor, batch: int = 512) -> None:
+    """Re-estimate BatchNorm statistics on clean (unaugmented) training images.
+
+    During training the running statistics follow augmented batches; served images are not
+    augmented, so eval-mode outputs are shifted and badly calibrated (validation accuracy at a
+    fixed threshold swung between 0.53 and 0.97 from epoch to epoch without this)."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches
+    was_training = model.training
+    model.train()
+    for i in range(0, len(x), batch):
+        model(x[i : i + batch])
+    for m, mom in zip(bns, saved, strict=True):
+        m.momentum = mom
+    model.train(was_training)
+
+
+@torch.no_grad()
+def predict_proba(model: torch.nn.Module, x: torch.Tensor, batch: int = 512) -> np.ndarray:
+    """Class probabilities N x C (eval mode, float64)."""
+    model.eval()
+    out = [torch.softmax(model(x[i : i + batch]), 1) for i in range(0, len(x), batch)]
+    return torch.cat(out).double().numpy()
+
+
+def fold_threshold(model: PneumoniaNet, threshold: float) -> PneumoniaNet:
+    """Copy of a two-class `model` whose softmax argmax equals `P(class 1) >= threshold`
+    (logit(t) / 2 moves from the class-1 bias to the class-0 bias)."""
+    folded = copy.deepcopy(model).eval()
+    shift = math.log(threshold / (1.0 - threshold))
+    with torch.no_grad():
+        folded.fc.bias[1] -= shift / 2.0
+        folded.fc.bias[0] += shift / 2.0
+    return folded
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 N x H x W x C -> float32 N x C x H x W in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float() / 255.0
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TrainedImageModel:
+    model: PneumoniaNet  # eval mode; threshold folded in for two classes
+    threshold: float | None
+    val_metrics: dict[str, Any]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def train_image_classifier(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    *,
+    n_classes: int,
+    recipe: ImageRecipe,
+    progress: Progress | None = None,
+) -> TrainedImageModel:
+    """Train on uint8 N x H x W x C images (already at the recipe's size); keep the weights of
+    the best validation-AUC epoch. `progress` gets a dict after every epoch and may raise to
+    stop (cancellation)."""
+    torch.set_num_threads(recipe.threads)
+    seed_everything(recipe.seed)
+    xtr, xva = to_tensor(train_x), to_tensor(val_x)
+    ytr = torch.from_numpy(train_y.astype(np.int64))
+    yva = val_y.astype(np.int64)
+    channels = xtr.shape[1]
+    mean, std = float(xtr.mean()), float(xtr.std()) or 1.0
+
+    def fresh() -> PneumoniaNet:
+        return build_model(
+            num_classes=n_classes, widths=recipe.widths, mean=mean, std=std, in_channels=channels
+        )
+
+    model = fresh()
+    counts = torch.bincount(ytr, minlength=n_classes).double().clamp(min=1)
+    class_w = (counts.sum() / (n_classes * counts)).float() if recipe.class_weights else None
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    steps_per_epoch = math.ceil(len(xtr) / recipe.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt,
+        max_lr=recipe.lr,
+        total_steps=recipe.epochs * steps_per_epoch,
+        pct_start=0.15,
+        anneal_strategy="cos",
+    )
+    gen = torch.Generator().manual_seed(recipe.seed)
+    best_auc, best_epoch, best_state, since_best = -1.0, 0, None, 0
+    history: list[dict[str, float]] = []
+    started = time.perf_counter()
+    for epoch in range(1, recipe.epochs + 1):
+        model.train()
+        perm = torch.randperm(len(xtr), generator=gen)
+        total = 0.0
+        for i in range(0, len(xtr), recipe.batch_size):
+            idx = perm[i : i + recipe.batch_size]
+            xb = augment(xtr[idx], gen, recipe)
+            loss = F.cross_entropy(
+                model(xb), ytr[idx], weight=class_w, label_smoothing=recipe.label_smoothing
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        recalibrate_bn(model, xtr)
+        prob = predict_proba(model, xva)
+        auc = macro_auc(yva, prob)
+        acc = float((prob.argmax(axis=1) == yva).mean())
+        elapsed = time.perf_counter() - started
+        row = {"epoch": epoch, "loss": round(total / len(xtr), 5), "val_auc": round(auc, 5),
+               "val_acc": round(acc, 5)}  # fmt: skip
+        history.append(row)
+        improved = auc > best_auc
+        if improved:
+            best_auc, best_epoch, since_best = auc, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            since_best += 1
+        stop = since_best >= recipe.patience
+        if progress is not None:
+            left = (recipe.epochs - epoch) if not stop else 0
+            progress(
+                {
+                    **row,
+                    "epochs": recipe.epochs,
+                    "best_epoch": best_epoch,
+                    "best_val_auc": round(best_auc, 5),
+                    "elapsed_s": round(elapsed, 1),
+                    "eta_s": round(elapsed / epoch * left, 1),
+                    "history": history,
+                }
+            )
+        if stop:
+            break
+    assert best_state is not None
+    final = fresh()
+    final.load_state_dict(best_state)
+    final.eval()
+    prob = predict_proba(final, xva)
+    threshold = None
+    if n_classes == 2:
+        threshold, _ = choose_threshold(yva, prob[:, 1])
+        pred = (prob[:, 1] >= threshold).astype(np.int64)
+        final = fold_threshold(final, threshold)
+    else:
+        pred = prob.argmax(axis=1)
+    metrics = classification_metrics(yva, pred, prob)
+    info = {
+        "epochs_run": len(history),
+        "best_epoch": best_epoch,
+        "mean": mean,
+        "std": std,
+        "history": history,
+        "train_counts": counts.long().tolist(),
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    return TrainedImageModel(final, threshold, metrics, info)
+
+
+def classification_metrics(y: np.ndarray, pred: np.ndarray, prob: np.ndarray) -> dict[str, Any]:
+    """Accuracy, AUC, balanced accuracy (and, for two classes, sensitivity/specificity)."""
+    n_classes = prob.shape[1]
+    recalls = [float((pred[y == k] == k).mean()) for k in range(n_classes) if (y == k).any()]
+    out: dict[str, Any] = {
+        "n": len(y),
+        "accuracy": round(float((pred == y).mean()), 5),
+        "auc": round(macro_auc(y, prob), 5),
+        "balanced_accuracy": round(float(np.mean(recalls)), 5),
+    }
+    if n_classes == 2:
+        out["sensitivity"] = round(float((pred[y == 1] == 1).mean()), 5) if (y == 1).any() else None
+        out["specificity"] = round(float((pred[y == 0] == 0).mean()), 5) if (y == 0).any() else None
+    return out
