@@ -130,8 +130,16 @@ def create_app(settings: Settings | None = None, *, initialised: bool = False) -
     from clearscan.datasets.views import router as datasets_router
     from clearscan.observability.views import router as health_router
     from clearscan.registry.views import router as models_router
+    from clearscan.training.views import router as training_router
 
-    for r in (auth_router, models_router, cases_router, datasets_router, audit_router):
+    for r in (
+        auth_router,
+        models_router,
+        cases_router,
+        datasets_router,
+        training_router,
+        audit_router,
+    ):
         app.include_router(r, prefix=API_PREFIX)
     app.include_router(health_router)
     _mount_docs(app)
@@ -154,6 +162,7 @@ def create_app(settings: Settings | None = None, *, initialised: bool = False) -
         large_bodies={
             f"{API_PREFIX}/models": int(settings.max_model_upload_mb * 2**20),
             f"{API_PREFIX}/datasets": int(settings.max_dataset_upload_mb * 2**20),
+            "/datasets": int(settings.max_dataset_upload_mb * 2**20),  # the web import form
         },
     )
     return app

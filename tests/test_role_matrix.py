@@ -31,6 +31,10 @@ REQUIRED = {
     ("GET", "/api/v1/datasets"): "viewer",
     ("GET", "/api/v1/datasets/{dataset_id}"): "viewer",
     ("GET", "/api/v1/datasets/{dataset_id}/items/{idx}/image.png"): "viewer",
+    ("POST", "/api/v1/training-runs"): "admin",
+    ("GET", "/api/v1/training-runs"): "viewer",
+    ("GET", "/api/v1/training-runs/{run_id}"): "viewer",
+    ("POST", "/api/v1/training-runs/{run_id}/cancel"): "admin",
     ("GET", "/api/v1/audit"): "admin",
     ("GET", "/api/v1/audit/verify"): "admin",
     ("GET", "/api/v1/health"): None,
@@ -60,6 +64,7 @@ def test_role_matrix(client, make_user, admin_headers, role):
             .replace("{image_id}", "missing")
             .replace("{dataset_id}", "missing")
             .replace("{idx}", "0")
+            .replace("{run_id}", "missing")
         )
         r = client.request(method, url, headers=headers)
         if need is None:

@@ -11,6 +11,7 @@ from clearscan import __version__
 from clearscan.cli import datasets, models, users
 from clearscan.cli.common import DataDirOpt, console, fail, load_settings
 from clearscan.cli.predict import predict
+from clearscan.cli.train import train
 from clearscan.config import ConfigError
 
 app = typer.Typer(
@@ -25,6 +26,7 @@ app.add_typer(datasets.app, name="datasets")
 db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.command("predict")(predict)
+app.command("train")(train)
 
 
 def _version(value: bool) -> None:

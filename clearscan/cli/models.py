@@ -103,11 +103,12 @@ def list_(data_dir: DataDirOpt = None) -> None:
     """List models with their serving version."""
     with _registry(data_dir) as (_, registry, _s):
         table = Table("name", "active version", "versions", "task", "labels", "status")
-        for e in registry.entries():
+        for e in registry.entries(include_inactive=True):
             m = e.manifest
+            status = registry.status(e)
             table.add_row(
                 m.name,
-                m.version,
+                m.version if status != "inactive" else "none (activate one)",
                 str(len(registry.versions(m.name))),
                 m.task,
                 ", ".join(m.labels),

@@ -13,7 +13,14 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from clearscan.cases.service import CaseError, analyze, decode_uploads
-from clearscan.cli.common import DataDirOpt, console, err_console, fail, load_settings
+from clearscan.cli.common import (
+    DataDirOpt,
+    console,
+    db_session,
+    err_console,
+    fail,
+    load_settings,
+)
 from clearscan.imaging import ImagingError, Limits
 from clearscan.registry.service import RegistryError
 
@@ -40,11 +47,15 @@ def predict(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Analyse images offline and print the probabilities (and write heatmaps with --out)."""
+    from sqlalchemy.orm import sessionmaker
+
     from clearscan.app import build_registry
 
     settings = load_settings(data_dir)
-    registry = build_registry(settings)
     stack = ExitStack()
+    # the roll-out state (which version is active) lives in the database: honour it offline too
+    db = stack.enter_context(db_session(settings))
+    registry = build_registry(settings, sessionmaker(bind=db.get_bind()))
     try:
         entry = registry.get(model or settings.default_model)
         runner = stack.enter_context(registry.lease(entry))  # loaded while the files run

@@ -9,6 +9,7 @@ stored, and streams: no source is loaded whole into memory.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import zipfile
@@ -47,6 +48,7 @@ class ImageRecord:
     channels: int
     source: str  # path inside the source, for messages and to read it again
     index: int = -1  # npz row
+    key: str = ""  # order-independent identity (content digest, or npz split and row)
 
 
 @dataclass
@@ -102,9 +104,9 @@ def _zip_members(zf: zipfile.ZipFile, max_bytes: int) -> list[tuple[tuple[str, .
             raise DatasetError(f"{m.filename}: larger than {MAX_IMAGE_BYTES // 2**20} MB")
         out.append((parts, m.filename))
     tops = {p[0] for p, _ in out}
-    if len(tops) == 1 and all(len(p) >= 3 for p, _ in out):  # one wrapping folder
+    if len(tops) == 1 and any(len(p) >= 3 for p, _ in out):  # one wrapping folder
         only = next(iter(tops))
-        if only.lower() not in _SPLIT_ALIASES:
+        if only.lower() not in _SPLIT_ALIASES:  # a file beside its class folders then fails
             out = [(p[1:], name) for p, name in out]
     return out
 
@@ -116,7 +118,8 @@ def _record(data: bytes, parts: tuple[str, ...], limits: Limits) -> ImageRecord:
         img = decode(data, limits=limits)
     except ImagingError as exc:
         raise DatasetError(f"{where}: {exc.detail}") from None
-    return ImageRecord(split, label, img.height, img.width, img.channels, where)
+    key = hashlib.sha256(data).hexdigest()
+    return ImageRecord(split, label, img.height, img.width, img.channels, where, key=key)
 
 
 def read_image_folder(path: Path, *, limits: Limits, max_bytes: int) -> ImageSource:
@@ -232,7 +235,9 @@ def read_npz(path: Path, *, class_names: list[str] | None) -> ImageSource:
             max_label = max(max_label, int(labels.max()) if labels.size else 0)
             channels = shape[3] if len(shape) == 4 else 1
             records += [
-                ImageRecord(split, str(int(v)), shape[1], shape[2], channels, member, i)
+                ImageRecord(
+                    split, str(int(v)), shape[1], shape[2], channels, member, i, f"{split}:{i:09d}"
+                )
                 for i, v in enumerate(labels)
             ]
             _check_count(len(records))
@@ -350,7 +355,7 @@ def read_csv(
     path: Path, *, target: str | None, time_column: str | None, group_column: str | None
 ) -> TableSource:
     if not target:
-        raise DatasetError("a CSV dataset needs --target COLUMN (the class column)")
+        raise DatasetError("a CSV dataset needs a target column (the class column): give its name")
     try:
         f = path.open(encoding="utf-8-sig", newline="")
     except OSError as exc:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from clearscan.audit import service as audit
@@ -115,6 +116,19 @@ def import_dataset(
                 else read_image_folder(source, limits=limits, max_bytes=max_bytes)
             )
             ds = _import_images(db, blobs, src, options)
+    except IntegrityError:  # another import took the name meanwhile
+        db.rollback()
+        detail = f"a dataset named {options.name!r} exists; datasets are immutable"
+        audit.record(
+            db, ctx, audit.Entry("dataset.import", outcome="rejected", details={"reason": detail})
+        )
+        db.commit()
+        raise DatasetExists(detail) from None
+    except OSError as exc:  # the disk, not the data: nothing is committed
+        db.rollback()
+        err = DatasetError(f"storage error while importing: {exc.strerror or exc}")
+        err.status_code = 507
+        raise err from None
     except DatasetError as exc:
         audit.record(
             db,
@@ -157,7 +171,7 @@ def _import_images(
     class_index = {c: i for i, c in enumerate(src.classes)}
     labels = np.array([class_index[r.label] for r in records], dtype=np.int64)
     given = [r.split for r in records]
-    splits, split_info = _assign_splits(given, labels, groups=None)
+    splits, split_info = _assign_splits(given, labels, groups=None, keys=[r.key for r in records])
     # second pass: store the bytes (one file-system sync per batch)
     digests: list[str] = []
     batch: list[bytes] = []
@@ -172,7 +186,8 @@ def _import_images(
     counts = _counts(splits, labels, src.classes)
     warnings = _class_warnings(counts)
     by_digest: dict[str, set[str]] = defaultdict(set)
-    for d, s in zip(digests, splits, strict=True):
+    per_split = Counter(zip(digests, splits, strict=True))
+    for d, s in per_split:
         by_digest[d].add(s)
     across = sum(1 for ss in by_digest.values() if len(ss) > 1)
     if across:
@@ -180,7 +195,7 @@ def _import_images(
             f"{across} image(s) appear in more than one split (identical bytes): "
             "evaluation on those splits is optimistic"
         )
-    within = len(digests) - len(by_digest) - across
+    within = sum(n - 1 for n in per_split.values())
     if within > 0:
         warnings.append(f"{within} duplicate image(s) within a split")
     heights = [r.height for r in records]
@@ -289,15 +304,23 @@ def _import_table(db: Session, blobs: BlobStore, source: Path, options: ImportOp
 
 
 def _assign_splits(
-    given: Sequence[str | None], labels: np.ndarray, *, groups: Sequence[str] | None
+    given: Sequence[str | None],
+    labels: np.ndarray,
+    *,
+    groups: Sequence[str] | None,
+    keys: Sequence[str] | None = None,
 ) -> tuple[list[str], dict[str, Any]]:
     """The source's splits; when it has no validation split, a stratified one (by class; by
-    whole groups when there are groups) is carved out of train with a fixed seed."""
+    whole groups when there are groups) is carved out of train with a fixed seed. With `keys`
+    (content digests) the choice does not depend on the order the source lists its files."""
     splits = [s or "train" for s in given]
     if "val" in splits:
         return splits, {"validation": "from the source"}
     rng = np.random.default_rng(SPLIT_SEED)
-    train = np.array([i for i, s in enumerate(splits) if s == "train"])
+    train_idx = [i for i, s in enumerate(splits) if s == "train"]
+    if keys is not None:
+        train_idx.sort(key=lambda i: (keys[i], i))
+    train = np.array(train_idx, dtype=np.int64)
     chosen: list[int] = []
     if groups is not None:
         group_rows: dict[str, list[int]] = defaultdict(list)

@@ -49,16 +49,25 @@ class JobCancelled(Exception):
 class JobContext:
     """What a handler sees: its parameters, a progress reporter and the cancellation flag."""
 
-    def __init__(self, sessions: sessionmaker[Session], job_id: str, params: dict[str, Any]):
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        job_id: str,
+        params: dict[str, Any],
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.sessions = sessions
         self.job_id = job_id
         self.params = params
+        self.on_progress = on_progress
         self._last = 0.0
         self._cancelled = False
 
     def report(self, force: bool = False, **progress: Any) -> None:
         """Merge `progress` into the job row (at most once a second unless forced); raise
         JobCancelled when a cancel was requested."""
+        if self.on_progress is not None:
+            self.on_progress(progress)
         now = time.monotonic()
         if not force and now - self._last < PROGRESS_EVERY_S:
             if self._cancelled:
@@ -155,12 +164,17 @@ def claim(sessions: sessionmaker[Session], job_id: str, worker: str) -> bool:
         return bool(getattr(res, "rowcount", 0) == 1)
 
 
-def run_claimed(sessions: sessionmaker[Session], job_id: str, handlers: dict[str, Handler]) -> None:
+def run_claimed(
+    sessions: sessionmaker[Session],
+    job_id: str,
+    handlers: dict[str, Handler],
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> Job:
     """Run a job this runner claimed, with a heartbeat, and record how it ended."""
     with sessions() as db:
         job = get(db, job_id)
         kind, params = job.kind, dict(job.params)
-    ctx = JobContext(sessions, job_id, params)
+    ctx = JobContext(sessions, job_id, params, on_progress)
     stop = threading.Event()
 
     def beat() -> None:
@@ -199,7 +213,10 @@ def run_claimed(sessions: sessionmaker[Session], job_id: str, handlers: dict[str
         job.status, job.result, job.error = status, result, error
         job.finished_at = datetime.now(UTC)
         db.commit()
+        db.refresh(job)
+        db.expunge(job)
     log.info("job %s (%s) %s", job_id, kind, status)
+    return job
 
 
 def worker_name() -> str:

@@ -74,7 +74,10 @@ def import_path(
 def activate(
     *, db: Session, ctx: audit.RequestContext, registry: ModelRegistry, name: str, version: str
 ) -> ModelEntry:
-    previous = registry.get(name).manifest.version
+    try:
+        previous: str | None = registry.get(name).manifest.version
+    except RolloutConflict:  # no active version yet (a freshly trained model)
+        previous = None
     registry.activate(db, name, version, actor=ctx.actor)
     audit.append(
         db,

@@ -23,7 +23,7 @@ class ModelPublic(BaseModel):
     error: str | None = None
 
     @classmethod
-    def of(cls, e: ModelEntry) -> ModelPublic:
+    def of(cls, e: ModelEntry, status: str | None = None) -> ModelPublic:
         m = e.manifest
         return cls(
             name=m.name,
@@ -34,7 +34,7 @@ class ModelPublic(BaseModel):
             labels=m.labels,
             modality=m.modality,
             body_part=m.body_part,
-            status="unavailable" if e.error is not None else "active",  # a serving entry
+            status=status or ("unavailable" if e.error is not None else "active"),
             explainable=e.explainable,
             error=e.error,
         )
@@ -51,10 +51,10 @@ class ModelDetail(ModelPublic):
     model_card: str | None
 
     @classmethod
-    def of_detail(cls, e: ModelEntry) -> ModelDetail:
+    def of_detail(cls, e: ModelEntry, status: str | None = None) -> ModelDetail:
         m = e.manifest
         return cls(
-            **ModelPublic.of(e).model_dump(),
+            **ModelPublic.of(e, status).model_dump(),
             description=m.description,
             intended_use=m.intended_use,
             limitations=m.limitations,

@@ -392,7 +392,9 @@ class ModelRegistry:
         with self._lock:
             self._state = state
             unknown = [
-                (n, s.active) for n, s in state.items() if s.active not in self._versions.get(n, {})
+                (n, s.active)
+                for n, s in state.items()
+                if s.active and s.active not in self._versions.get(n, {})
             ]
         if unknown:  # another process imported a version: look again
             self._rescan()
@@ -432,6 +434,8 @@ class ModelRegistry:
         with self._lock:
             versions = self._versions.get(name, {})
             st = self._state.get(name)
+            if st is not None and not st.active:  # trained versions wait for a human decision
+                return None
             order: list[str] = []
             if st:
                 order = [st.active, *reversed(st.history)]
@@ -457,12 +461,17 @@ class ModelRegistry:
         with self._lock:
             return sorted(self._versions)
 
-    def entries(self) -> list[ModelEntry]:
-        """The serving version of each model name."""
+    def entries(self, *, include_inactive: bool = False) -> list[ModelEntry]:
+        """The serving version of each model name; with `include_inactive`, names that have no
+        active version yet (freshly trained) contribute their highest version."""
         self._read_state()
         out = []
         for name in self.names():
             entry = self._serving_entry(name)
+            if entry is None and include_inactive:
+                with self._lock:
+                    versions = self._versions.get(name, {})
+                    entry = versions[max(versions, key=version_key)] if versions else None
             if entry is not None:
                 out.append(entry)
         return out
@@ -494,8 +503,23 @@ class ModelRegistry:
         self._read_state()
         entry = self._serving_entry(name)
         if entry is None:
+            with self._lock:
+                known = bool(self._versions.get(name))
+            if known:
+                raise RolloutConflict(
+                    f"model {name!r} has no active version yet; an admin activates one"
+                )
             raise ModelNotFound(f"model {name!r} not found")
         return entry
+
+    def describe(self, name: str) -> ModelEntry:
+        """The serving version of `name`, or its highest version when none is active yet."""
+        try:
+            return self.get(name)
+        except RolloutConflict:
+            with self._lock:
+                versions = self._versions[name]
+                return versions[max(versions, key=version_key)]
 
     def status(self, entry: ModelEntry) -> str:
         """active (it serves its name), inactive, or unavailable (it failed to load)."""
@@ -527,7 +551,8 @@ class ModelRegistry:
             raise RolloutConflict(f"{name}:{version} cannot be activated: {entry.error}")
         with self._state_row(db, name) as row:
             if row.active_version != version:
-                row.history = [*[v for v in row.history if v != version], row.active_version][-20:]
+                previous = [row.active_version] if row.active_version else []
+                row.history = [*[v for v in row.history if v != version], *previous][-20:]
                 row.active_version = version
             if row.canary_version == version:
                 row.canary_version, row.canary_percent = None, 0

@@ -34,7 +34,8 @@ def _floats(text: str | None, field: str) -> list[float] | None:
 
 @router.get("/models", response_model=ModelList)
 def list_models(state: StateDep, user: AnyUser) -> ModelList:
-    items = [ModelPublic.of(e) for e in state.registry.entries()]
+    reg = state.registry
+    items = [ModelPublic.of(e, reg.status(e)) for e in reg.entries(include_inactive=True)]
     return ModelList(items=items, total=len(items))
 
 
@@ -90,7 +91,8 @@ def import_model(
 @router.get("/models/{name}", response_model=ModelDetail)
 def get_model(name: str, state: StateDep, user: AnyUser) -> ModelDetail:
     try:
-        return ModelDetail.of_detail(state.registry.get(name))
+        entry = state.registry.describe(name)
+        return ModelDetail.of_detail(entry, state.registry.status(entry))
     except RegistryError as exc:
         raise HTTPException(exc.status_code, exc.detail) from None
 

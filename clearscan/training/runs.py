@@ -23,7 +23,7 @@ from clearscan.datasets.importers import DatasetError
 from clearscan.datasets.models import Dataset, DatasetItem
 from clearscan.imaging import Limits, decode
 from clearscan.inference.preprocess import preprocess
-from clearscan.jobs.service import JobContext, JobError
+from clearscan.jobs.service import JobCancelled, JobContext, JobError
 from clearscan.registry.manifest import InputSpec
 from clearscan.registry.service import version_key
 from clearscan.registry.store import ModelStore
@@ -189,7 +189,8 @@ def run_training(
                 xva=xva,
             )
             if ctx.cancelled():
-                return {"cancelled": True}
+                raise JobCancelled()
+            _no_active_version_yet(sessions, name)
             manifest = store.import_package(pkg)  # atomic: all or nothing
     if on_registered is not None:
         on_registered(manifest.name, manifest.version)
@@ -205,6 +206,25 @@ def run_training(
         "best_epoch": trained.info["best_epoch"],
         "wall_s": trained.info["wall_s"],
     }
+
+
+def _no_active_version_yet(sessions: sessionmaker[Session], name: str) -> None:
+    """A trained model's first version must not start serving on its own: record the name's
+    roll-out state with no active version (an admin activates one) unless it has a state."""
+    from clearscan.registry.models import ModelState
+
+    with sessions() as db:
+        if db.get(ModelState, name) is None:
+            db.add(
+                ModelState(
+                    name=name,
+                    active_version="",
+                    history=[],
+                    canary_percent=0,
+                    updated_by="training",
+                )
+            )
+            db.commit()
 
 
 def _sha256(path: Path) -> str:

@@ -2,8 +2,9 @@
 the API and render a template. `mount(app)` adds the pages, /static and the page error handlers.
 
 Images are never served from /static: the pages point <img> tags at the authenticated API
-(`/api/v1/images/{id}/preview.png`, `/api/v1/predictions/{id}/heatmap.png`), which accepts the
-session cookie for GET requests."""
+(`/api/v1/images/{id}/preview.png`, `/api/v1/predictions/{id}/heatmap.png`,
+`/api/v1/datasets/{id}/items/{idx}/image.png`), which accepts the session cookie for GET
+requests."""
 
 from __future__ import annotations
 
@@ -507,12 +508,13 @@ def review_submit(
 
 @router.get("/models", response_class=HTMLResponse)
 def models_page(request: Request, state: StateDep, ws: WebSessionDep) -> Response:
-    entries = state.registry.entries()
+    reg = state.registry
+    entries = reg.entries(include_inactive=True)
     return render(
         request,
         "models.html",
         ws=ws,
-        models=[ModelDetail.of_detail(e) for e in entries],
+        models=[ModelDetail.of_detail(e, reg.status(e)) for e in entries],
         problems=state.registry.problems if ws.is_admin else [],
         default_model=state.settings.default_model,
     )
@@ -559,14 +561,14 @@ def _model_page(
     status: int = 200,
 ) -> HTMLResponse:
     try:
-        entry = state.registry.get(name)
         reg = state.registry
+        entry = reg.describe(name)
         versions = [ModelVersionPublic.of(e, reg.status(e)) for e in reg.versions(name)]
     except ModelNotFound:
         raise PageError(404, "Model not found", "No model of this name is installed.", ws) from None
     plan: dict[str, Any] | None = None
     report = None
-    if ws.is_admin:
+    if ws.is_admin and reg.status(entry) != "inactive":
         plan = state.registry.rollout(name)
         canary, shadow = plan.get("canary"), plan.get("shadow")
         if rollout_form is None:
@@ -583,7 +585,7 @@ def _model_page(
         "model.html",
         ws=ws,
         status=status,
-        m=ModelDetail.of_detail(entry),
+        m=ModelDetail.of_detail(entry, reg.status(entry)),
         manifest=entry.manifest,
         note=model_note(entry),
         cam_error=entry.cam_error,
@@ -610,7 +612,7 @@ def model_page(
     if done in _MODEL_NOTICES:
         try:
             active = state.registry.get(name).manifest.version
-        except ModelNotFound:
+        except RegistryError:
             active = ""
         notice = _MODEL_NOTICES[done].format(active=active)
     return _model_page(request, db, state, ws, name, notice=notice)
@@ -766,7 +768,7 @@ def _datasets_page(
         pages=Pagination(page, DATASETS_PAGE_SIZE, total, {}),
         error=error,
         form=form or dict.fromkeys(_DATASET_FIELDS, ""),
-        max_upload_mb=state.settings.max_upload_mb,
+        max_upload_mb=state.settings.max_dataset_upload_mb,
     )
 
 
