@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -64,6 +65,11 @@ class PredictionPublic(BaseModel):
         "the model has no out-of-domain reference)",
     )
     ood_score: float | None = Field(default=None, description="> 1 means out of domain")
+    contributions: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="tabular models: per feature, how much the log-odds of the decided class "
+        "drop when that feature alone is set to its training baseline",
+    )
     inference_ms: float
     created_at: datetime
 
@@ -82,6 +88,7 @@ class PredictionPublic(BaseModel):
             explain_method=(p.details or {}).get("explain_method") if p.heatmap_sha256 else None,
             out_of_domain=None if ood is None else ood > 1.0,
             ood_score=ood,
+            contributions=(p.details or {}).get("contributions"),
             inference_ms=p.inference_ms,
             created_at=p.created_at,
         )

@@ -63,7 +63,7 @@ def check_compatible(img: DecodedImage, manifest: ModelManifest) -> None:
             f"model {manifest.name} accepts DICOM modalities {', '.join(accepted)}; "
             f"this image is {img.modality}"
         )
-    min_side = min(16, manifest.input.height, manifest.input.width)
+    min_side = min(16, manifest.image.height, manifest.image.width)
     if min(img.width, img.height) < min_side:
         raise IncompatibleImage(
             f"image is {img.width}x{img.height}; model {manifest.name} needs at least "
@@ -99,7 +99,7 @@ def analyze(
 ) -> list[Analysis]:
     """Preprocess every image and run them through the version's micro-batcher (concurrent
     requests share model runs; probabilities and the heatmap come from one pass)."""
-    spec = model.manifest.input
+    spec = model.manifest.image
     prep_ms, prepared = [], []
     for img in images:
         t0 = time.perf_counter()

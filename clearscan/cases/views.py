@@ -7,9 +7,11 @@ from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
 
 from clearscan.audit import service as audit
 from clearscan.cases import service
+from clearscan.cases.features import predict_features
 from clearscan.cases.schemas import (
     CaseDetail,
     CaseList,
@@ -29,13 +31,20 @@ T = TypeVar("T")
 PRIVATE = {"Cache-Control": "private, max-age=3600"}
 
 
-@router.post("/predict", response_model=PredictResponse, summary="Analyse one or more images")
-def predict_endpoint(
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    summary="Analyse one or more images (multipart), or feature values (JSON)",
+    description="Images: multipart/form-data with one or more `file` parts. Tabular models: "
+    'Content-Type application/json with `{"model": NAME, "features": {NAME: VALUE, ...}, '
+    '"patient_ref"?, "note"?}`; the reply has `contributions` instead of a heatmap.',
+)
+async def predict_endpoint(
     request: Request,
     db: SessionDep,
     state: StateDep,
     user: ClinicianUser,
-    file: Annotated[list[UploadFile], File(description="one or more images")],
+    file: Annotated[list[UploadFile] | None, File(description="one or more images")] = None,
     model: Annotated[str | None, Form(max_length=128)] = None,
     explain: Annotated[bool, Form()] = True,
     explain_method: Annotated[
@@ -44,20 +53,31 @@ def predict_endpoint(
     patient_ref: Annotated[str | None, Form(max_length=128)] = None,
     note: Annotated[str | None, Form(max_length=4000)] = None,
 ) -> PredictResponse:
-    uploads = [f.file.read() for f in file]
+    ctx = request_context(request, user.username)
     try:
-        case, preds = predict(
-            state=state,
-            db=db,
-            ctx=request_context(request, user.username),
-            user=user,
-            uploads=uploads,
-            model_name=model,
-            explain=explain,
-            explain_method=explain_method,
-            patient_ref=patient_ref,
-            note=note,
-        )
+        if request.headers.get("content-type", "").startswith("application/json"):
+            try:
+                body = await request.json()
+            except ValueError:
+                raise PredictRejected(422, "the body is not valid JSON") from None
+            case, preds = await run_in_threadpool(
+                predict_features, state=state, db=db, ctx=ctx, user=user, body=body
+            )
+        else:
+            uploads = [await f.read() for f in file or []]
+            case, preds = await run_in_threadpool(
+                predict,
+                state=state,
+                db=db,
+                ctx=ctx,
+                user=user,
+                uploads=uploads,
+                model_name=model,
+                explain=explain,
+                explain_method=explain_method,
+                patient_ref=patient_ref,
+                note=note,
+            )
     except PredictRejected as exc:
         raise HTTPException(exc.status_code, exc.detail) from None
     return PredictResponse(case_id=case.id, predictions=[PredictionPublic.of(p) for p in preds])

@@ -59,6 +59,12 @@ def predict(
             )
         # the canary share is decided per case; the version stays loaded while it is used
         with state.registry.serve(name, case_id) as (entry, model):
+            if entry.manifest.tabular:
+                raise PredictRejected(
+                    422,
+                    f"model {entry.manifest.ref} takes feature values: POST JSON "
+                    '{"model": ..., "features": {...}} with Content-Type application/json',
+                )
             images = service.decode_uploads(uploads, entry.manifest, state.limits)
             analyses = service.analyze(
                 uploads, images, model, explain=explain, method=explain_method

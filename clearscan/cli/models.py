@@ -132,7 +132,7 @@ def show(
         console.print(f"[bold]{m.ref}[/bold]  {registry.status(e)}  ({e.source})")
         console.print(
             f"task {m.task}; labels {', '.join(m.labels)}; modality {m.modality}; "
-            f"input {m.input.channels}x{m.input.height}x{m.input.width}"
+            f"input {m.image.channels}x{m.image.height}x{m.image.width}"
         )
         if e.error:
             console.print(f"[red]unavailable:[/red] {e.error}")

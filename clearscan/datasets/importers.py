@@ -23,8 +23,15 @@ import numpy as np
 from clearscan.imaging import ImagingError, Limits, decode
 
 SPLITS = ("train", "val", "test")
-_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-                  "validation": "val", "test": "test", "testing": "test"}  # fmt: skip
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 MAX_ITEMS = 2_000_000
 MAX_IMAGE_BYTES = 64 * 2**20
 

@@ -166,7 +166,7 @@ class Model:
     def _probe_input(self) -> np.ndarray:
         m = self.manifest
         rng = np.random.default_rng(0)
-        return rng.random((1, m.input.channels, m.input.height, m.input.width), dtype=np.float32)
+        return rng.random((1, m.image.channels, m.image.height, m.image.width), dtype=np.float32)
 
     def _check_width(self, scores: np.ndarray) -> None:
         m = self.manifest
@@ -276,12 +276,12 @@ class OnnxModel(Model):
     def _check_io(self, session: ort.InferenceSession) -> None:
         m = self.manifest
         inputs = {i.name: i for i in session.get_inputs()}
-        if m.input.name not in inputs:
+        if m.image.name not in inputs:
             raise ModelLoadError(
-                f"{m.ref}: input.name {m.input.name!r} is not an input of the graph"
+                f"{m.ref}: input.name {m.image.name!r} is not an input of the graph"
             )
-        shape = inputs[m.input.name].shape
-        want = [m.input.channels, m.input.height, m.input.width]
+        shape = inputs[m.image.name].shape
+        want = [m.image.channels, m.image.height, m.image.width]
         if len(shape) != 4 or any(
             isinstance(s, int) and s != w for s, w in zip(shape[1:], want, strict=True)
         ):
@@ -298,7 +298,7 @@ class OnnxModel(Model):
         m = self.manifest
         x = self._probe_input()
         assert self._session is not None
-        outs = self._session.run(self._outputs, {m.input.name: x})
+        outs = self._session.run(self._outputs, {m.image.name: x})
         self._check_width(outs[0])
         if self.cam_head is not None and m.output.kind == "logits":
             act = outs[1]
@@ -308,7 +308,7 @@ class OnnxModel(Model):
                 self.cam_head = None
                 self._outputs = self._outputs[:1]
         for _ in range(3):
-            self._session.run(self._outputs, {m.input.name: x})
+            self._session.run(self._outputs, {m.image.name: x})
 
     def run(self, batch: np.ndarray, *, explain: bool, method: str = "gradcam") -> BatchOutput:
         if self._session is None:
@@ -317,7 +317,7 @@ class OnnxModel(Model):
         need_act = self.cam_head is not None and (explain or self.ood is not None)
         names = self._outputs if need_act else self._outputs[:1]
         t0 = time.perf_counter()
-        outs = self._session.run(names, {m.input.name: batch})
+        outs = self._session.run(names, {m.image.name: batch})
         scores = outs[0].astype(np.float32, copy=False)
         probs = _softmax(scores) if m.output.kind == "logits" else scores
         top = self._decide(probs)

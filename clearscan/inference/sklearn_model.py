@@ -100,13 +100,20 @@ class SklearnModel(Model):
         est = load_skops(self.package_dir / m.weights, m.ref)
         if not hasattr(est, "predict_proba"):
             raise ModelLoadError(f"{m.ref}: the estimator has no predict_proba")
-        width = m.input.channels * m.input.height * m.input.width
         n_in = getattr(est, "n_features_in_", None)
-        if n_in is not None and int(n_in) != width:
-            raise ModelLoadError(
-                f"{m.ref}: the estimator takes {n_in} features, the manifest's input "
-                f"{m.input.channels} x {m.input.height} x {m.input.width} = {width}"
-            )
+        if m.features is not None:
+            if n_in is not None and int(n_in) != len(m.features):
+                raise ModelLoadError(
+                    f"{m.ref}: the estimator takes {n_in} features, the manifest lists "
+                    f"{len(m.features)}"
+                )
+        else:
+            width = m.image.channels * m.image.height * m.image.width
+            if n_in is not None and int(n_in) != width:
+                raise ModelLoadError(
+                    f"{m.ref}: the estimator takes {n_in} features, the manifest's input "
+                    f"{m.image.channels} x {m.image.height} x {m.image.width} = {width}"
+                )
         classes = getattr(est, "classes_", None)
         if classes is not None and len(classes) != len(m.labels):
             raise ModelLoadError(
@@ -119,8 +126,49 @@ class SklearnModel(Model):
                 f"{m.ref}: labels {m.labels} must be the estimator's classes_ in order: {names}"
             )
         self._estimator = est
+        if m.features is not None:
+            probs = self.predict_rows(self.baseline_row()[None, :])
+            self._check_width(probs)
+            return
         out = self.run(self._probe_input(), explain=False)
         self._check_width(out.probabilities)
+
+    # --- tabular models ---------------------------------------------------------------------
+
+    def baseline_row(self) -> np.ndarray:
+        """The features' baseline values (training median / mode) as one object row."""
+        feats = self.manifest.features or []
+        return np.array(
+            [np.nan if f.baseline is None and f.type == "numeric" else f.baseline for f in feats],
+            dtype=object,
+        )
+
+    def predict_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Class probabilities (N x C, float64) for N x F rows of raw feature values."""
+        est = self._estimator
+        if est is None:
+            raise ModelLoadError(f"{self.manifest.ref} is not loaded")
+        try:
+            return np.asarray(est.predict_proba(rows), dtype=np.float64)
+        except Exception as exc:
+            raise ModelLoadError(f"{self.manifest.ref}: predict_proba failed: {exc}") from None
+
+    def explain_row(self, row: np.ndarray) -> tuple[np.ndarray, int, list[float]]:
+        """Probabilities and decided class of one row, and per-feature contributions: how much
+        the log-odds of the decided class drop when that feature alone is replaced by its
+        training baseline (one predict_proba call for all features; log-odds, so features
+        still count when the probability is saturated near 0 or 1)."""
+        base = self.baseline_row()
+        n = len(base)
+        rows = np.repeat(row[None, :], n + 1, axis=0)
+        for i in range(n):
+            rows[i + 1, i] = base[i]
+        probs = self.predict_rows(rows)
+        top = int(self._decide(probs[:1])[0])
+        p = np.clip(probs[:, top], 1e-15, 1 - 1e-15)
+        logodds = np.log(p) - np.log1p(-p)
+        contrib = logodds[0] - logodds[1:]
+        return probs[0], top, [round(float(c), 4) for c in contrib]
 
     def run(self, batch: np.ndarray, *, explain: bool, method: str = "gradcam") -> BatchOutput:
         est = self._estimator

@@ -22,7 +22,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from clearscan.jobs.models import FINISHED, Job
+from clearscan.jobs.models import Job
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0
@@ -116,14 +116,24 @@ def get(db: Session, job_id: str, *, kind: str | None = None) -> Job:
 def cancel(db: Session, job_id: str, *, kind: str | None = None) -> Job:
     """Cancel a queued job at once; ask a running one to stop at its next progress report."""
     job = get(db, job_id, kind=kind)
-    if job.status in FINISHED:
-        raise JobError(f"job {job_id} already {job.status}")
-    if job.status == "queued":
-        job.status, job.finished_at = "cancelled", datetime.now(UTC)
-        job.error = "cancelled before it started"
-    else:
-        job.cancel_requested = True
+    # conditional updates: a claim landing at the same moment is never overwritten
+    res = db.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued")
+        .values(
+            status="cancelled", finished_at=datetime.now(UTC), error="cancelled before it started"
+        )
+    )
+    if getattr(res, "rowcount", 0) != 1:
+        res = db.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "running")
+            .values(cancel_requested=True)
+        )
     db.flush()
+    db.refresh(job)
+    if getattr(res, "rowcount", 0) != 1:
+        raise JobError(f"job {job_id} already {job.status}")
     return job
 
 

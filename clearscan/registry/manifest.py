@@ -43,6 +43,16 @@ class InputSpec(BaseModel):
         return self
 
 
+class FeatureSpec(BaseModel):
+    """One input column of a tabular model (scikit-learn)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    type: Literal["numeric", "categorical"] = "numeric"
+    # the value that stands for "typical" in per-feature contributions (training median / mode)
+    baseline: float | str | None = None
+
+
 class OutputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = "logits"
@@ -94,7 +104,8 @@ class ModelManifest(BaseModel):
     dicom_modalities: list[str] | None = None
     body_part: str | None = None
     description: str | None = None
-    input: InputSpec
+    input: InputSpec | None = None  # image models
+    features: list[FeatureSpec] | None = None  # tabular models: named feature values
     output: OutputSpec = Field(default_factory=OutputSpec)
     explain: ExplainSpec = Field(default_factory=ExplainSpec)
     threshold: ThresholdSpec | None = None
@@ -110,6 +121,14 @@ class ModelManifest(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> ModelManifest:
+        if (self.input is None) == (self.features is None):
+            raise ValueError("give exactly one of input (image models) and features (tabular)")
+        if self.features is not None:
+            if self.runtime != "sklearn":
+                raise ValueError("features: tabular models use the sklearn runtime")
+            names = [f.name for f in self.features]
+            if not names or len(set(names)) != len(names):
+                raise ValueError("features: names must be unique and at least one is needed")
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")
         if self.weights not in self.files:
@@ -128,6 +147,17 @@ class ModelManifest(BaseModel):
     @property
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
+
+    @property
+    def tabular(self) -> bool:
+        return self.features is not None
+
+    @property
+    def image(self) -> InputSpec:
+        """The image input spec; a tabular model has none."""
+        if self.input is None:
+            raise ValueError(f"model {self.ref} takes feature values, not images")
+        return self.input
 
 
 def load_manifest(package_dir: Path) -> ModelManifest:

@@ -61,7 +61,9 @@ class ModelDetail(ModelPublic):
             license=m.license,
             metrics=dict(m.metrics),
             training=dict(m.training),
-            input=m.input.model_dump(),
+            input=m.input.model_dump()
+            if m.input is not None
+            else {"features": [f.model_dump() for f in m.features or []]},
             model_card=e.model_card,
         )
 

@@ -268,8 +268,12 @@ def train_image_classifier(
         auc = macro_auc(yva, prob)
         acc = float((prob.argmax(axis=1) == yva).mean())
         elapsed = time.perf_counter() - started
-        row = {"epoch": epoch, "loss": round(total / len(xtr), 5), "val_auc": round(auc, 5),
-               "val_acc": round(acc, 5)}  # fmt: skip
+        row = {
+            "epoch": epoch,
+            "loss": round(total / len(xtr), 5),
+            "val_auc": round(auc, 5),
+            "val_acc": round(acc, 5),
+        }
         history.append(row)
         improved = auc > best_auc
         if improved:

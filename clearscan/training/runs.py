@@ -59,10 +59,19 @@ def check_request(db: Session, req: TrainRequest) -> Dataset:
         ds = datasets.get(db, req.dataset)
     except DatasetError as exc:
         raise TrainingError(exc.detail) from None
-    if ds.kind != "images":
-        raise TrainingError(f"dataset {ds.name!r} is a table: tabular recipes come next")
-    if req.recipe is not None and req.recipe not in RECIPES:
-        raise TrainingError(f"recipe {req.recipe!r} unknown; choose one of {', '.join(RECIPES)}")
+    from clearscan.training.tabular import TABULAR_RECIPES
+
+    names = list(RECIPES) if ds.kind == "images" else list(TABULAR_RECIPES)
+    if req.recipe is not None and req.recipe not in names:
+        raise TrainingError(
+            f"recipe {req.recipe!r} unknown for {ds.kind} datasets; choose one of "
+            f"{', '.join(names)}"
+        )
+    if ds.kind == "table" and ds.info.get("time_column"):
+        raise TrainingError(
+            f"dataset {ds.name!r} is a sensor stream (time column): windowed features are not "
+            "built yet"
+        )
     if req.epochs is not None and not 1 <= req.epochs <= 500:
         raise TrainingError("epochs must be between 1 and 500")
     if "val" not in ds.counts or "train" not in ds.counts:
@@ -113,9 +122,20 @@ def load_split(
 
 
 def next_version(store: ModelStore, name: str) -> str:
+    """After every version of `name` in the store and among the bundled models."""
+    from clearscan.registry.manifest import ManifestError, load_manifest
+    from clearscan.registry.service import BUNDLED_DIR
+
     versions = (
         [p.name for p in (store.root / name).iterdir()] if (store.root / name).is_dir() else []
     )
+    for pkg in BUNDLED_DIR.iterdir() if BUNDLED_DIR.is_dir() else []:
+        try:
+            m = load_manifest(pkg)
+        except (ManifestError, NotADirectoryError):
+            continue
+        if m.name == name:
+            versions.append(m.version)
     versions = [v for v in versions if not v.startswith(".") and version_key(v) != (-1,)]
     if not versions:
         return "1.0.0"
@@ -146,6 +166,8 @@ def run_training(
     )
     with sessions() as db:
         ds = check_request(db, req)
+        if ds.kind == "table":
+            return _run_tabular(ctx, db, ds, req, sessions, blobs, store, on_registered)
         recipe = RECIPES[req.recipe or default_recipe(ds)]
         recipe = replace(recipe, seed=req.seed, epochs=req.epochs or recipe.epochs)
         channels = int(ds.info.get("channels", 1))
@@ -205,6 +227,60 @@ def run_training(
         "epochs_run": trained.info["epochs_run"],
         "best_epoch": trained.info["best_epoch"],
         "wall_s": trained.info["wall_s"],
+    }
+
+
+def _run_tabular(
+    ctx: JobContext,
+    db: Session,
+    ds: Dataset,
+    req: TrainRequest,
+    sessions: sessionmaker[Session],
+    blobs: BlobStore,
+    store: ModelStore,
+    on_registered: Any,
+) -> dict[str, Any]:
+    from clearscan.training import tabular
+
+    ctx.report(force=True, stage="loading the table")
+    try:
+        table = tabular.load_table(blobs, ds)
+        trained = tabular.train_tabular(
+            table, classes=list(ds.classes), recipe=req.recipe or "auto", seed=req.seed, ctx=ctx
+        )
+    except tabular.TabularError as exc:
+        raise TrainingError(str(exc)) from None
+    name = req.model_name or re.sub(r"[^a-z0-9._-]", "-", ds.name)[:64]
+    version = next_version(store, name)
+    dataset = {"name": ds.name, "hash": ds.content_hash}
+    with tempfile.TemporaryDirectory(prefix="clearscan-train-") as tmp:
+        pkg = Path(tmp) / "package"
+        tabular.write_package(
+            pkg,
+            trained=trained,
+            table=table,
+            name=name,
+            version=version,
+            classes=list(ds.classes),
+            dataset=dataset,
+            seed=req.seed,
+        )
+        if ctx.cancelled():
+            raise JobCancelled()
+        _no_active_version_yet(sessions, name)
+        manifest = store.import_package(pkg)
+    if on_registered is not None:
+        on_registered(manifest.name, manifest.version)
+    return {
+        "model": manifest.ref,
+        "name": manifest.name,
+        "version": manifest.version,
+        "recipe": trained["recipe"],
+        "cross_validation": trained["cv"],
+        "dataset": dataset,
+        "val_metrics": trained["val_metrics"],
+        "threshold": trained["threshold"],
+        "feature_importance": trained["importance"][:20],
     }
 
 

@@ -161,5 +161,19 @@ def test_bundled_manifest_is_valid_and_schema_requires_core_fields():
     from clearscan.registry.manifest import ModelManifest
 
     ModelManifest.model_validate(json.loads((BUNDLED / "manifest.json").read_text()))
-    required = set(json.loads(SCHEMA_PATH.read_text())["required"])
-    assert {"name", "version", "weights", "labels", "input"} <= required
+    schema = json.loads(SCHEMA_PATH.read_text())
+    assert {"name", "version", "weights", "labels"} <= set(schema["required"])
+    # an image model has `input`, a tabular model `features` (exactly one: checked at load)
+    assert {"input", "features"} <= set(schema["properties"])
+
+
+def test_manifest_needs_exactly_one_of_input_and_features(tmp_path):
+    pkg = _copy(tmp_path)
+    _edit(pkg, features=[{"name": "age"}])
+    with pytest.raises(ManifestError, match="exactly one of input"):
+        load_manifest(pkg)
+    m = json.loads((pkg / "manifest.json").read_text())
+    del m["input"]
+    (pkg / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ManifestError, match="sklearn runtime"):
+        load_manifest(pkg)

@@ -1,0 +1,333 @@
+"""The job service on a real (migrated) SQLite database with fake handlers: exactly-one claim,
+how a run ends (succeeded / failed with the reason / cancelled), progress, cancellation of queued
+and running jobs, stale runners, and the in-process worker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import update
+
+from clearscan.db import create_db_engine, make_session_factory
+from clearscan.db.migrate import upgrade
+from clearscan.jobs import service
+from clearscan.jobs.models import Job
+from clearscan.jobs.service import JobContext, JobError, JobNotFound
+
+
+@pytest.fixture
+def sessions(tmp_path) -> Iterator:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    upgrade(url)
+    engine = create_db_engine(url)
+    try:
+        yield make_session_factory(engine)
+    finally:
+        engine.dispose()
+
+
+def new_job(sessions, kind: str = "echo", **params) -> str:
+    with sessions() as db:
+        job = service.submit(db, kind=kind, params=params, actor="tester")
+        db.commit()
+        return job.id
+
+
+def load(sessions, job_id: str) -> Job:
+    with sessions() as db:
+        job = service.get(db, job_id)
+        db.expunge(job)
+        return job
+
+
+def wait_for(predicate, timeout: float = 10.0, step: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(step)
+
+
+# --- submit / claim ---------------------------------------------------------------------------
+
+
+def test_submit_and_claim_once(sessions):
+    job_id = new_job(sessions, x=1)
+    job = load(sessions, job_id)
+    assert job.status == "queued" and job.kind == "echo" and job.params == {"x": 1}
+    assert job.progress == {} and job.result is None and job.error is None
+    assert job.attempts == 0 and job.worker is None and job.started_at is None
+    assert job.created_by == "tester" and not job.cancel_requested
+
+    assert service.claim(sessions, job_id, "w1") is True
+    assert service.claim(sessions, job_id, "w2") is False
+    job = load(sessions, job_id)
+    assert job.status == "running" and job.worker == "w1" and job.attempts == 1
+    assert job.started_at is not None and job.heartbeat_at is not None
+
+    with pytest.raises(JobNotFound), sessions() as db:
+        service.get(db, "0" * 32)
+    with pytest.raises(JobNotFound), sessions() as db:
+        service.get(db, job_id, kind="other-kind")
+
+
+def test_racing_claimants_exactly_one_wins(sessions):
+    for _ in range(3):
+        job_id = new_job(sessions)
+        barrier = threading.Barrier(8)
+        results: list[tuple[str, bool]] = []
+        errors: list[BaseException] = []
+
+        def race(i: int, job_id: str = job_id, barrier=barrier, results=results, errors=errors):
+            try:
+                barrier.wait()
+                results.append((f"w{i}", service.claim(sessions, job_id, f"w{i}")))
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert errors == []
+        assert len(results) == 8
+        winners = [w for w, ok in results if ok]
+        assert len(winners) == 1
+        job = load(sessions, job_id)
+        assert job.status == "running" and job.worker == winners[0] and job.attempts == 1
+
+
+# --- run_claimed --------------------------------------------------------------------------------
+
+
+def test_run_claimed_success_failure_progress(sessions):
+    seen: list[dict] = []
+
+    def ok(ctx: JobContext) -> dict:
+        ctx.report(force=True, epoch=1, stage="training")
+        return {"answer": ctx.params["x"] * 2}
+
+    def bad(ctx: JobContext) -> dict:
+        ctx.report(force=True, epoch=1)
+        raise ValueError("bad thing")
+
+    handlers = {"ok": ok, "bad": bad}
+
+    good = new_job(sessions, kind="ok", x=21)
+    assert service.claim(sessions, good, "w")
+    done = service.run_claimed(sessions, good, handlers, on_progress=seen.append)
+    assert done.status == "succeeded" and done.result == {"answer": 42} and done.error is None
+    assert done.finished_at is not None
+    stored = load(sessions, good)
+    assert stored.status == "succeeded" and stored.result == {"answer": 42}
+    assert stored.progress == {"epoch": 1, "stage": "training"}
+    assert seen == [{"epoch": 1, "stage": "training"}]
+
+    failing = new_job(sessions, kind="bad")
+    assert service.claim(sessions, failing, "w")
+    done = service.run_claimed(sessions, failing, handlers)
+    assert done.status == "failed" and done.result is None
+    assert "bad thing" in done.error and "ValueError" in done.error
+    stored = load(sessions, failing)
+    assert stored.status == "failed" and "bad thing" in stored.error
+    assert stored.progress == {"epoch": 1} and stored.finished_at is not None
+
+    unknown = new_job(sessions, kind="nobody-handles-this")
+    assert service.claim(sessions, unknown, "w")
+    done = service.run_claimed(sessions, unknown, handlers)
+    assert done.status == "failed" and "nobody-handles-this" in done.error
+
+
+def test_progress_merges_and_is_throttled_unless_forced(sessions):
+    calls: list[dict] = []
+
+    def handler(ctx: JobContext) -> dict:
+        ctx.report(force=True, stage="loading", loaded=0)
+        ctx.report(loaded=5)  # within a second of the last write: not stored, still a callback
+        ctx.report(force=True, stage="training", epoch=2)
+        return {}
+
+    job_id = new_job(sessions, kind="h")
+    assert service.claim(sessions, job_id, "w")
+    service.run_claimed(sessions, job_id, {"h": handler}, on_progress=calls.append)
+    assert load(sessions, job_id).progress == {"stage": "training", "loaded": 0, "epoch": 2}
+    assert calls == [
+        {"stage": "loading", "loaded": 0},
+        {"loaded": 5},
+        {"stage": "training", "epoch": 2},
+    ]
+
+
+def test_heartbeat_advances_while_running(sessions, monkeypatch):
+    monkeypatch.setattr(service, "HEARTBEAT_S", 0.05)
+    beats: list[datetime] = []
+
+    def slow(ctx: JobContext) -> dict:
+        for _ in range(6):
+            time.sleep(0.1)
+            beats.append(load(sessions, ctx.job_id).heartbeat_at)
+        return {}
+
+    job_id = new_job(sessions, kind="slow")
+    assert service.claim(sessions, job_id, "w")
+    claimed_at = load(sessions, job_id).heartbeat_at
+    t0 = time.monotonic()
+    assert service.run_claimed(sessions, job_id, {"slow": slow}).status == "succeeded"
+    assert time.monotonic() - t0 < 5  # the heartbeat thread stops promptly at the end
+    assert beats[-1] > claimed_at
+    assert len(set(beats)) > 1
+
+
+# --- cancel -------------------------------------------------------------------------------------
+
+
+def test_cancel_queued_job_at_once(sessions):
+    job_id = new_job(sessions)
+    with sessions() as db:
+        job = service.cancel(db, job_id)
+        db.commit()
+        assert job.status == "cancelled"
+    job = load(sessions, job_id)
+    assert job.status == "cancelled" and job.finished_at is not None
+    assert job.error and "cancelled" in job.error
+    # it can no longer be claimed, and cancelling again is refused
+    assert service.claim(sessions, job_id, "w") is False
+    with pytest.raises(JobError, match="already cancelled"), sessions() as db:
+        service.cancel(db, job_id)
+    with pytest.raises(JobNotFound), sessions() as db:
+        service.cancel(db, "f" * 32)
+
+
+def test_cancel_running_job_stops_at_next_report(sessions):
+    iterations: list[int] = []
+
+    def loop(ctx: JobContext) -> dict:
+        for i in range(500):  # about 10 s if the cancellation is never seen
+            iterations.append(i)
+            ctx.report(force=True, step=i)
+            time.sleep(0.02)
+        return {"finished": True}
+
+    job_id = new_job(sessions, kind="loop")
+    assert service.claim(sessions, job_id, "w")
+    out: dict[str, Job] = {}
+    runner = threading.Thread(
+        target=lambda: out.setdefault("job", service.run_claimed(sessions, job_id, {"loop": loop}))
+    )
+    runner.start()
+    wait_for(lambda: load(sessions, job_id).progress.get("step", -1) >= 3)
+
+    with sessions() as db:  # another session, another thread: like the API
+        job = service.cancel(db, job_id)
+        db.commit()
+        assert job.status == "running" and job.cancel_requested
+    runner.join(15)
+    assert not runner.is_alive()
+    assert out["job"].status == "cancelled"
+    job = load(sessions, job_id)
+    assert job.status == "cancelled" and job.result is None
+    assert job.error and "cancelled" in job.error and job.finished_at is not None
+    assert len(iterations) < 100
+
+    with pytest.raises(JobError, match="already cancelled"), sessions() as db:
+        service.cancel(db, job_id)
+
+
+def test_cancel_finished_job_is_refused(sessions):
+    for kind, handler in (("ok", lambda ctx: {"v": 1}), ("bad", lambda ctx: 1 / 0)):
+        job_id = new_job(sessions, kind=kind)
+        assert service.claim(sessions, job_id, "w")
+        status = service.run_claimed(sessions, job_id, {kind: handler}).status
+        assert status in ("succeeded", "failed")
+        with pytest.raises(JobError, match=f"already {status}"), sessions() as db:
+            service.cancel(db, job_id)
+        job = load(sessions, job_id)
+        assert job.status == status and not job.cancel_requested
+
+
+def test_cancel_racing_a_claim_never_loses_the_claim(sessions):
+    job_id = new_job(sessions)
+    with sessions() as db:
+        held = db.get(Job, job_id)  # the cancel request read the row: queued
+        assert held.status == "queued"
+        assert service.claim(sessions, job_id, "w")  # a worker claims it meanwhile
+        job = service.cancel(db, job_id)
+        db.commit()
+    stored = load(sessions, job_id)
+    # either the cancel saw the claim (running + cancel_requested) or lost it: never both
+    assert stored.status == "running" and stored.cancel_requested, (job.status, stored.status)
+
+
+# --- stale runners ------------------------------------------------------------------------------
+
+
+def test_fail_stale_only_fails_silent_runners(sessions):
+    stale, fresh, queued = new_job(sessions), new_job(sessions), new_job(sessions)
+    assert service.claim(sessions, stale, "dead:1") and service.claim(sessions, fresh, "alive:2")
+    old = datetime.now(UTC) - timedelta(seconds=service.STALE_AFTER_S + 30)
+    with sessions() as db:
+        db.execute(update(Job).where(Job.id == stale).values(heartbeat_at=old))
+        db.commit()
+
+    assert service.fail_stale(sessions) == 1
+    job = load(sessions, stale)
+    assert job.status == "failed" and "interrupted" in job.error and job.finished_at is not None
+    job = load(sessions, fresh)
+    assert job.status == "running" and job.error is None and job.finished_at is None
+    assert load(sessions, queued).status == "queued"
+    assert service.fail_stale(sessions) == 0  # nothing left to fail
+
+
+# --- the in-process worker ----------------------------------------------------------------------
+
+
+def test_in_process_worker_runs_jobs_in_creation_order(sessions):
+    ran: list[int] = []
+
+    def echo(ctx: JobContext) -> dict:
+        ran.append(ctx.params["n"])
+        return {"n": ctx.params["n"]}
+
+    worker = service.InProcessWorker(sessions, {"echo": echo}, poll_s=30.0)
+    worker.start()
+    try:
+        time.sleep(0.2)  # the first poll found nothing: now it sleeps up to poll_s
+        with sessions() as db:
+            ids = [
+                service.submit(db, kind="echo", params={"n": n}, actor=None).id for n in range(3)
+            ]
+            other = service.submit(db, kind="not-mine", params={}, actor=None).id
+            db.commit()
+        worker.notify()
+        wait_for(lambda: all(load(sessions, i).status == "succeeded" for i in ids), timeout=10)
+    finally:
+        worker.stop()
+    assert worker._thread is not None and not worker._thread.is_alive()
+    assert ran == [0, 1, 2]
+    jobs = [load(sessions, i) for i in ids]
+    assert [j.result for j in jobs] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert all(j.worker == worker.name and j.attempts == 1 for j in jobs)
+    starts = [j.started_at for j in jobs]
+    assert starts == sorted(starts)
+    assert load(sessions, other).status == "queued"  # a kind this worker has no handler for
+
+
+def test_in_process_worker_fails_stale_jobs_on_start(sessions):
+    """A job left running by a dead process is failed when a worker starts (restart)."""
+    job_id = new_job(sessions)
+    assert service.claim(sessions, job_id, "dead:1")
+    old = datetime.now(UTC) - timedelta(seconds=service.STALE_AFTER_S * 2)
+    with sessions() as db:
+        db.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=old))
+        db.commit()
+    worker = service.InProcessWorker(sessions, {"echo": lambda ctx: {}}, poll_s=0.05)
+    worker.start()
+    try:
+        wait_for(lambda: load(sessions, job_id).status == "failed", timeout=10)
+    finally:
+        worker.stop()
+    assert "interrupted" in load(sessions, job_id).error
