@@ -40,6 +40,14 @@ def import_(
     labels: Annotated[
         str | None, typer.Option(help=".npz: class names for labels 0, 1, ... (a,b,...).")
     ] = None,
+    license: Annotated[
+        str | None,
+        typer.Option(
+            "--license",
+            help="Licence and attribution of the data (copied into the "
+            "model cards of models trained on it).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the dataset as JSON.")] = False,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -53,6 +61,7 @@ def import_(
         time_column=time_column,
         group_column=group_column,
         labels=[x.strip() for x in labels.split(",") if x.strip()] if labels else None,
+        license=license,
     )
     with db_session(settings) as db:
         try:

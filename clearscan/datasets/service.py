@@ -55,6 +55,7 @@ class ImportOptions:
     time_column: str | None = None  # CSV sensor streams
     group_column: str | None = None  # CSV sensor streams: one recording per group
     labels: list[str] | None = None  # .npz: class names for label 0, 1, ...
+    license: str | None = None  # licence / attribution of the data, copied into model cards
 
 
 def detect_format(path: Path) -> str:
@@ -138,6 +139,8 @@ def import_dataset(
         db.commit()
         raise
     ds.created_by = ctx.actor
+    if options.license:
+        ds.info = {**ds.info, "license": options.license[:2000]}
     audit.record(
         db,
         ctx,

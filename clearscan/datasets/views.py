@@ -40,6 +40,9 @@ def import_dataset(
     labels: Annotated[
         str | None, Form(max_length=4000, description=".npz: class names a,b,...")
     ] = None,
+    license: Annotated[
+        str | None, Form(max_length=2000, description="licence and attribution of the data")
+    ] = None,
 ) -> DatasetDetail:
     options = service.ImportOptions(
         name=name,
@@ -47,6 +50,7 @@ def import_dataset(
         time_column=time_column or None,
         group_column=group_column or None,
         labels=[x.strip() for x in labels.split(",") if x.strip()] if labels else None,
+        license=license or None,
     )
     # the upload goes to a temporary file in the data dir (never under the client's name)
     with tempfile.NamedTemporaryFile(dir=state.settings.data_dir, prefix=".dataset-") as tmp:

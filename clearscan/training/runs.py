@@ -206,7 +206,12 @@ def run_training(
                 classes=classes,
                 spec=spec,
                 recipe=recipe.describe(),
-                dataset={"name": ds_name, "hash": ds_hash, "counts": counts},
+                dataset={
+                    "name": ds_name,
+                    "hash": ds_hash,
+                    "counts": counts,
+                    "license": ds.info.get("license"),
+                },
                 xtr=xtr,
                 xva=xva,
             )
@@ -252,7 +257,7 @@ def _run_tabular(
         raise TrainingError(str(exc)) from None
     name = req.model_name or re.sub(r"[^a-z0-9._-]", "-", ds.name)[:64]
     version = next_version(store, name)
-    dataset = {"name": ds.name, "hash": ds.content_hash}
+    dataset = {"name": ds.name, "hash": ds.content_hash, "license": ds.info.get("license")}
     with tempfile.TemporaryDirectory(prefix="clearscan-train-") as tmp:
         pkg = Path(tmp) / "package"
         tabular.write_package(
@@ -397,6 +402,8 @@ def _write_package(
         "output on other sites, scanners and populations.",
         "model_card": "MODEL_CARD.md",
     }
+    if dataset.get("license"):
+        manifest["license"] = f"Trained on data licensed as: {dataset['license']}"
     if trained.threshold is not None:
         manifest["threshold"] = {
             "label": classes[1],
@@ -429,7 +436,10 @@ def _model_card(
         "## Data",
         f"Dataset `{dataset['name']}`, content hash `{dataset['hash']}`; classes "
         f"{', '.join(classes)}; items per split and class: `{json.dumps(dataset['counts'])}`. "
-        "Trained on the train split; epoch and threshold chosen on the validation split only.",
+        "Trained on the train split; epoch and threshold chosen on the validation split only."
+        + (
+            f" Data licence and attribution: {dataset['license']}" if dataset.get("license") else ""
+        ),
         "",
         "## Recipe",
         f"`{recipe['name']}`: ResNet-style CNN (widths {recipe['widths']}), input "

@@ -249,7 +249,8 @@ def write_package(
             "",
             "## Data",
             f"Dataset `{dataset['name']}`, content hash `{dataset['hash']}`, "
-            f"{len(table.features)} features, classes {', '.join(classes)}.",
+            f"{len(table.features)} features, classes {', '.join(classes)}."
+            + (f" Data licence: {dataset['license']}" if dataset.get("license") else ""),
             "",
             "## Recipe",
             f"`{trained['recipe']}` chosen by {FOLDS}-fold cross-validated AUC on the train split "
@@ -297,6 +298,11 @@ def write_package(
             "seed": seed,
         },
         "intended_use": "Research and validation inside ClearScan.",
+        **(
+            {"license": f"Trained on data licensed as: {dataset['license']}"}
+            if dataset.get("license")
+            else {}
+        ),
         "model_card": "MODEL_CARD.md",
     }
     if trained["threshold"] is not None:
