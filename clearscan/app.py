@@ -170,6 +170,7 @@ def create_app(settings: Settings | None = None, *, initialised: bool = False) -
 
 def job_handlers(state: AppState) -> dict[str, Handler]:
     """The job kinds this process runs (the in-process worker; Celery workers later)."""
+    from clearscan.training.evaluation import EVAL_KIND, run_evaluation
     from clearscan.training.runs import TRAIN_KIND, run_training
 
     def train(ctx: JobContext) -> dict[str, Any]:
@@ -181,7 +182,12 @@ def job_handlers(state: AppState) -> dict[str, Handler]:
             on_registered=lambda name, version: state.registry.discover(),
         )
 
-    return {TRAIN_KIND: train}
+    def evaluate(ctx: JobContext) -> dict[str, Any]:
+        return run_evaluation(
+            ctx, sessions=state.sessions, blobs=state.blobs, registry=state.registry
+        )
+
+    return {TRAIN_KIND: train, EVAL_KIND: evaluate}
 
 
 def _audit_unavailable_models(state: AppState) -> None:

@@ -35,6 +35,11 @@ REQUIRED = {
     ("GET", "/api/v1/training-runs"): "viewer",
     ("GET", "/api/v1/training-runs/{run_id}"): "viewer",
     ("POST", "/api/v1/training-runs/{run_id}/cancel"): "admin",
+    ("POST", "/api/v1/evaluations"): "admin",
+    ("GET", "/api/v1/evaluations"): "viewer",
+    ("GET", "/api/v1/evaluations/compare"): "viewer",
+    ("GET", "/api/v1/evaluations/{eval_id}"): "viewer",
+    ("GET", "/api/v1/evaluations/{eval_id}/report.html"): "viewer",
     ("GET", "/api/v1/audit"): "admin",
     ("GET", "/api/v1/audit/verify"): "admin",
     ("GET", "/api/v1/health"): None,
@@ -65,6 +70,7 @@ def test_role_matrix(client, make_user, admin_headers, role):
             .replace("{dataset_id}", "missing")
             .replace("{idx}", "0")
             .replace("{run_id}", "missing")
+            .replace("{eval_id}", "missing")
         )
         r = client.request(method, url, headers=headers)
         if need is None:

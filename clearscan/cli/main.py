@@ -10,6 +10,7 @@ from rich.panel import Panel
 from clearscan import __version__
 from clearscan.cli import datasets, models, users
 from clearscan.cli.common import DataDirOpt, console, fail, load_settings
+from clearscan.cli.evaluate import evaluate
 from clearscan.cli.predict import predict
 from clearscan.cli.train import train
 from clearscan.config import ConfigError
@@ -27,6 +28,7 @@ db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.command("predict")(predict)
 app.command("train")(train)
+app.command("evaluate")(evaluate)
 
 
 def _version(value: bool) -> None:

@@ -85,6 +85,8 @@ class SklearnModel(Model):
         super().__init__(*args, **kwargs)
         self._estimator: Any = None
         self.cam_error = "scikit-learn models have no convolutional activation to explain"
+        if self.manifest.features is not None:
+            self.cam_error = None  # tabular: per-feature contributions instead of heatmaps
 
     @property
     def explainable(self) -> bool:

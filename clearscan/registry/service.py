@@ -355,7 +355,7 @@ class ModelRegistry:
                 entry.verified = True
                 entry.explainable = model.explainable
                 entry.cam_error = model.cam_error
-                if model.cam_error:
+                if model.cam_error and entry.manifest.explain.method != "none":
                     log.warning(
                         "model %s: explanations off: %s", entry.manifest.ref, model.cam_error
                     )

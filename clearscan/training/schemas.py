@@ -19,6 +19,13 @@ class TrainingRunCreate(BaseModel):
     model_name: str | None = Field(default=None, max_length=64, description="default: dataset")
 
 
+class EvaluationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(max_length=128, description="NAME (its active version) or NAME:VERSION")
+    dataset: str = Field(max_length=64, description="dataset name or id")
+    split: str = Field(default="test", pattern="^(train|val|test)$")
+
+
 class TrainingRunPublic(BaseModel):
     id: str
     status: str  # queued | running | succeeded | failed | cancelled
