@@ -31,6 +31,7 @@ REQUIRED = {
     ("GET", "/api/v1/datasets"): "viewer",
     ("GET", "/api/v1/datasets/{dataset_id}"): "viewer",
     ("GET", "/api/v1/datasets/{dataset_id}/items/{idx}/image.png"): "viewer",
+    ("GET", "/api/v1/datasets/{dataset_id}/features/preview"): "viewer",
     ("POST", "/api/v1/training-runs"): "admin",
     ("GET", "/api/v1/training-runs"): "viewer",
     ("GET", "/api/v1/training-runs/{run_id}"): "viewer",

@@ -57,6 +57,20 @@ def coerce(manifest: ModelManifest, values: dict[str, Any]) -> list[Any]:
     return row
 
 
+def _window_features(m: ModelManifest, window: Any) -> dict[str, float]:
+    """A sensor-stream model's features from raw samples, computed as at training."""
+    from clearscan.training.features import WindowError, feature_names, window_from_json
+
+    if m.window is None:
+        raise PredictRejected(422, f"model {m.ref} takes feature values, not a window")
+    w = m.window
+    try:
+        feats = window_from_json(window, w.channels, w.length, w.sample_rate)
+    except WindowError as exc:
+        raise PredictRejected(422, str(exc)) from None
+    return {n: float(v) for n, v in zip(feature_names(w.channels), feats, strict=True)}
+
+
 def predict_features(
     *,
     state: AppState,
@@ -72,11 +86,16 @@ def predict_features(
             raise PredictRejected(422, 'send a JSON object: {"model": ..., "features": {...}}')
         name = body.get("model") or state.settings.default_model
         values = body.get("features")
+        window = body.get("window")
         if not isinstance(name, str) or len(name) > 128:
             raise PredictRejected(422, "model must be a model name")
-        if not isinstance(values, dict) or not values:
-            raise PredictRejected(422, "features must be an object of feature name -> value")
-        if len(values) > MAX_FEATURES:
+        if window is None and (not isinstance(values, dict) or not values):
+            raise PredictRejected(
+                422,
+                "features must be an object of feature name -> value (or, for sensor-stream "
+                'models, window: {"channel": [samples...]})',
+            )
+        if isinstance(values, dict) and len(values) > MAX_FEATURES:
             raise PredictRejected(413, f"at most {MAX_FEATURES} features")
         patient_ref, note = body.get("patient_ref"), body.get("note")
         for field, value, cap in (("patient_ref", patient_ref, 128), ("note", note, 4000)):
@@ -89,6 +108,10 @@ def predict_features(
                 raise PredictRejected(
                     422, f"model {m.ref} takes images: upload them as multipart 'file' parts"
                 )
+            if window is not None:
+                values = _window_features(m, window)
+            if not isinstance(values, dict):
+                raise PredictRejected(422, "features must be an object of feature name -> value")
             row = coerce(m, values)
             t0 = time.perf_counter()
             probs, top, contrib = model.explain_row(np.array(row, dtype=object))
@@ -100,8 +123,13 @@ def predict_features(
         _reject(state, db, ctx, exc.status_code, exc.detail)
         raise
     feats = m.features or []
+    assert isinstance(values, dict)
     payload = json.dumps(
-        {"model": m.ref, "features": {f.name: values.get(f.name) for f in feats}},
+        {
+            "model": m.ref,
+            "features": {f.name: values.get(f.name) for f in feats},
+            **({"window": window} if window is not None else {}),
+        },
         sort_keys=True,
         separators=(",", ":"),
     ).encode()

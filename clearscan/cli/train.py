@@ -31,6 +31,12 @@ def train(
     model_name: Annotated[
         str | None, typer.Option(help="Model name (default: the dataset name).")
     ] = None,
+    window: Annotated[
+        int | None, typer.Option(help="Sensor streams: samples per window (default 64).")
+    ] = None,
+    step: Annotated[
+        int | None, typer.Option(help="Sensor streams: samples between windows (default 32).")
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print a JSON summary with the metrics.")
     ] = False,
@@ -47,7 +53,13 @@ def train(
 
     settings = load_settings(data_dir)
     req = TrainRequest(
-        dataset=dataset, recipe=recipe, epochs=epochs, seed=seed, model_name=model_name
+        dataset=dataset,
+        recipe=recipe,
+        epochs=epochs,
+        seed=seed,
+        model_name=model_name,
+        window=window,
+        step=step,
     )
     with db_session(settings) as db:
         try:

@@ -53,6 +53,16 @@ class FeatureSpec(BaseModel):
     baseline: float | str | None = None
 
 
+class WindowSpec(BaseModel):
+    """Sensor-stream models: the features are statistics of a window of raw samples."""
+
+    model_config = ConfigDict(extra="forbid")
+    channels: list[str] = Field(min_length=1)
+    length: int = Field(ge=4, le=100_000)
+    step: int = Field(ge=1)
+    sample_rate: float = Field(gt=0)  # samples per second (1.0: unknown)
+
+
 class OutputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = "logits"
@@ -106,6 +116,7 @@ class ModelManifest(BaseModel):
     description: str | None = None
     input: InputSpec | None = None  # image models
     features: list[FeatureSpec] | None = None  # tabular models: named feature values
+    window: WindowSpec | None = None  # sensor-stream models: features computed from a window
     output: OutputSpec = Field(default_factory=OutputSpec)
     explain: ExplainSpec = Field(default_factory=ExplainSpec)
     threshold: ThresholdSpec | None = None
@@ -129,6 +140,8 @@ class ModelManifest(BaseModel):
             names = [f.name for f in self.features]
             if not names or len(set(names)) != len(names):
                 raise ValueError("features: names must be unique and at least one is needed")
+        if self.window is not None and self.features is None:
+            raise ValueError("window: only tabular (features) models are computed from windows")
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")
         if self.weights not in self.files:

@@ -68,7 +68,8 @@ def resolve(
         )
     if m.tabular:
         cols = set(ds.info.get("feature_columns", []))
-        absent = [f.name for f in m.features or [] if f.name not in cols]
+        needed = m.window.channels if m.window else [f.name for f in m.features or []]
+        absent = [n for n in needed if n not in cols]
         if absent:
             raise EvaluationError(f"dataset {ds.name!r} lacks the model's features {absent[:10]}")
     mapping = {i: m.labels.index(c) for i, c in enumerate(ds.classes)}
@@ -149,7 +150,8 @@ def _tabular(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from clearscan.training.tabular import load_table
 
-    table = load_table(blobs, ds)
+    w = model.manifest.window
+    table = load_table(blobs, ds, length=w.length if w else None, step=w.step if w else None)
     names = [f["name"] for f in table.features]
     order = [names.index(f.name) for f in model.manifest.features]
     mask = np.array([s == split for s in table.splits])

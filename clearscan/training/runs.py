@@ -46,6 +46,8 @@ class TrainRequest:
     epochs: int | None = None
     seed: int = 0
     model_name: str | None = None
+    window: int | None = None  # sensor streams: samples per window
+    step: int | None = None  # sensor streams: samples between window starts
 
     def to_params(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -67,11 +69,12 @@ def check_request(db: Session, req: TrainRequest) -> Dataset:
             f"recipe {req.recipe!r} unknown for {ds.kind} datasets; choose one of "
             f"{', '.join(names)}"
         )
-    if ds.kind == "table" and ds.info.get("time_column"):
-        raise TrainingError(
-            f"dataset {ds.name!r} is a sensor stream (time column): windowed features are not "
-            "built yet"
-        )
+    if ds.kind == "images" and (req.window or req.step):
+        raise TrainingError("window and step apply to sensor-stream tables only")
+    if req.window is not None and not 4 <= req.window <= 100_000:
+        raise TrainingError("window must be between 4 and 100000 samples")
+    if req.step is not None and not 1 <= req.step <= 100_000:
+        raise TrainingError("step must be between 1 and 100000 samples")
     if req.epochs is not None and not 1 <= req.epochs <= 500:
         raise TrainingError("epochs must be between 1 and 500")
     if "val" not in ds.counts or "train" not in ds.counts:
@@ -163,6 +166,8 @@ def run_training(
         epochs=p.get("epochs"),
         seed=int(p.get("seed", 0)),
         model_name=p.get("model_name"),
+        window=p.get("window"),
+        step=p.get("step"),
     )
     with sessions() as db:
         ds = check_request(db, req)
@@ -249,7 +254,7 @@ def _run_tabular(
 
     ctx.report(force=True, stage="loading the table")
     try:
-        table = tabular.load_table(blobs, ds)
+        table = tabular.load_table(blobs, ds, length=req.window, step=req.step)
         trained = tabular.train_tabular(
             table, classes=list(ds.classes), recipe=req.recipe or "auto", seed=req.seed, ctx=ctx
         )

@@ -17,6 +17,8 @@ class TrainingRunCreate(BaseModel):
     epochs: int | None = Field(default=None, ge=1, le=500)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     model_name: str | None = Field(default=None, max_length=64, description="default: dataset")
+    window: int | None = Field(default=None, ge=4, le=100_000, description="sensor streams")
+    step: int | None = Field(default=None, ge=1, le=100_000, description="sensor streams")
 
 
 class EvaluationCreate(BaseModel):

@@ -36,15 +36,58 @@ class Table:
     y: np.ndarray  # N class indices
     splits: list[str]
     features: list[dict[str, Any]]  # {name, type}
+    window: dict[str, Any] | None = None  # sensor streams: channels, length, step, sample_rate
+    groups: list[str] | None = None  # recording of each row (cross-validation keeps them whole)
 
 
-def load_table(blobs: BlobStore, ds: Dataset) -> Table:
+def load_table(
+    blobs: BlobStore, ds: Dataset, *, length: int | None = None, step: int | None = None
+) -> Table:
+    """The dataset's rows as model inputs; for a sensor stream (time column), one row per
+    window of `length` samples moved by `step` (see clearscan.training.features)."""
+    raw = _read_rows(blobs, ds)
     info = ds.info
-    if info.get("time_column"):
-        raise TabularError(
-            "this dataset is a sensor stream (time column): windowed features are not built "
-            "yet; import it without --time-column to train on rows"
+    if not info.get("time_column"):
+        return raw
+    from clearscan.training import features as wf
+
+    channels = [f["name"] for f in raw.features if f["type"] == "numeric"]
+    if not channels:
+        raise TabularError("a sensor stream needs numeric channel columns")
+    idx = [[f["name"] for f in raw.features].index(c) for c in channels]
+    x = raw.x[:, idx].astype(np.float64)
+    times = _column(blobs, ds, info["time_column"])
+    groups = _column(blobs, ds, info["group_column"]) if info.get("group_column") else None
+    rate = wf.sample_rate_of(times)
+    length = length or wf.DEFAULT_LENGTH
+    step = step or wf.DEFAULT_STEP
+    try:
+        fx, fy, fsplits, prov = wf.windows(
+            x, raw.y, raw.splits, groups, times, length=length, step=step, sample_rate=rate
         )
+    except wf.WindowError as exc:
+        raise TabularError(str(exc)) from None
+    names = wf.feature_names(channels)
+    return Table(
+        fx.astype(object),
+        fy,
+        fsplits,
+        [{"name": n, "type": "numeric"} for n in names],
+        window={"channels": channels, "length": length, "step": step, "sample_rate": rate},
+        groups=[p["group"] for p in prov] if groups is not None else None,
+    )
+
+
+def _column(blobs: BlobStore, ds: Dataset, name: str) -> list[str]:
+    with blobs.open(ds.info["csv_blob"]) as raw:
+        reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""))
+        header = [h.strip() for h in next(reader)]
+        j = header.index(name)
+        return [row[j].strip() for row in reader if row]
+
+
+def _read_rows(blobs: BlobStore, ds: Dataset) -> Table:
+    info = ds.info
     columns = {c["name"]: c for c in info["columns"]}
     names = list(info["feature_columns"])
     target = info["target"]
@@ -144,7 +187,7 @@ def train_tabular(
 ) -> dict[str, Any]:
     from sklearn.base import clone
     from sklearn.inspection import permutation_importance
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     train = np.array([s == "train" for s in table.splits])
     val = np.array([s == "val" for s in table.splits])
@@ -160,7 +203,17 @@ def train_tabular(
         if recipe == "auto"
         else [recipe]
     )
-    folds = StratifiedKFold(FOLDS, shuffle=True, random_state=seed)
+    groups = np.array(table.groups)[train] if table.groups is not None else None
+    if groups is not None:
+        per_class = [len(set(groups[ytr == k])) for k in range(len(classes))]
+        if min(per_class) < FOLDS:
+            raise TabularError(
+                f"{FOLDS}-fold cross-validation by recording needs at least {FOLDS} train "
+                f"recordings of every class; the smallest class has {min(per_class)}"
+            )
+        folds: Any = StratifiedGroupKFold(FOLDS, shuffle=True, random_state=seed)
+    else:
+        folds = StratifiedKFold(FOLDS, shuffle=True, random_state=seed)
     cv: dict[str, dict[str, float]] = {}
     for k, name in enumerate(candidates):
         if ctx is not None:
@@ -168,7 +221,7 @@ def train_tabular(
                 force=True, stage=f"cross-validating {name}", step=k + 1, steps=len(candidates)
             )
         aucs = []
-        for tr_i, te_i in folds.split(xtr, ytr):
+        for tr_i, te_i in folds.split(xtr, ytr, groups):
             model = _pipeline(name, table.features, seed).fit(xtr[tr_i], ytr[tr_i])
             aucs.append(_auc(ytr[te_i], model.predict_proba(xtr[te_i])))
         cv[name] = {
@@ -284,6 +337,7 @@ def write_package(
         "features": [
             {**f, "baseline": b} for f, b in zip(table.features, trained["baselines"], strict=True)
         ],
+        **({"window": table.window} if table.window else {}),
         "output": {"name": "probabilities", "kind": "probabilities"},
         "explain": {"method": "none"},
         "metrics": {
