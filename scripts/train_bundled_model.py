@@ -14,12 +14,9 @@ thresholded decision. Writes ``model.onnx``, ``MODEL_CARD.md`` and ``manifest.js
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
-import math
 import os
-import random
 import shlex
 import shutil
 import sys
@@ -36,10 +33,17 @@ if str(REPO_ROOT) not in sys.path:
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from clearscan.training.architectures import PneumoniaNet, build_model  # noqa: E402
+from clearscan.training.architectures import PneumoniaNet  # noqa: E402
 from clearscan.training.export import export_onnx as export  # noqa: E402
+from clearscan.training.image import (  # noqa: E402
+    ImageRecipe,
+    choose_threshold,
+    fold_threshold,
+    predict_proba,
+    roc_auc,
+    train_image_classifier,
+)
 
 LABELS = ["normal", "pneumonia"]
 INPUT_NAME = "image"
@@ -53,24 +57,6 @@ MAKE_COMMAND = f".venv/bin/python scripts/train_bundled_model.py --data {DEFAULT
 
 
 # ----------------------------------------------------------------------------- metrics
-
-
-def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC via the Mann-Whitney U statistic with mid-ranks for ties."""
-    y = np.asarray(y_true).astype(bool).ravel()
-    s = np.asarray(score, dtype=np.float64).ravel()
-    order = np.argsort(s, kind="mergesort")
-    sorted_s = s[order]
-    ranks = np.empty(len(s), dtype=np.float64)
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def binary_metrics(y_true: np.ndarray, pred: np.ndarray, score: np.ndarray) -> dict[str, Any]:
@@ -89,187 +75,7 @@ def binary_metrics(y_true: np.ndarray, pred: np.ndarray, score: np.ndarray) -> d
     }
 
 
-def choose_threshold(
-    y_true: np.ndarray, prob: np.ndarray, tolerance: float = 0.005
-) -> tuple[float, float]:
-    """Threshold on P(pneumonia) for balanced accuracy (Youden's J); returns (t, bacc).
-
-    Candidates are midpoints between consecutive distinct scores. A single best candidate is
-    often a narrow peak decided by one or two images, so every candidate within `tolerance` of
-    the best balanced accuracy counts as optimal and the median of that plateau is taken.
-    """
-    y = np.asarray(y_true).astype(int).ravel()
-    s = np.unique(np.asarray(prob, dtype=np.float64).ravel())
-    cands = np.concatenate([[s[0] / 2.0], (s[:-1] + s[1:]) / 2.0, [(s[-1] + 1.0) / 2.0]])
-    pos, neg = prob[y == 1], prob[y == 0]
-    sens = (pos[None, :] >= cands[:, None]).mean(axis=1)
-    spec = (neg[None, :] < cands[:, None]).mean(axis=1)
-    bacc = (sens + spec) / 2.0
-    best = np.flatnonzero(bacc >= bacc.max() - tolerance - 1e-12)
-    idx = int(best[len(best) // 2])
-    return float(cands[idx]), float(bacc[idx])
-
-
 # ----------------------------------------------------------------------------- training
-
-
-def seed_everything(seed: int) -> None:
-    """Fix every RNG we use and ask torch for deterministic kernels."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
-
-
-def augment(x: torch.Tensor, gen: torch.Generator, args: argparse.Namespace) -> torch.Tensor:
-    """Random affine (rotate/scale/shift) and brightness/contrast jitter on [0, 1] images."""
-    n = x.shape[0]
-
-    def u(lo: float, hi: float) -> torch.Tensor:
-        return lo + (hi - lo) * torch.rand(n, generator=gen)
-
-    ang = u(-args.rotate, args.rotate) * math.pi / 180.0
-    scale = u(1.0 - args.scale, 1.0 + args.scale)
-    shift = args.shift * 2.0 / x.shape[-1]  # pixels -> normalised coordinates
-    tx, ty = u(-shift, shift), u(-shift, shift)
-    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
-    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1).to(
-        x.dtype
-    )
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    if args.hflip:
-        flip = torch.rand(n, generator=gen) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    contrast = u(1.0 - args.contrast, 1.0 + args.contrast)[:, None, None, None]
-    bright = u(-args.brightness, args.brightness)[:, None, None, None]
-    return ((x - mean) * contrast + mean + bright).clamp(0.0, 1.0)
-
-
-@torch.no_grad()
-def recalibrate_bn(model: torch.nn.Module, x: torch.Tensor, batch: int = 512) -> None:
-    """Re-estimate BatchNorm statistics on clean (unaugmented) training images.
-
-    During training the running statistics follow augmented batches; served images are not
-    augmented, so eval-mode outputs are shifted and badly calibrated (validation accuracy at a
-    fixed threshold swung between 0.53 and 0.97 from epoch to epoch without this)."""
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over all batches
-    was_training = model.training
-    model.train()
-    for i in range(0, len(x), batch):
-        model(x[i : i + batch])
-    for m, mom in zip(bns, saved, strict=True):
-        m.momentum = mom
-    model.train(was_training)
-
-
-@torch.no_grad()
-def predict_proba(model: torch.nn.Module, x: torch.Tensor, batch: int = 512) -> np.ndarray:
-    """P(pneumonia) for every image (eval mode)."""
-    model.eval()
-    out = [torch.softmax(model(x[i : i + batch]), 1)[:, 1] for i in range(0, len(x), batch)]
-    return torch.cat(out).double().numpy()
-
-
-def train(
-    args: argparse.Namespace, data: dict[str, np.ndarray]
-) -> tuple[PneumoniaNet, dict[str, Any]]:
-    """Train on the train split; keep the weights of the best validation-AUC epoch."""
-    xtr = torch.from_numpy(data["train_images"].astype(np.float32) / 255.0)[:, None]
-    ytr = torch.from_numpy(data["train_labels"].astype(np.int64).ravel())
-    xva = torch.from_numpy(data["val_images"].astype(np.float32) / 255.0)[:, None]
-    yva = data["val_labels"].astype(np.int64).ravel()
-
-    mean, std = float(xtr.mean()), float(xtr.std())
-    widths = tuple(int(w) for w in args.widths.split(","))
-    model = build_model(num_classes=2, widths=widths, mean=mean, std=std)
-    counts = torch.bincount(ytr, minlength=2).double()
-    class_w = (counts.sum() / (2.0 * counts)).float() if args.class_weights else None
-    print(f"train n={len(ytr)} counts={counts.tolist()} class_weights={class_w}", flush=True)
-
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = math.ceil(len(xtr) / args.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt,
-        max_lr=args.lr,
-        total_steps=args.epochs * steps_per_epoch,
-        pct_start=0.15,
-        anneal_strategy="cos",
-    )
-    gen = torch.Generator().manual_seed(args.seed)
-
-    best_auc, best_epoch, best_state, since_best = -1.0, 0, None, 0
-    history: list[dict[str, float]] = []
-    epochs_run = 0
-    for epoch in range(1, args.epochs + 1):
-        t0 = time.perf_counter()
-        model.train()
-        perm = torch.randperm(len(xtr), generator=gen)
-        total = 0.0
-        for i in range(0, len(xtr), args.batch_size):
-            idx = perm[i : i + args.batch_size]
-            xb = augment(xtr[idx], gen, args)
-            loss = F.cross_entropy(
-                model(xb), ytr[idx], weight=class_w, label_smoothing=args.label_smoothing
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        epochs_run = epoch
-        recalibrate_bn(model, xtr)
-        prob = predict_proba(model, xva)
-        auc = roc_auc(yva, prob)
-        _, bacc = choose_threshold(yva, prob)
-        acc = float(((prob >= 0.5) == yva).mean())
-        history.append({"epoch": epoch, "loss": total / len(xtr), "val_auc": auc})
-        print(
-            f"epoch {epoch:3d} loss {total / len(xtr):.4f} val_auc {auc:.4f} "
-            f"val_acc@0.5 {acc:.4f} val_best_bacc {bacc:.4f} ({time.perf_counter() - t0:.1f}s)",
-            flush=True,
-        )
-        if auc > best_auc:
-            best_auc, best_epoch, since_best = auc, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            since_best += 1
-            if since_best >= args.patience:
-                print(f"early stop: no val AUC gain for {args.patience} epochs", flush=True)
-                break
-    assert best_state is not None
-    final = build_model(num_classes=2, widths=widths, mean=mean, std=std)
-    final.load_state_dict(best_state)
-    final.eval()
-    info = {
-        "epochs_run": epochs_run,
-        "best_epoch": best_epoch,
-        "best_val_auc": best_auc,
-        "mean": mean,
-        "std": std,
-        "widths": list(widths),
-        "history": history,
-    }
-    return final, info
-
-
-def fold_threshold(model: PneumoniaNet, threshold: float) -> PneumoniaNet:
-    """Copy of ``model`` whose softmax argmax equals ``P_orig(pneumonia) >= threshold``.
-
-    The decision ``p1 >= t`` is ``z1 - z0 >= logit(t)``, so ``logit(t) / 2`` is subtracted from
-    the pneumonia bias and added to the normal bias (the logit difference shifts by -logit(t)).
-    """
-    folded = copy.deepcopy(model).eval()
-    shift = math.log(threshold / (1.0 - threshold))
-    with torch.no_grad():
-        folded.fc.bias[1] -= shift / 2.0
-        folded.fc.bias[0] += shift / 2.0
-    return folded
 
 
 # ----------------------------------------------------------------------------- export
@@ -503,24 +309,61 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     raw_argv = sys.argv[1:] if argv is None else argv
 
-    torch.set_num_threads(2)
-    seed_everything(args.seed)
     data_path = args.data.resolve()
     with np.load(data_path) as npz:
         data = {k: npz[k] for k in npz.files}
     dataset_sha = sha256_file(data_path)
 
-    model, info = train(args, data)
+    # the training studio's image trainer (clearscan/training/image.py), with these options
+    recipe = ImageRecipe(
+        size=28,
+        widths=tuple(int(w) for w in args.widths.split(",")),  # type: ignore[arg-type]
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
+        class_weights=args.class_weights,
+        patience=args.patience,
+        rotate=args.rotate,
+        scale=args.scale,
+        shift=args.shift,
+        brightness=args.brightness,
+        contrast=args.contrast,
+        hflip=args.hflip,
+        seed=args.seed,
+    )
+
+    def log_epoch(p: dict[str, Any]) -> None:
+        print(
+            f"epoch {p['epoch']:3d} loss {p['loss']:.4f} val_auc {p['val_auc']:.4f} "
+            f"val_acc {p['val_acc']:.4f} (best {p['best_val_auc']:.4f} at {p['best_epoch']})",
+            flush=True,
+        )
+
+    trained = train_image_classifier(
+        data["train_images"][..., None],
+        data["train_labels"].ravel(),
+        data["val_images"][..., None],
+        data["val_labels"].ravel(),
+        n_classes=2,
+        recipe=recipe,
+        progress=log_epoch,
+    )
+    folded = trained.model
+    assert trained.threshold is not None
+    threshold = trained.threshold
+    model = fold_threshold(folded, 1.0 - threshold)  # the same weights without the threshold
+    info = {**trained.info, "widths": list(recipe.widths)}
     xva = data["val_images"].astype(np.float32)[:, None] / 255.0
     yva = data["val_labels"].astype(np.int64).ravel()
-    prob_orig = predict_proba(model, torch.from_numpy(xva))
-    threshold, bacc = choose_threshold(yva, prob_orig)
+    prob_orig = predict_proba(model, torch.from_numpy(xva))[:, 1]
+    _, bacc = choose_threshold(yva, prob_orig)
     print(
-        f"best epoch {info['best_epoch']} val AUC {info['best_val_auc']:.4f}; "
+        f"best epoch {info['best_epoch']} val AUC {roc_auc(yva, prob_orig):.4f}; "
         f"threshold {threshold:.6f} (val balanced acc {bacc:.4f})",
         flush=True,
     )
-    folded = fold_threshold(model, threshold)
 
     out: Path = args.out if args.out.is_absolute() else (Path.cwd() / args.out)
     tmp = out.parent / f".{out.name}.tmp"
