@@ -8,8 +8,10 @@ requests."""
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -18,7 +20,7 @@ from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from clearscan.audit import service as audit
@@ -33,11 +35,15 @@ from clearscan.datasets.importers import DatasetError
 from clearscan.datasets.models import Dataset
 from clearscan.datasets.schemas import DatasetDetail, SampleItem
 from clearscan.deps import SESSION_COOKIE, SessionDep, StateDep, request_context
+from clearscan.jobs import service as jobs
+from clearscan.jobs.models import Job
 from clearscan.registry import rollout
 from clearscan.registry.models import ShadowResult
 from clearscan.registry.schemas import ModelDetail, ModelVersionPublic
 from clearscan.registry.service import ModelNotFound, RegistryError
 from clearscan.state import AppState
+from clearscan.training.runs import TRAIN_KIND, TrainRequest, check_request
+from clearscan.training.schemas import TrainingRunPublic
 from clearscan.web.forms import (
     LOGIN_CSRF_COOKIE,
     Pagination,
@@ -76,6 +82,8 @@ KNOWN_ACTIONS = [
     "predict",
     "prediction.create",
     "review.create",
+    "training.cancel",
+    "training.submit",
     "user.create",
     "user.update",
 ]
@@ -956,6 +964,580 @@ def dataset_page(ref: str, request: Request, db: SessionDep, ws: WebSessionDep) 
         sample_groups=[{"split": k[0], "label": k[1], "items": v} for k, v in groups.items()],
         columns=_column_rows(detail.info) if ds.kind == "table" else [],
     )
+
+
+# --- training runs ----------------------------------------------------------------------------
+
+TRAINING_PAGE_SIZE = 20
+_LIVE_STATUSES = ("queued", "running")
+_SEED_MAX = 2**31 - 1
+# The loss / validation-AUC chart, in SVG user units. static/training.js redraws it with the same
+# geometry (read from the <svg>'s data-* attributes) while a run trains: keep the two in step.
+CHART = {"width": 640, "height": 240, "left": 52, "right": 588, "top": 14, "bottom": 204}
+_CHART_MARKERS = 60  # epoch markers (with a tooltip each) are drawn up to this many epochs
+_NICE = (1.0, 1.2, 1.6, 2.0, 2.4, 3.2, 4.0, 6.0, 8.0, 10.0)  # quarters of these read well
+_TICK_STEPS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+_METRIC_TITLES = {
+    "n": "Validation items",
+    "accuracy": "Accuracy",
+    "auc": "AUC",
+    "balanced_accuracy": "Balanced accuracy",
+    "sensitivity": "Sensitivity",
+    "specificity": "Specificity",
+}
+_RUN_NOTICES = {
+    "cancelled": "Training run cancelled; nothing was registered.",
+    "cancelled-queued": "Training run cancelled before it started; nothing was registered.",
+    "cancel-requested": "Cancellation requested: the run stops at its next progress report "
+    "and registers nothing.",
+}
+_RECIPE_FACTS = (
+    ("size", "Input size (px)"),
+    ("epochs", "Epochs (at most)"),
+    ("batch_size", "Batch size"),
+    ("lr", "Learning rate"),
+    ("weight_decay", "Weight decay"),
+    ("patience", "Early-stopping patience"),
+    ("seed", "Seed"),
+)
+
+
+def _recipe_choices() -> dict[str, list[str]]:
+    """Recipe names by dataset kind (imported here: the trainers import torch / scikit-learn)."""
+    from clearscan.training.image import RECIPES
+    from clearscan.training.tabular import TABULAR_RECIPES
+
+    return {"images": list(RECIPES), "table": list(TABULAR_RECIPES)}
+
+
+def _finite(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _duration(seconds: object) -> str:
+    """`45 s`, `3 min 05 s`, `1 h 02 min` (training.js formats the same way)."""
+    s = _finite(seconds)
+    if s is None or s < 0:
+        return "—"
+    total = round(s)
+    if total < 60:
+        return f"{total} s"
+    if total < 3600:
+        return f"{total // 60} min {total % 60:02d} s"
+    return f"{total // 3600} h {total % 3600 // 60:02d} min"
+
+
+def _fixed3(value: object) -> str:
+    v = _finite(value)
+    return "—" if v is None else f"{v:.3f}"
+
+
+def _nice_ceiling(value: float) -> float:
+    if not value > 0 or not math.isfinite(value):
+        return 1.0
+    base = 10.0 ** math.floor(math.log10(value))
+    for m in _NICE:
+        if value <= m * base * (1 + 1e-9):
+            return m * base
+    return 10 * base  # pragma: no cover - _NICE ends at 10
+
+
+def _tick_label(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _epoch_ticks(span: int) -> list[int]:
+    if span <= 1:
+        return [1]
+    step = next((s for s in _TICK_STEPS if s >= (span - 1) / 5), _TICK_STEPS[-1])
+    # a tick closer than 6% of the axis to the last one would crowd its label
+    middle = [t for t in range(step, span, step) if t > 1 and (span - t) / (span - 1) >= 0.06]
+    return [1, *middle, span]
+
+
+def _chart(history: list[dict[str, Any]], span: int, best_epoch: int | None) -> dict[str, Any]:
+    """SVG geometry of the loss (left axis) and validation AUC (right axis, 0-1) per epoch."""
+    left, right, top, bottom = CHART["left"], CHART["right"], CHART["top"], CHART["bottom"]
+    rows = [h for h in history if _int(h.get("epoch")) is not None]
+    span = max([span, 1, *(int(h["epoch"]) for h in rows)])
+    losses = [v for h in rows if (v := _finite(h.get("loss"))) is not None]
+    loss_max = _nice_ceiling(max(losses) * 1.05) if losses else 1.0
+
+    def x_of(epoch: int) -> float:
+        if span <= 1:
+            return (left + right) / 2
+        return left + (right - left) * (epoch - 1) / (span - 1)
+
+    def y_of(fraction: float) -> float:
+        return bottom - max(0.0, min(1.0, fraction)) * (bottom - top)
+
+    def fmt(v: float) -> str:
+        return f"{v:.1f}"
+
+    loss_points, auc_points, markers = [], [], []
+    for h in rows:
+        x = x_of(int(h["epoch"]))
+        loss, auc = _finite(h.get("loss")), _finite(h.get("val_auc"))
+        marker: dict[str, Any] = {"x": fmt(x), "loss_y": None, "auc_y": None}
+        if loss is not None:
+            marker["loss_y"] = fmt(y_of(loss / loss_max))
+            loss_points.append(f"{fmt(x)},{marker['loss_y']}")
+        if auc is not None:
+            marker["auc_y"] = fmt(y_of(auc))
+            auc_points.append(f"{fmt(x)},{marker['auc_y']}")
+        marker["title"] = f"Epoch {h['epoch']}: loss {_fixed3(loss)}, validation AUC {_fixed3(auc)}"
+        markers.append(marker)
+    grid = [
+        {
+            "y": fmt(y_of(q / 4)),
+            "loss": _tick_label(loss_max * q / 4),
+            "auc": _tick_label(q / 4),
+        }
+        for q in range(5)
+    ]
+    best = None
+    if best_epoch is not None and any(int(h["epoch"]) == best_epoch for h in rows):
+        best = {"x": fmt(x_of(best_epoch)), "epoch": best_epoch}
+    return {
+        "geometry": CHART,
+        "span": span,
+        "empty": not rows,
+        "loss_points": " ".join(loss_points),
+        "auc_points": " ".join(auc_points),
+        "markers": markers if len(markers) <= _CHART_MARKERS else [],
+        "grid": grid,
+        "xticks": [{"x": fmt(x_of(t)), "label": str(t)} for t in _epoch_ticks(span)],
+        "best": best,
+    }
+
+
+def _dataset_facts(db: Session, refs: set[str]) -> dict[str, dict[str, Any]]:
+    """Dataset id or name -> {name, kind, classes} for the runs shown (runs may name either)."""
+    if not refs:
+        return {}
+    rows = db.execute(
+        select(Dataset.id, Dataset.name, Dataset.kind, Dataset.classes).where(
+            or_(Dataset.id.in_(refs), Dataset.name.in_(refs))
+        )
+    ).all()
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        facts = {"name": r.name, "kind": r.kind, "classes": list(r.classes or [])}
+        out[r.id] = out[r.name] = facts
+    return out
+
+
+def _recipe_of(run: TrainingRunPublic) -> str:
+    recipe = (run.result or {}).get("recipe")
+    if isinstance(recipe, dict) and recipe.get("name"):
+        return str(recipe["name"])
+    if isinstance(recipe, str) and recipe:
+        return recipe
+    asked = run.params.get("recipe") or run.progress.get("recipe")
+    return str(asked) if asked else "default"
+
+
+def _progress_text(run: TrainingRunPublic) -> str:
+    """One line for the run list: where the run is (or where it stopped)."""
+    p = run.progress
+    if run.status == "queued":
+        return "waiting for the worker"
+    if run.status == "succeeded":
+        n = _int((run.result or {}).get("epochs_run"))
+        return f"done · {n} epoch{'s' if n != 1 else ''}" if n else "done"
+    epoch, epochs = _int(p.get("epoch")), _int(p.get("epochs"))
+    step, steps = _int(p.get("step")), _int(p.get("steps"))
+    if epoch and epochs:
+        text = f"epoch {epoch}/{epochs}"
+    elif step and steps:
+        text = f"{p.get('stage') or 'step'} ({step}/{steps})"
+    else:
+        text = str(p.get("stage") or "")
+    if run.status == "running":
+        return text or "starting"
+    return f"stopped at {text}" if text else "—"
+
+
+def _best_auc(run: TrainingRunPublic) -> object:
+    best = run.progress.get("best_val_auc")
+    if _finite(best) is not None:
+        return best
+    metrics = (run.result or {}).get("val_metrics")
+    return metrics.get("auc") if isinstance(metrics, dict) else None
+
+
+def _elapsed(run: TrainingRunPublic, now: datetime) -> float | None:
+    """Wall time since the run started (to its end), as training.js computes it."""
+    if run.started_at is None:
+        return None
+    return ((run.finished_at or now) - run.started_at).total_seconds()
+
+
+def _live(run: TrainingRunPublic, now: datetime) -> dict[str, Any]:
+    """The numbers static/training.js keeps up to date (data-field -> text), and the bar."""
+    p = run.progress
+    epoch, epochs = _int(p.get("epoch")), _int(p.get("epochs"))
+    step, steps = _int(p.get("step")), _int(p.get("steps"))
+    stage = p.get("stage") or ("waiting for the worker" if run.status == "queued" else "")
+    if run.status == "succeeded":
+        stage = "finished"
+    elif run.status in ("failed", "cancelled"):
+        stage = f"{run.status}{f' while {stage}' if stage else ''}"
+    bar: dict[str, int] | None = None  # None: an indeterminate bar (queued, loading)
+    if epochs:
+        bar = {"value": min(epoch or 0, epochs), "max": epochs}
+    elif steps:
+        bar = {"value": min(step or 0, steps), "max": steps}
+    if run.status == "succeeded":
+        bar = {"value": 1, "max": 1}
+    best_epoch = _int(p.get("best_epoch"))
+    best = _fixed3(p.get("best_val_auc"))
+    return {
+        "stage": stage or "—",
+        "epoch": f"{epoch} / {epochs}" if epochs else (f"{step} / {steps}" if steps else "—"),
+        "loss": _fixed3(p.get("loss")),
+        "val_auc": _fixed3(p.get("val_auc")),
+        "val_acc": _fixed3(p.get("val_acc")),
+        "best": f"{best} (epoch {best_epoch})" if best != "—" and best_epoch else best,
+        "elapsed": _duration(_elapsed(run, now)),
+        "eta": _duration(p.get("eta_s")) if run.status == "running" else "—",
+        "bar": bar,
+        "steps": bool(steps and not epochs),
+    }
+
+
+def _result_view(
+    state: AppState, run: TrainingRunPublic, classes: list[str]
+) -> dict[str, Any] | None:
+    r = run.result
+    if run.status != "succeeded" or not r:
+        return None
+    name, version = str(r.get("name") or ""), str(r.get("version") or "")
+    model_status = None
+    if name and version:
+        try:
+            model_status = state.registry.status(state.registry.version(name, version))
+        except RegistryError:
+            model_status = None
+    metrics = r.get("val_metrics")
+    rows = [
+        (_METRIC_TITLES.get(k, k.replace("_", " ").capitalize()), v)
+        for k, v in (metrics.items() if isinstance(metrics, dict) else [])
+        if not isinstance(v, dict | list)
+    ]
+    cv_rows = []
+    cv = r.get("cross_validation")
+    if isinstance(cv, dict):
+        chosen = r.get("recipe")
+        cv = {k: v if isinstance(v, dict) else {} for k, v in cv.items()}
+        for recipe, scores in sorted(
+            cv.items(), key=lambda kv: -(_finite(kv[1].get("auc_mean")) or 0.0)
+        ):
+            cv_rows.append(
+                {
+                    "recipe": recipe,
+                    "mean": scores.get("auc_mean"),
+                    "std": scores.get("auc_std"),
+                    "chosen": recipe == chosen,
+                }
+            )
+    importance = []
+    features = r.get("feature_importance")
+    if isinstance(features, list):
+        top = [f for f in features if isinstance(f, dict)][:10]
+        peak = max([_finite(f.get("importance")) or 0.0 for f in top] + [0.0])
+        for f in top:
+            value = _finite(f.get("importance")) or 0.0
+            share = max(0.0, value) / peak if peak > 0 else 0.0
+            importance.append(
+                {"feature": f.get("feature", ""), "value": value, "width": f"{100 * share:.1f}"}
+            )
+    recipe = r.get("recipe")
+    recipe_facts = []
+    if isinstance(recipe, dict):
+        recipe_facts = [(title, recipe[k]) for k, title in _RECIPE_FACTS if k in recipe]
+    threshold = _finite(r.get("threshold"))
+    positive = classes[1] if len(classes) == 2 else None
+    dataset = r.get("dataset") if isinstance(r.get("dataset"), dict) else {}
+    return {
+        "model": r.get("model") or f"{name}:{version}",
+        "name": name,
+        "version": version,
+        "model_status": model_status,
+        "metrics": rows,
+        "threshold": threshold,
+        "positive": positive,
+        "epochs_run": _int(r.get("epochs_run")),
+        "best_epoch": _int(r.get("best_epoch")),
+        "wall": _duration(r.get("wall_s")) if r.get("wall_s") is not None else None,
+        "recipe": _recipe_of(run),
+        "recipe_facts": recipe_facts,
+        "cv": cv_rows,
+        "importance": importance,
+        "dataset": dataset,
+    }
+
+
+def _dataset_options(db: Session) -> list[dict[str, Any]]:
+    rows = db.execute(
+        select(Dataset.name, Dataset.kind, Dataset.n_items).order_by(Dataset.name).limit(1000)
+    ).all()
+    return [{"name": r.name, "kind": r.kind, "n_items": r.n_items} for r in rows]
+
+
+def _training_page(
+    request: Request,
+    db: Session,
+    ws: WebSession,
+    *,
+    page: int = 1,
+    form: dict[str, str] | None = None,
+    error: str | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    q = select(Job).where(Job.kind == TRAIN_KIND)
+    total = db.scalar(select(func.count()).select_from(q.subquery())) or 0
+    jobs_ = db.scalars(
+        q.order_by(Job.created_at.desc(), Job.id)
+        .limit(TRAINING_PAGE_SIZE)
+        .offset((page - 1) * TRAINING_PAGE_SIZE)
+    ).all()
+    runs = [TrainingRunPublic.of(j) for j in jobs_]
+    facts = _dataset_facts(db, {str(r.params.get("dataset", "")) for r in runs})
+    items = []
+    for run in runs:
+        ref = str(run.params.get("dataset", ""))
+        result = run.result or {}
+        items.append(
+            {
+                "run": run,
+                "dataset": facts.get(ref, {}).get("name") or ref,
+                "recipe": _recipe_of(run),
+                "progress": _progress_text(run),
+                "best_auc": _best_auc(run),
+                "model": result.get("model"),
+                "model_name": result.get("name"),
+            }
+        )
+    options = _dataset_options(db) if ws.is_admin else []
+    return render(
+        request,
+        "training.html",
+        ws=ws,
+        status=status,
+        items=items,
+        pages=Pagination(page, TRAINING_PAGE_SIZE, total, {}),
+        datasets=options,
+        recipes=_recipe_choices() if ws.is_admin else {},
+        form=form or {"dataset": "", "recipe": "", "epochs": "", "seed": "0", "model_name": ""},
+        error=error,
+    )
+
+
+@router.get("/training", response_class=HTMLResponse)
+def training_page(
+    request: Request,
+    db: SessionDep,
+    ws: WebSessionDep,
+    page: QueryStr = None,
+    dataset: QueryStr = None,
+) -> Response:
+    form = {
+        "dataset": (dataset or "").strip()[:64],
+        "recipe": "",
+        "epochs": "",
+        "seed": "0",
+        "model_name": "",
+    }
+    return _training_page(request, db, ws, page=parse_page(page), form=form)
+
+
+def _train_request(form: dict[str, str]) -> TrainRequest | str:
+    """The form as a TrainRequest, or what is wrong with it (check_request checks the rest)."""
+    if not form["dataset"]:
+        return "Choose a dataset."
+    if len(form["dataset"]) > 64 or len(form["recipe"]) > 64 or len(form["model_name"]) > 64:
+        return "Dataset, recipe and model name are at most 64 characters each."
+    epochs: int | None = None
+    if form["epochs"]:
+        try:
+            epochs = int(form["epochs"])
+        except ValueError:
+            return "Epochs: give a whole number from 1 to 500, or leave it empty."
+    try:
+        seed = int(form["seed"] or 0)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed <= _SEED_MAX:
+        return f"Seed: give a whole number from 0 to {_SEED_MAX}."
+    return TrainRequest(
+        dataset=form["dataset"],
+        recipe=form["recipe"] if form["recipe"] not in ("", "default") else None,
+        epochs=epochs,
+        seed=seed,
+        model_name=form["model_name"] or None,
+    )
+
+
+@router.post("/training", response_class=HTMLResponse)
+def training_submit(
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    ws: AdminSession,
+    dataset: FormStr = None,
+    recipe: FormStr = None,
+    epochs: FormStr = None,
+    seed: FormStr = None,
+    model_name: FormStr = None,
+    csrf_token: FormStr = None,
+) -> Response:
+    require_csrf(request, db, state, ws, csrf_token)
+    given = {
+        "dataset": dataset,
+        "recipe": recipe,
+        "epochs": epochs,
+        "seed": seed,
+        "model_name": model_name,
+    }
+    form = {k: (v or "").strip()[:200] for k, v in given.items()}
+    req = _train_request(form)
+    if isinstance(req, str):
+        return _training_page(request, db, ws, form=form, error=req, status=422)
+    try:
+        ds = check_request(db, req)
+    except jobs.JobError as exc:
+        detail = exc.detail.replace("model_name:", "model name:")  # the API's field name
+        message = detail[:1].upper() + detail[1:]
+        return _training_page(request, db, ws, form=form, error=message, status=exc.status_code)
+    job = jobs.submit(db, kind=TRAIN_KIND, params=req.to_params(), actor=ws.username)
+    audit.append(
+        db,
+        request_context(request, ws.username),
+        audit.Entry(
+            "training.submit",
+            object_type="job",
+            object_id=job.id,
+            details={
+                "dataset": ds.name,
+                "dataset_hash": ds.content_hash,
+                **req.to_params(),
+                "via": "web",
+            },
+        ),
+    )
+    db.commit()
+    if state.jobs is not None:
+        state.jobs.notify()
+    return _redirect(f"/training/{job.id}")
+
+
+def _run_page(
+    request: Request,
+    db: Session,
+    state: AppState,
+    ws: WebSession,
+    run_id: str,
+    *,
+    notice: str | None = None,
+    error: str | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    try:
+        run = TrainingRunPublic.of(jobs.get(db, run_id, kind=TRAIN_KIND))
+    except jobs.JobNotFound:
+        raise PageError(
+            404, "Training run not found", "This training run does not exist.", ws
+        ) from None
+    ref = str(run.params.get("dataset", ""))
+    ds = _dataset_facts(db, {ref}).get(ref, {})
+    kind = ds.get("kind") or ("table" if (run.result or {}).get("cross_validation") else None)
+    history = run.progress.get("history")
+    history = [h for h in history if isinstance(h, dict)] if isinstance(history, list) else []
+    live = run.status in _LIVE_STATUSES
+    span = _int(run.progress.get("epochs")) or 0
+    if not live:  # a finished run's axis ends at its last epoch
+        span = max([1, *(e for h in history if (e := _int(h.get("epoch"))) is not None)])
+    now = datetime.now(UTC)
+    chart = None
+    if kind != "table" and (history or live):
+        chart = _chart(history, span, _int(run.progress.get("best_epoch")))
+    return render(
+        request,
+        "training_run.html",
+        ws=ws,
+        status=status,
+        run=run,
+        live=live,
+        dataset_name=ds.get("name") or ref,
+        dataset_kind=kind,
+        recipe=_recipe_of(run),
+        numbers=_live(run, now),
+        now_ms=int(now.timestamp() * 1000),
+        chart=chart,
+        history=history,
+        result=_result_view(state, run, list(ds.get("classes") or [])),
+        can_cancel=ws.is_admin and live and not run.cancel_requested,
+        notice=notice,
+        error=error,
+    )
+
+
+@router.get("/training/{run_id}", response_class=HTMLResponse)
+def training_run_page(
+    run_id: str,
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    ws: WebSessionDep,
+    done: QueryStr = None,
+) -> Response:
+    notice = None
+    if done == "cancel":
+        try:
+            job = jobs.get(db, run_id, kind=TRAIN_KIND)
+        except jobs.JobNotFound:
+            job = None
+        if job is not None and job.status == "cancelled":
+            notice = _RUN_NOTICES["cancelled" if job.started_at else "cancelled-queued"]
+        elif job is not None and job.cancel_requested and job.status == "running":
+            notice = _RUN_NOTICES["cancel-requested"]
+    return _run_page(request, db, state, ws, run_id, notice=notice)
+
+
+@router.post("/training/{run_id}/cancel", response_class=HTMLResponse)
+def training_cancel(
+    run_id: str,
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    ws: AdminSession,
+    csrf_token: FormStr = None,
+) -> Response:
+    require_csrf(request, db, state, ws, csrf_token)
+    try:
+        job = jobs.cancel(db, run_id, kind=TRAIN_KIND)
+    except jobs.JobNotFound:
+        raise PageError(
+            404, "Training run not found", "This training run does not exist.", ws
+        ) from None
+    except jobs.JobError as exc:
+        db.rollback()
+        message = exc.detail[:1].upper() + exc.detail[1:]
+        return _run_page(request, db, state, ws, run_id, error=f"{message}.", status=409)
+    audit.append(
+        db,
+        request_context(request, ws.username),
+        audit.Entry("training.cancel", object_type="job", object_id=job.id, details={"via": "web"}),
+    )
+    db.commit()
+    return _redirect(f"/training/{run_id}?done=cancel")
 
 
 # --- administration ---------------------------------------------------------------------------
