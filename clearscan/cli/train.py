@@ -75,7 +75,7 @@ def train(
                 "training.submit",
                 object_type="job",
                 object_id=job.id,
-                details={"dataset": ds.name, "dataset_hash": ds.content_hash, **req.to_params()},
+                details={**req.to_params(), "dataset": ds.name, "dataset_hash": ds.content_hash},
             ),
         )
         db.commit()

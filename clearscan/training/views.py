@@ -47,7 +47,7 @@ def create_run(
             "training.submit",
             object_type="job",
             object_id=job.id,
-            details={"dataset": ds.name, "dataset_hash": ds.content_hash, **req.to_params()},
+            details={**req.to_params(), "dataset": ds.name, "dataset_hash": ds.content_hash},
         ),
     )
     db.commit()
