@@ -16,6 +16,7 @@ from clearscan.audit import service as audit
 from clearscan.auth.models import User
 from clearscan.cases.models import Case, Image, Prediction, new_id
 from clearscan.cases.workflow import PredictRejected, _reject
+from clearscan.inference.runtime import ModelLoadError
 from clearscan.inference.sklearn_model import SklearnModel
 from clearscan.registry.manifest import ModelManifest
 from clearscan.registry.service import RegistryError
@@ -114,7 +115,12 @@ def predict_features(
                 raise PredictRejected(422, "features must be an object of feature name -> value")
             row = coerce(m, values)
             t0 = time.perf_counter()
-            probs, top, contrib = model.explain_row(np.array(row, dtype=object))
+            try:
+                probs, top, contrib = model.explain_row(np.array(row, dtype=object))
+            except ModelLoadError as exc:  # e.g. a missing value the pipeline cannot impute
+                raise PredictRejected(
+                    422, f"the model cannot predict from these values: {exc}"[:500]
+                ) from None
             ms = (time.perf_counter() - t0) * 1000
     except RegistryError as exc:
         _reject(state, db, ctx, exc.status_code, exc.detail)

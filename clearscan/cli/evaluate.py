@@ -58,12 +58,15 @@ def evaluate(
         sessions = sessionmaker(bind=db.get_bind(), expire_on_commit=False)
         registry = build_registry(settings, sessions)
         blobs = LocalBlobStore(settings.blob_dir)
-        for ref in models:
+        resolved = []
+        for ref in models:  # every reference is checked before anything runs
             req = EvalRequest(model=ref, dataset=dataset, split=split)
             try:
                 entry, ds, _ = resolve(db, registry, req)
             except jobs.JobError as exc:
                 raise fail(exc.detail) from None
+            resolved.append((req, entry, ds))
+        for req, entry, ds in resolved:
             params = {**req.to_params(), "model": entry.manifest.ref}
             ctx = cli_context()
             job = jobs.submit(db, kind=EVAL_KIND, params=params, actor=ctx.actor)
@@ -112,7 +115,13 @@ def _print(results: list[dict[str, Any]]) -> None:
         cells = []
         for r in results:
             v, ci = r["metrics"].get(k), r["ci95"].get(k)
-            cells.append(f"{v:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]" if v is not None and ci else "-")
+            cells.append(
+                f"{v:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
+                if v is not None and ci and None not in ci
+                else "n/a"
+                if v is None
+                else f"{v:.4f}"
+            )
         table.add_row(k, *cells)
     table.add_row("ECE", *(f"{r['calibration']['ece']:.4f}" for r in results))
     console.print(table)

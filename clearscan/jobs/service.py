@@ -218,6 +218,28 @@ def run_claimed(
     finally:
         stop.set()
         heart.join()
+    try:
+        job = _finish(sessions, job_id, status, result, error)
+    except SQLAlchemyError as exc:  # e.g. a result the database refuses: never leave it running
+        log.exception("job %s: cannot store its result", job_id)
+        job = _finish(
+            sessions,
+            job_id,
+            "failed",
+            None,
+            f"the result could not be stored: {type(exc).__name__}",
+        )
+    log.info("job %s (%s) %s", job_id, kind, status)
+    return job
+
+
+def _finish(
+    sessions: sessionmaker[Session],
+    job_id: str,
+    status: str,
+    result: dict[str, Any] | None,
+    error: str | None,
+) -> Job:
     with sessions() as db:
         job = get(db, job_id)
         job.status, job.result, job.error = status, result, error
@@ -225,8 +247,7 @@ def run_claimed(
         db.commit()
         db.refresh(job)
         db.expunge(job)
-    log.info("job %s (%s) %s", job_id, kind, status)
-    return job
+        return job
 
 
 def worker_name() -> str:

@@ -218,9 +218,13 @@ def _svg_curve(series: dict[str, tuple[list[float], list[float]]], *, diagonal: 
 def render_report(r: dict[str, Any]) -> str:
     e = html.escape
     m, ci = r["metrics"], r["ci95"]
+
+    def num(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
     rows = "".join(
-        f"<tr><td>{e(k)}</td><td>{v:.4f}</td><td>{ci.get(k, ['', ''])[0]} - "
-        f"{ci.get(k, ['', ''])[1]}</td></tr>"
+        f"<tr><td>{e(k)}</td><td>{num(v)}</td><td>{num((ci.get(k) or [None, None])[0])} - "
+        f"{num((ci.get(k) or [None, None])[1])}</td></tr>"
         for k, v in m.items()
     )
     per_class = "".join(

@@ -319,10 +319,11 @@ def classification_metrics(y: np.ndarray, pred: np.ndarray, prob: np.ndarray) ->
     """Accuracy, AUC, balanced accuracy (and, for two classes, sensitivity/specificity)."""
     n_classes = prob.shape[1]
     recalls = [float((pred[y == k] == k).mean()) for k in range(n_classes) if (y == k).any()]
+    auc = macro_auc(y, prob)
     out: dict[str, Any] = {
         "n": len(y),
         "accuracy": round(float((pred == y).mean()), 5),
-        "auc": round(macro_auc(y, prob), 5),
+        "auc": None if math.isnan(auc) else round(auc, 5),  # null: a class is absent
         "balanced_accuracy": round(float(np.mean(recalls)), 5),
     }
     if n_classes == 2:

@@ -100,6 +100,17 @@ def calibration(y: np.ndarray, pred: np.ndarray, prob: np.ndarray, bins: int = B
     return {"bins": rows, "ece": round(ece, 5)}
 
 
+def _json_ready(value: Any) -> Any:
+    """NaN (a metric undefined on this split, e.g. AUC without positives) -> None (null)."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_ready(v) for v in value]
+    return value
+
+
 def evaluate_predictions(
     y: np.ndarray, pred: np.ndarray, prob: np.ndarray, labels: list[str], *, positive: int | None
 ) -> dict[str, Any]:
@@ -125,8 +136,8 @@ def evaluate_predictions(
         roc = {labels[k]: roc_curve_points(y == k, prob[:, k]) for k in range(c)}
     return {
         "n": len(y),
-        "metrics": point,
-        "ci95": bootstrap_intervals(y, pred, prob, positive),
+        "metrics": _json_ready(point),
+        "ci95": _json_ready(bootstrap_intervals(y, pred, prob, positive)),
         "per_class": per_class,
         "confusion": {
             "labels": labels,

@@ -40,8 +40,9 @@ from clearscan.jobs.models import Job
 from clearscan.registry import rollout
 from clearscan.registry.models import ShadowResult
 from clearscan.registry.schemas import ModelDetail, ModelVersionPublic
-from clearscan.registry.service import ModelNotFound, RegistryError
+from clearscan.registry.service import ModelNotFound, RegistryError, version_key
 from clearscan.state import AppState
+from clearscan.training.evaluation import EVAL_KIND, EvalRequest, resolve
 from clearscan.training.runs import TRAIN_KIND, TrainRequest, check_request
 from clearscan.training.schemas import TrainingRunPublic
 from clearscan.web.forms import (
@@ -541,6 +542,8 @@ _MODEL_NOTICES = {
     "activated": "Version {active} is now the active version.",
     "rolled-back": "Rolled back: version {active} is the active version again.",
     "rollout": "Roll-out settings saved.",
+    "evaluate": "Evaluation queued: it runs in the background. Reload this page to see its "
+    "result in the Evaluations list.",
 }
 
 
@@ -565,6 +568,152 @@ def _shadow_report(
         return None
 
 
+_EVAL_SPLITS = ("train", "val", "test")
+_EVAL_LIMIT = 200  # evaluations listed on a model page (newest first)
+# Side-by-side rows: metric key, title, whether higher is better.
+_EVAL_ROWS = (
+    ("accuracy", "Accuracy", True),
+    ("balanced_accuracy", "Balanced accuracy", True),
+    ("auc", "AUC", True),
+    ("sensitivity", "Sensitivity", True),
+    ("specificity", "Specificity", True),
+    ("ece", "ECE (calibration error)", False),
+)
+
+
+def _evaluation_jobs(db: Session, name: str) -> tuple[list[Job], int]:
+    """The evaluations of any version of model `name` (params model = NAME:VERSION), newest
+    first: at most _EVAL_LIMIT of them, and how many there are."""
+    ref = Job.params["model"].as_string()
+    pattern = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ":%"
+    q = select(Job).where(Job.kind == EVAL_KIND, or_(ref == name, ref.like(pattern, escape="\\")))
+    total = db.scalar(select(func.count()).select_from(q.subquery())) or 0
+    rows = db.scalars(q.order_by(Job.created_at.desc(), Job.id).limit(_EVAL_LIMIT)).all()
+    return [j for j in rows if str(j.params.get("model", "")).partition(":")[0] == name], total
+
+
+def _eval_value(result: dict[str, Any], key: str) -> float | None:
+    if key == "ece":
+        cal = result.get("calibration")
+        return _finite(cal.get("ece")) if isinstance(cal, dict) else None
+    metrics = result.get("metrics")
+    return _finite(metrics.get(key)) if isinstance(metrics, dict) else None
+
+
+def _eval_interval(result: dict[str, Any], key: str) -> str | None:
+    """`[lo, hi]` of the metric's 95% interval, or None."""
+    ci = result.get("ci95")
+    pair = ci.get(key) if isinstance(ci, dict) else None
+    if not isinstance(pair, list | tuple) or len(pair) != 2:
+        return None
+    lo, hi = _finite(pair[0]), _finite(pair[1])
+    return None if lo is None or hi is None else f"[{lo:.3f}, {hi:.3f}]"
+
+
+def _eval_metric(result: dict[str, Any], key: str) -> dict[str, str | None]:
+    return {"value": _fixed3(_eval_value(result, key)), "ci": _eval_interval(result, key)}
+
+
+def _eval_result(job: Job) -> dict[str, Any] | None:
+    return job.result if job.status == "succeeded" and isinstance(job.result, dict) else None
+
+
+def _eval_progress(job: Job) -> str:
+    if job.status == "queued":
+        return "waiting for the worker"
+    if job.status != "running":
+        return ""
+    p = job.progress or {}
+    done, total = _int(p.get("done")), _int(p.get("total"))
+    stage = str(p.get("stage") or "starting")
+    return f"{stage} {done}/{total}" if done is not None and total else stage
+
+
+def _evaluation_rows(db: Session, evals: list[Job]) -> list[dict[str, Any]]:
+    facts = _dataset_facts(db, {str(j.params.get("dataset", "")) for j in evals})
+    rows = []
+    for job in evals:
+        r = _eval_result(job)
+        ref = str(job.params.get("dataset", ""))
+        ds = r.get("dataset") if r else None
+        ds_name = ds.get("name") if isinstance(ds, dict) else None
+        rows.append(
+            {
+                "id": job.id,
+                "version": str(job.params.get("model", "")).partition(":")[2],
+                "dataset": str(ds_name or facts.get(ref, {}).get("name") or ref),
+                "split": str(job.params.get("split", "")),
+                "n": _int(r.get("n")) if r else None,
+                "accuracy": _eval_metric(r, "accuracy") if r else None,
+                "auc": _eval_metric(r, "auc") if r else None,
+                "ece": _fixed3(_eval_value(r, "ece")) if r else None,
+                "status": job.status,
+                "error": job.error,
+                "progress": _eval_progress(job),
+                "created_at": job.created_at,
+                "created_by": job.created_by,
+                "report": f"/api/v1/evaluations/{job.id}/report.html" if r else None,
+            }
+        )
+    return rows
+
+
+def _side_by_side(evals: list[Job]) -> list[dict[str, Any]]:
+    """Per (dataset hash, split) evaluated for two or more versions: the metrics of each
+    version's latest succeeded evaluation, the better value of each row marked."""
+    groups: dict[tuple[str, str], dict[str, tuple[Job, dict[str, Any]]]] = {}
+    for job in evals:  # newest first: the first one per version is its latest
+        r = _eval_result(job)
+        model, ds = (r.get("model"), r.get("dataset")) if r else (None, None)
+        if r is None or not isinstance(model, dict) or not isinstance(ds, dict):
+            continue
+        group = (str(ds.get("hash", "")), str(r.get("split", "")))
+        groups.setdefault(group, {}).setdefault(str(model.get("version", "")), (job, r))
+    tables = []
+    for (ds_hash, split), per in groups.items():
+        if len(per) < 2:
+            continue
+        versions = sorted(per, key=lambda v: (version_key(v), v))
+        rows = []
+        for key, title, higher in _EVAL_ROWS:
+            values = [_eval_value(per[v][1], key) for v in versions]
+            present = [x for x in values if x is not None]
+            if not present:
+                continue
+            best = max(present) if higher else min(present)
+            marked = len(set(present)) > 1  # a tie everywhere marks nothing
+            cells = [
+                {
+                    "version": v,
+                    "value": _fixed3(x),
+                    "ci": _eval_interval(per[v][1], key) if key != "ece" else None,
+                    "best": marked and x == best,
+                }
+                for v, x in zip(versions, values, strict=True)
+            ]
+            rows.append({"key": key, "title": title, "higher": higher, "cells": cells})
+        named = per[versions[0]][1].get("dataset")
+        tables.append(
+            {
+                "dataset": str(named.get("name") or "") if isinstance(named, dict) else "",
+                "hash": ds_hash,
+                "split": split,
+                "n": sorted({n for _, r in per.values() if (n := _int(r.get("n"))) is not None}),
+                "versions": [{"version": v, "id": per[v][0].id} for v in versions],
+                "rows": rows,
+            }
+        )
+    return tables
+
+
+def _eval_choices(db: Session) -> list[dict[str, Any]]:
+    rows, _ = datasets.list_datasets(db, limit=1000, offset=0)
+    return [
+        {"name": d.name, "kind": d.kind, "n_items": d.n_items, "splits": list(d.counts or {})}
+        for d in rows
+    ]
+
+
 def _model_page(
     request: Request,
     db: Session,
@@ -575,6 +724,7 @@ def _model_page(
     error: str | None = None,
     notice: str | None = None,
     rollout_form: dict[str, str] | None = None,
+    eval_form: dict[str, str] | None = None,
     status: int = 200,
 ) -> HTMLResponse:
     try:
@@ -597,6 +747,7 @@ def _model_page(
         report = _shadow_report(
             db, state, name, shadow["version"] if isinstance(shadow, dict) else None
         )
+    evals, evals_total = _evaluation_jobs(db, name)
     return render(
         request,
         "model.html",
@@ -611,6 +762,13 @@ def _model_page(
         report=report,
         rollout_form=rollout_form or {},
         candidates=[v.version for v in versions if v.status == "inactive"],
+        evaluations=_evaluation_rows(db, evals),
+        evaluations_total=evals_total,
+        comparisons=_side_by_side(evals),
+        eval_versions=[v.version for v in versions if v.status != "unavailable"],
+        eval_datasets=_eval_choices(db) if ws.is_admin else [],
+        eval_splits=_EVAL_SPLITS,
+        eval_form=eval_form or {"version": entry.manifest.version, "dataset": "", "split": "test"},
         error=error,
         notice=notice,
     )
@@ -747,6 +905,65 @@ def model_rollout(
     except RegistryError as exc:
         return _registry_failed(request, db, state, ws, name, exc, rollout_form=form)
     return _redirect(f"/models/{name}?done=rollout")
+
+
+def _eval_problem(form: dict[str, str]) -> str | None:
+    """What is wrong with the evaluation form (resolve checks the rest)."""
+    if not form["version"]:
+        return "Choose a version to evaluate."
+    if not form["dataset"]:
+        return "Choose a dataset."
+    if len(form["version"]) > 64 or len(form["dataset"]) > 64:
+        return "Version and dataset are at most 64 characters each."
+    if form["split"] not in _EVAL_SPLITS:
+        return "Split: choose train, val or test."
+    return None
+
+
+@router.post("/models/{name}/evaluations", response_class=HTMLResponse)
+def model_evaluate(
+    name: str,
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    ws: AdminSession,
+    version: FormStr = None,
+    dataset: FormStr = None,
+    split: FormStr = None,
+    csrf_token: FormStr = None,
+) -> Response:
+    require_csrf(request, db, state, ws, csrf_token)
+    given = {"version": version, "dataset": dataset, "split": split}
+    form = {k: (v or "").strip()[:200] for k, v in given.items()}
+    form["split"] = form["split"] or "test"
+    problem = _eval_problem(form)
+    if problem:
+        return _model_page(request, db, state, ws, name, error=problem, eval_form=form, status=422)
+    req = EvalRequest(f"{name}:{form['version']}", form["dataset"], form["split"])
+    try:
+        entry, ds, _ = resolve(db, state.registry, req)
+    except jobs.JobError as exc:
+        db.rollback()
+        message = exc.detail[:1].upper() + exc.detail[1:]
+        return _model_page(
+            request, db, state, ws, name, error=message, eval_form=form, status=exc.status_code
+        )
+    params = {**req.to_params(), "model": entry.manifest.ref}  # the version evaluated, pinned
+    job = jobs.submit(db, kind=EVAL_KIND, params=params, actor=ws.username)
+    audit.append(
+        db,
+        request_context(request, ws.username),
+        audit.Entry(
+            "evaluation.submit",
+            object_type="job",
+            object_id=job.id,
+            details={**params, "dataset_hash": ds.content_hash, "via": "web"},
+        ),
+    )
+    db.commit()
+    if state.jobs is not None:
+        state.jobs.notify()
+    return _redirect(f"/models/{name}?done=evaluate")
 
 
 # --- datasets ---------------------------------------------------------------------------------
