@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -130,7 +129,7 @@ def features_preview(
     step: Annotated[int | None, Query(ge=1, le=100_000)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
 ) -> dict[str, Any]:
-    from clearscan.training.tabular import TabularError, load_table
+    from clearscan.training.tabular import TabularError, preview
 
     try:
         ds = service.get(db, dataset_id)
@@ -139,47 +138,6 @@ def features_preview(
     if ds.kind != "table":
         raise HTTPException(422, f"dataset {ds.name!r} holds images: features are for tables")
     try:
-        table = load_table(state.blobs, ds, length=window, step=step)
+        return preview(db, state.blobs, ds, length=window, step=step, limit=limit)
     except TabularError as exc:
         raise HTTPException(422, str(exc)) from None
-    names = [f["name"] for f in table.features]
-
-    def cell(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        return round(v, 6) if isinstance(v, float) else v
-
-    rows = [
-        {
-            "split": table.splits[i],
-            "label": ds.classes[int(table.y[i])],
-            "values": dict(zip(names, (cell(v) for v in table.x[i]), strict=True)),
-        }
-        for i in range(min(limit, len(table.y)))
-    ]
-    return {
-        "dataset": ds.name,
-        "features": table.features,
-        "window": table.window,
-        "n_rows": len(table.y),
-        "rows": rows,
-        "importance": _latest_importance(db, ds),
-    }
-
-
-def _latest_importance(db: Any, ds: Any) -> dict[str, Any] | None:
-    from sqlalchemy import select
-
-    from clearscan.jobs.models import Job
-
-    jobs = db.scalars(
-        select(Job)
-        .where(Job.kind == "train", Job.status == "succeeded")
-        .order_by(Job.finished_at.desc())
-    ).all()
-    for job in jobs:
-        if job.params.get("dataset") in (ds.name, ds.id) and job.result:
-            imp = job.result.get("feature_importance")
-            if imp:
-                return {"model": job.result.get("model"), "items": imp}
-    return None

@@ -368,3 +368,59 @@ def write_package(
         if f.name != "manifest.json"
     }
     (pkg / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def preview(
+    db: Any,
+    blobs: BlobStore,
+    ds: Dataset,
+    *,
+    length: int | None = None,
+    step: int | None = None,
+    limit: int = 20,
+) -> dict[str, Any]:
+    """The feature table a training run would use (first `limit` rows) and the permutation
+    importance of the latest model trained on the dataset."""
+    table = load_table(blobs, ds, length=length, step=step)
+    names = [f["name"] for f in table.features]
+
+    def cell(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        return round(v, 6) if isinstance(v, float) else v
+
+    rows = [
+        {
+            "split": table.splits[i],
+            "label": ds.classes[int(table.y[i])],
+            "values": dict(zip(names, (cell(v) for v in table.x[i]), strict=True)),
+        }
+        for i in range(min(limit, len(table.y)))
+    ]
+    return {
+        "dataset": ds.name,
+        "features": table.features,
+        "window": table.window,
+        "n_rows": len(table.y),
+        "rows": rows,
+        "importance": latest_importance(db, ds),
+    }
+
+
+def latest_importance(db: Any, ds: Dataset) -> dict[str, Any] | None:
+    """Feature importance of the newest succeeded training run on this dataset."""
+    from sqlalchemy import select
+
+    from clearscan.jobs.models import Job
+
+    runs = db.scalars(
+        select(Job)
+        .where(Job.kind == "train", Job.status == "succeeded")
+        .order_by(Job.finished_at.desc())
+    ).all()
+    for job in runs:
+        if job.params.get("dataset") in (ds.name, ds.id) and job.result:
+            imp = job.result.get("feature_importance")
+            if imp:
+                return {"model": job.result.get("model"), "items": imp}
+    return None

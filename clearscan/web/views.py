@@ -1166,7 +1166,9 @@ def _split_facts(recipe: object) -> list[tuple[str, str]]:
 
 
 @router.get("/datasets/{ref}", response_class=HTMLResponse)
-def dataset_page(ref: str, request: Request, db: SessionDep, ws: WebSessionDep) -> Response:
+def dataset_page(
+    ref: str, request: Request, db: SessionDep, state: StateDep, ws: WebSessionDep
+) -> Response:
     try:
         ds = datasets.get(db, ref)
     except DatasetError:
@@ -1189,7 +1191,19 @@ def dataset_page(ref: str, request: Request, db: SessionDep, ws: WebSessionDep) 
         split_facts=_split_facts(detail.info.get("splits")),
         sample_groups=[{"split": k[0], "label": k[1], "items": v} for k, v in groups.items()],
         columns=_column_rows(detail.info) if ds.kind == "table" else [],
+        features=_features_preview(db, state, ds) if ds.kind == "table" else None,
     )
+
+
+def _features_preview(db: Session, state: AppState, ds: Any) -> dict[str, Any]:
+    """The first rows of the feature table a training run would use, and the latest feature
+    importance; {"error": ...} when the table cannot be turned into features."""
+    from clearscan.training.tabular import TabularError, preview
+
+    try:
+        return preview(db, state.blobs, ds, limit=10)
+    except TabularError as exc:
+        return {"error": str(exc)}
 
 
 # --- training runs ----------------------------------------------------------------------------

@@ -283,3 +283,30 @@ def test_dataset_list_pagination(sign_in, monkeypatch):
     assert_no_inline_code(page1)
     page2 = admin.get("/datasets?page=2")
     assert 'data-name="first"' in page2.text and f"2{DASH}2 of 2 datasets" in page2.text
+
+
+def test_table_dataset_page_shows_features_and_importance(client, admin_headers, sign_in):
+    """The features a run would use (windowed for a sensor stream) and, after training, the
+    feature importance of the model."""
+    from tests.training.test_sensor_streams import stream_csv
+    from tests.training.test_training_runs import train, upload
+
+    upload(
+        client,
+        admin_headers,
+        "gait-page",
+        stream_csv(),
+        filename="g.csv",
+        target="label",
+        time_column="t",
+        group_column="rec",
+    )
+    browser = sign_in("admin")
+    page = browser.get("/datasets/gait-page")
+    assert page.status_code == 200
+    assert 'data-testid="features-table"' in page.text and "ax_dominant_freq" in page.text
+    assert "84 rows of 18 features" in page.text
+    assert 'data-testid="importance-table"' not in page.text
+    result = train(client, admin_headers, dataset="gait-page")["result"]
+    page = browser.get("/datasets/gait-page")
+    assert 'data-testid="importance-table"' in page.text and result["model"] in page.text
