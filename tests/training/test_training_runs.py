@@ -260,8 +260,10 @@ BAD_REQUESTS = {
     "unknown-recipe": ({"dataset": "blobs", "recipe": "resnet-9000"}, ["resnet-9000", "cnn-small"]),
     "epochs-0": ({"dataset": "blobs", "epochs": 0}, ["epochs"]),
     "epochs-501": ({"dataset": "blobs", "epochs": 501}, ["epochs"]),
-    # a sensor-stream table (time column): no recipe trains it (plain tables may have one)
-    "sensor-stream-table": ({"dataset": "stream"}, ["'stream'"]),
+    # windows apply to sensor streams only; an image recipe does not train a table
+    "window-on-images": ({"dataset": "blobs", "window": 16}, ["window"]),
+    "image-recipe-on-table": ({"dataset": "stream", "recipe": "cnn-small"}, ["cnn-small"]),
+    "window-too-short": ({"dataset": "stream", "window": 2}, ["window"]),
     "bad-model-name": ({"dataset": "blobs", "model_name": "Bad Name"}, ["model_name"]),
     "unknown-field": ({"dataset": "blobs", "learning_rate": 1}, ["learning_rate"]),
 }
@@ -293,8 +295,6 @@ def test_bad_requests_are_422_and_queue_nothing(
         assert isinstance(detail, str), case
         for w in words:
             assert w in detail, (case, w, detail)
-        if case == "sensor-stream-table":
-            assert "table" in detail or "sensor stream" in detail, detail
     for headers in (clinician_headers, viewer_headers):
         assert submit(client, headers, dataset="blobs", epochs=1).status_code == 403
     assert submit(client, {}, dataset="blobs", epochs=1).status_code == 401
