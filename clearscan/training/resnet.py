@@ -210,3 +210,27 @@ def export_onnx(
         input_name=input_name,
         output_name=output_name,
     )
+
+
+class NormalizedResNet(nn.Module):
+    """A ResNet with the pixel normalisation inside the graph (input in [0, 1]), like
+    PneumoniaNet: the training studio's 224 px recipe. Exposes ``features`` and ``fc``."""
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, net: ResNet, mean: float, std: float) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor([[[[float(mean)]]]]))
+        self.register_buffer("std", torch.tensor([[[[float(std)]]]]))
+
+    @property
+    def fc(self) -> nn.Linear:
+        return self.net.fc
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.net.features((x - self.mean) / self.std)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net.fc(torch.flatten(self.net.avgpool(self.features(x)), 1))
