@@ -11,7 +11,6 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from clearscan.audit import service as audit
 from clearscan.cli.common import (
     DataDirOpt,
     cli_context,
@@ -68,17 +67,13 @@ def evaluate(
             resolved.append((req, entry, ds))
         for req, entry, ds in resolved:
             params = {**req.to_params(), "model": entry.manifest.ref}
-            ctx = cli_context()
-            job = jobs.submit(db, kind=EVAL_KIND, params=params, actor=ctx.actor)
-            audit.record(
+            job = jobs.submit_audited(
                 db,
-                ctx,
-                audit.Entry(
-                    "evaluation.submit",
-                    object_type="job",
-                    object_id=job.id,
-                    details={**params, "dataset_hash": ds.content_hash},
-                ),
+                cli_context(),
+                kind=EVAL_KIND,
+                action="evaluation.submit",
+                params=params,
+                details={**params, "dataset_hash": ds.content_hash},
             )
             db.commit()
             if not jobs.claim(sessions, job.id, jobs.worker_name()):

@@ -10,7 +10,6 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from clearscan.audit import service as audit
 from clearscan.cli.common import (
     DataDirOpt,
     cli_context,
@@ -66,17 +65,13 @@ def train(
             ds = check_request(db, req)
         except jobs.JobError as exc:
             raise fail(exc.detail) from None
-        ctx = cli_context()
-        job = jobs.submit(db, kind=TRAIN_KIND, params=req.to_params(), actor=ctx.actor)
-        audit.record(
+        job = jobs.submit_audited(
             db,
-            ctx,
-            audit.Entry(
-                "training.submit",
-                object_type="job",
-                object_id=job.id,
-                details={**req.to_params(), "dataset": ds.name, "dataset_hash": ds.content_hash},
-            ),
+            cli_context(),
+            kind=TRAIN_KIND,
+            action="training.submit",
+            params=req.to_params(),
+            details={**req.to_params(), "dataset": ds.name, "dataset_hash": ds.content_hash},
         )
         db.commit()
         job_id = job.id

@@ -22,6 +22,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from clearscan.audit import service as audit
 from clearscan.jobs.models import Job
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,21 @@ def submit(db: Session, *, kind: str, params: dict[str, Any], actor: str | None)
     job.progress = {}
     db.add(job)
     db.flush()
+    return job
+
+
+def submit_audited(
+    db: Session,
+    ctx: audit.RequestContext,
+    *,
+    kind: str,
+    action: str,
+    params: dict[str, Any],
+    details: dict[str, Any],
+) -> Job:
+    """Queue a job and its audit event in the caller's transaction (the caller commits)."""
+    job = submit(db, kind=kind, params=params, actor=ctx.actor)
+    audit.append(db, ctx, audit.Entry(action, object_type="job", object_id=job.id, details=details))
     return job
 
 

@@ -24,7 +24,7 @@ from clearscan.datasets.models import Dataset, DatasetItem
 from clearscan.imaging import Limits, decode
 from clearscan.inference.preprocess import preprocess
 from clearscan.jobs.service import JobCancelled, JobContext, JobError
-from clearscan.registry.manifest import InputSpec
+from clearscan.registry.manifest import InputSpec, ModelManifest
 from clearscan.registry.service import version_key
 from clearscan.registry.store import ModelStore
 from clearscan.storage.base import BlobStore
@@ -220,12 +220,7 @@ def run_training(
                 xtr=xtr,
                 xva=xva,
             )
-            if ctx.cancelled():
-                raise JobCancelled()
-            _no_active_version_yet(sessions, name)
-            manifest = store.import_package(pkg)  # atomic: all or nothing
-    if on_registered is not None:
-        on_registered(manifest.name, manifest.version)
+            manifest = publish(ctx, sessions, store, pkg, name, on_registered)
     return {
         "model": manifest.ref,
         "name": manifest.name,
@@ -275,12 +270,7 @@ def _run_tabular(
             dataset=dataset,
             seed=req.seed,
         )
-        if ctx.cancelled():
-            raise JobCancelled()
-        _no_active_version_yet(sessions, name)
-        manifest = store.import_package(pkg)
-    if on_registered is not None:
-        on_registered(manifest.name, manifest.version)
+        manifest = publish(ctx, sessions, store, pkg, name, on_registered)
     return {
         "model": manifest.ref,
         "name": manifest.name,
@@ -292,6 +282,25 @@ def _run_tabular(
         "threshold": trained["threshold"],
         "feature_importance": trained["importance"][:20],
     }
+
+
+def publish(
+    ctx: JobContext,
+    sessions: sessionmaker[Session],
+    store: ModelStore,
+    pkg: Path,
+    name: str,
+    on_registered: Any,
+) -> ModelManifest:
+    """The run's last step: unless cancelled, import the package as a new version in one atomic
+    step (all or nothing); a new name gets no active version."""
+    if ctx.cancelled():
+        raise JobCancelled()
+    _no_active_version_yet(sessions, name)
+    manifest = store.import_package(pkg)
+    if on_registered is not None:
+        on_registered(manifest.name, manifest.version)
+    return manifest
 
 
 def _no_active_version_yet(sessions: sessionmaker[Session], name: str) -> None:

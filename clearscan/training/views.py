@@ -39,16 +39,13 @@ def create_run(
         ds = check_request(db, req)
     except jobs.JobError as exc:
         raise HTTPException(exc.status_code, exc.detail) from None
-    job = jobs.submit(db, kind=TRAIN_KIND, params=req.to_params(), actor=admin.username)
-    audit.record(
+    job = jobs.submit_audited(
         db,
         request_context(request, admin.username),
-        audit.Entry(
-            "training.submit",
-            object_type="job",
-            object_id=job.id,
-            details={**req.to_params(), "dataset": ds.name, "dataset_hash": ds.content_hash},
-        ),
+        kind=TRAIN_KIND,
+        action="training.submit",
+        params=req.to_params(),
+        details={**req.to_params(), "dataset": ds.name, "dataset_hash": ds.content_hash},
     )
     db.commit()
     if state.jobs is not None:
@@ -115,16 +112,13 @@ def create_evaluation(
     except jobs.JobError as exc:
         raise HTTPException(exc.status_code, exc.detail) from None
     params = {**req.to_params(), "model": entry.manifest.ref}  # pin the version evaluated
-    job = jobs.submit(db, kind=EVAL_KIND, params=params, actor=admin.username)
-    audit.record(
+    job = jobs.submit_audited(
         db,
         request_context(request, admin.username),
-        audit.Entry(
-            "evaluation.submit",
-            object_type="job",
-            object_id=job.id,
-            details={**params, "dataset_hash": ds.content_hash},
-        ),
+        kind=EVAL_KIND,
+        action="evaluation.submit",
+        params=params,
+        details={**params, "dataset_hash": ds.content_hash},
     )
     db.commit()
     if state.jobs is not None:

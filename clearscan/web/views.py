@@ -949,16 +949,13 @@ def model_evaluate(
             request, db, state, ws, name, error=message, eval_form=form, status=exc.status_code
         )
     params = {**req.to_params(), "model": entry.manifest.ref}  # the version evaluated, pinned
-    job = jobs.submit(db, kind=EVAL_KIND, params=params, actor=ws.username)
-    audit.append(
+    jobs.submit_audited(
         db,
         request_context(request, ws.username),
-        audit.Entry(
-            "evaluation.submit",
-            object_type="job",
-            object_id=job.id,
-            details={**params, "dataset_hash": ds.content_hash, "via": "web"},
-        ),
+        kind=EVAL_KIND,
+        action="evaluation.submit",
+        params=params,
+        details={**params, "dataset_hash": ds.content_hash, "via": "web"},
     )
     db.commit()
     if state.jobs is not None:
@@ -1656,21 +1653,18 @@ def training_submit(
         detail = exc.detail.replace("model_name:", "model name:")  # the API's field name
         message = detail[:1].upper() + detail[1:]
         return _training_page(request, db, ws, form=form, error=message, status=exc.status_code)
-    job = jobs.submit(db, kind=TRAIN_KIND, params=req.to_params(), actor=ws.username)
-    audit.append(
+    job = jobs.submit_audited(
         db,
         request_context(request, ws.username),
-        audit.Entry(
-            "training.submit",
-            object_type="job",
-            object_id=job.id,
-            details={
-                **req.to_params(),
-                "dataset": ds.name,
-                "dataset_hash": ds.content_hash,
-                "via": "web",
-            },
-        ),
+        kind=TRAIN_KIND,
+        action="training.submit",
+        params=req.to_params(),
+        details={
+            **req.to_params(),
+            "dataset": ds.name,
+            "dataset_hash": ds.content_hash,
+            "via": "web",
+        },
     )
     db.commit()
     if state.jobs is not None:
