@@ -6,48 +6,19 @@ from __future__ import annotations
 import io
 import re
 import zipfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from httpx import Response
 
-from tests.conftest import ADMIN_PASSWORD, PASSWORD, chest_like, png_bytes
-from tests.web.test_pages import csrf_of, web_login
+from tests.conftest import chest_like, png_bytes
+from tests.web.test_pages import csrf_of
 
-SignIn = Callable[[str], TestClient]
 IMG = re.compile(r'<img src="(/api/v1/datasets/[0-9a-f]+/items/\d+/image\.png)" alt="[^"]+"')
 BALANCE_ROW = re.compile(r'data-testid="balance-row" data-split="(\w+)">(.*?)</tr>', re.S)
 NUMBER_CELL = re.compile(r'<td class="num mono[^"]*">([^<]*)</td>')
 DASH = "\u2013"
-
-
-@pytest.fixture
-def sign_in(app: FastAPI, client: TestClient, admin_headers: dict[str, str]) -> Iterator[SignIn]:
-    """A signed-in browser (own cookie jar) for a role."""
-    opened: list[TestClient] = []
-
-    def make(role: str) -> TestClient:
-        if role == "admin":
-            name, password = "admin", ADMIN_PASSWORD
-        else:
-            name, password = f"datasets-{role}-{len(opened)}", PASSWORD
-            r = client.post(
-                "/api/v1/users",
-                headers=admin_headers,
-                json={"username": name, "password": password, "role": role},
-            )
-            assert r.status_code == 201, r.text
-        c = TestClient(app, raise_server_exceptions=False)
-        opened.append(c)
-        assert web_login(c, name, password).status_code == 303
-        return c
-
-    yield make
-    for c in opened:
-        c.close()
 
 
 def class_zip(classes: tuple[str, ...] = ("normal", "pneumonia"), per_class: int = 12) -> bytes:

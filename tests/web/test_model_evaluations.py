@@ -8,20 +8,17 @@ from __future__ import annotations
 import html as html_lib
 import re
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from httpx import Response
 from sqlalchemy import update
 
 from clearscan.jobs.models import FINISHED, Job
-from tests.conftest import ADMIN_PASSWORD, PASSWORD
 from tests.training.test_evaluation import split_zip
 from tests.training.test_training_runs import train, upload
 from tests.web.test_dataset_pages import assert_no_inline_code
-from tests.web.test_pages import csrf_of, web_login
+from tests.web.test_pages import csrf_of
 
 EVALS = "/api/v1/evaluations"
 BUNDLED = "pneumonia-cxr"
@@ -30,39 +27,6 @@ EVAL_ROW = re.compile(
     r'data-status="([^"]+)">(.*?)</tr>',
     re.S,
 )
-SignIn = Callable[[str], TestClient]
-
-
-@pytest.fixture
-def sign_in(app: FastAPI, client: TestClient, admin_headers: dict[str, str]) -> Iterator[SignIn]:
-    """A signed-in browser (own cookie jar) for a role."""
-    opened: list[TestClient] = []
-
-    def make(role: str) -> TestClient:
-        if role == "admin":
-            name, password = "admin", ADMIN_PASSWORD
-        else:
-            name, password = f"evals-{role}-{len(opened)}", PASSWORD
-            r = client.post(
-                "/api/v1/users",
-                headers=admin_headers,
-                json={"username": name, "password": password, "role": role},
-            )
-            assert r.status_code == 201, r.text
-        c = TestClient(app, raise_server_exceptions=False)
-        opened.append(c)
-        assert web_login(c, name, password).status_code == 303
-        return c
-
-    yield make
-    for c in opened:
-        c.close()
-
-
-@pytest.fixture
-def no_worker(app: FastAPI, client: TestClient) -> None:
-    """Stop the server's job worker: submitted evaluations stay queued."""
-    app.state.clearscan.jobs.stop()
 
 
 def evaluate_form(

@@ -4,47 +4,17 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
 
-import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from tests.conftest import ADMIN_PASSWORD, PASSWORD, png_bytes
+from tests.conftest import png_bytes
 from tests.registry.test_rollout_api import _always_normal_package
 from tests.registry.test_versions_api import _import, package_zip
-from tests.web.test_pages import csrf_of, web_login
+from tests.web.test_pages import csrf_of
 
 MODEL = "pneumonia-cxr"
 PAGE = f"/models/{MODEL}"
 ROW = re.compile(r'data-testid="version-row" data-version="([^"]+)" data-status="([^"]+)"')
-SignIn = Callable[[str], TestClient]
-
-
-@pytest.fixture
-def sign_in(app: FastAPI, client: TestClient, admin_headers: dict[str, str]) -> Iterator[SignIn]:
-    """A signed-in browser (own cookie jar) for a role."""
-    opened: list[TestClient] = []
-
-    def make(role: str) -> TestClient:
-        if role == "admin":
-            name, password = "admin", ADMIN_PASSWORD
-        else:
-            name, password = f"rollout-{role}-{len(opened)}", PASSWORD
-            r = client.post(
-                "/api/v1/users",
-                headers=admin_headers,
-                json={"username": name, "password": password, "role": role},
-            )
-            assert r.status_code == 201, r.text
-        c = TestClient(app, raise_server_exceptions=False)
-        opened.append(c)
-        assert web_login(c, name, password).status_code == 303
-        return c
-
-    yield make
-    for c in opened:
-        c.close()
 
 
 def rows(html: str) -> dict[str, str]:

@@ -7,13 +7,11 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from httpx import Response
 from sqlalchemy import update
@@ -23,47 +21,13 @@ from clearscan.jobs.models import Job
 from clearscan.training.image import RECIPES
 from clearscan.web import views
 from clearscan.web.templating import STATIC_DIR
-from tests.conftest import ADMIN_PASSWORD, PASSWORD
 from tests.training.test_training_runs import blob_zip, get_run, total_runs, upload, wait_run
 from tests.web.test_dataset_pages import assert_no_inline_code
-from tests.web.test_pages import csrf_of, web_login
+from tests.web.test_pages import csrf_of
 
-SignIn = Callable[[str], TestClient]
 RUN_URL = re.compile(r"/training/([0-9a-f]{32})")
 SCRIPT = '<script src="/static/training.js'
 DASH = "\u2013"
-
-
-@pytest.fixture
-def sign_in(app: FastAPI, client: TestClient, admin_headers: dict[str, str]) -> Iterator[SignIn]:
-    """A signed-in browser (own cookie jar) for a role."""
-    opened: list[TestClient] = []
-
-    def make(role: str) -> TestClient:
-        if role == "admin":
-            name, password = "admin", ADMIN_PASSWORD
-        else:
-            name, password = f"training-{role}-{len(opened)}", PASSWORD
-            r = client.post(
-                "/api/v1/users",
-                headers=admin_headers,
-                json={"username": name, "password": password, "role": role},
-            )
-            assert r.status_code == 201, r.text
-        c = TestClient(app, raise_server_exceptions=False)
-        opened.append(c)
-        assert web_login(c, name, password).status_code == 303
-        return c
-
-    yield make
-    for c in opened:
-        c.close()
-
-
-@pytest.fixture
-def no_worker(app: FastAPI, client: TestClient) -> None:
-    """Stop the server's job worker: submitted runs stay queued (fast tests of the forms)."""
-    app.state.clearscan.jobs.stop()
 
 
 def start_form(c: TestClient, *, token: str | None = None, **fields: str) -> Response:
