@@ -116,7 +116,9 @@ def predict_features(
             row = coerce(m, values)
             t0 = time.perf_counter()
             try:
-                probs, top, contrib = model.explain_row(np.array(row, dtype=object))
+                arr = np.array(row, dtype=object)
+                probs, top, contrib = model.explain_row(arr)
+                ood = model.ood_score(arr)
             except ModelLoadError as exc:  # e.g. a missing value the pipeline cannot impute
                 raise PredictRejected(
                     422, f"the model cannot predict from these values: {exc}"[:500]
@@ -171,7 +173,10 @@ def predict_features(
         heatmap_sha256=None,
         heatmap_box=None,
         inference_ms=round(ms, 3),
-        details={"contributions": contributions},
+        details={
+            "contributions": contributions,
+            **({"ood_score": ood} if ood is not None else {}),
+        },
     )
     db.add(pred)
     db.flush()

@@ -112,3 +112,95 @@ def fit_reference(
     return OodReference(
         mean, precision, f_thr, pixel_mean, vt[:components], p_thr, quantile, len(train_features)
     )
+
+
+TABLE_METHOD = "mahalanobis-numeric-features"
+
+
+@dataclass(frozen=True)
+class TableOodReference:
+    """Tabular models: Mahalanobis distance of a row's numeric features (median-imputed,
+    standardised, shrunk covariance) from the training rows, divided by a high quantile of the
+    validation rows' distances (> 1: out of domain)."""
+
+    columns: list[int]  # positions of the numeric features in the model's feature order
+    median: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    precision: np.ndarray
+    threshold: float
+    quantile: float
+    n_train: int
+
+    def _matrix(self, rows: np.ndarray) -> np.ndarray:
+        x = np.asarray(rows[:, self.columns], dtype=np.float64)
+        x = np.where(np.isnan(x), self.median, x)
+        return (x - self.mean) / self.scale
+
+    def distance(self, rows: np.ndarray) -> np.ndarray:
+        z = self._matrix(rows)
+        return np.sqrt(np.einsum("nk,kl,nl->n", z, self.precision, z).clip(min=0))
+
+    def scores(self, rows: np.ndarray) -> np.ndarray:
+        return self.distance(rows) / self.threshold
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "method": TABLE_METHOD,
+            "columns": self.columns,
+            "median": self.median.tolist(),
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "precision": self.precision.tolist(),
+            "threshold": self.threshold,
+            "quantile": self.quantile,
+            "n_train": self.n_train,
+        }
+
+    @classmethod
+    def load(cls, path: Path) -> TableOodReference:
+        raw = json.loads(path.read_text())
+        if raw.get("method") != TABLE_METHOD:
+            raise ValueError(f"{path.name}: unknown out-of-domain method {raw.get('method')!r}")
+        median, mean, scale = (
+            np.asarray(raw[k], dtype=np.float64) for k in ("median", "mean", "scale")
+        )
+        precision = np.asarray(raw["precision"], dtype=np.float64)
+        k = len(raw["columns"])
+        if any(a.shape != (k,) for a in (median, mean, scale)) or precision.shape != (k, k):
+            raise ValueError(f"{path.name}: shapes do not match the {k} columns")
+        return cls(
+            [int(c) for c in raw["columns"]],
+            median,
+            mean,
+            scale,
+            precision,
+            float(raw["threshold"]),
+            float(raw["quantile"]),
+            int(raw["n_train"]),
+        )
+
+
+def fit_table_reference(
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    columns: list[int],
+    *,
+    quantile: float = 0.995,
+    shrinkage: float = 0.05,
+) -> TableOodReference:
+    """Rows: N x F object arrays of raw feature values (NaN for missing numeric values)."""
+    x = np.asarray(train_rows[:, columns], dtype=np.float64)
+    median = np.nanmedian(x, axis=0)
+    median = np.where(np.isnan(median), 0.0, median)
+    x = np.where(np.isnan(x), median, x)
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale == 0] = 1.0
+    z = (x - mean) / scale
+    cov = np.atleast_2d(np.cov(z, rowvar=False))
+    target = np.eye(len(columns)) * np.trace(cov) / len(columns)
+    precision = np.linalg.inv((1 - shrinkage) * cov + shrinkage * target)
+    ref = TableOodReference(columns, median, mean, scale, precision, 1.0, quantile, len(x))
+    threshold = float(np.quantile(ref.distance(val_rows), quantile)) or 1.0
+    return TableOodReference(columns, median, mean, scale, precision, threshold, quantile, len(x))

@@ -128,6 +128,16 @@ class SklearnModel(Model):
                 f"{m.ref}: labels {m.labels} must be the estimator's classes_ in order: {names}"
             )
         self._estimator = est
+        if m.features is not None and m.ood is not None:
+            from clearscan.inference.ood import TableOodReference
+
+            try:
+                ref = TableOodReference.load(self.package_dir / m.ood.file)
+            except (OSError, ValueError, KeyError) as exc:
+                raise ModelLoadError(f"{m.ref}: ood.file {m.ood.file}: {exc}") from None
+            if max(ref.columns, default=-1) >= len(m.features):
+                raise ModelLoadError(f"{m.ref}: ood reference columns exceed the features")
+            self.table_ood: Any = ref
         if m.features is not None:
             probs = self.predict_rows(self.baseline_row()[None, :])
             self._check_width(probs)
@@ -154,6 +164,11 @@ class SklearnModel(Model):
             return np.asarray(est.predict_proba(rows), dtype=np.float64)
         except Exception as exc:
             raise ModelLoadError(f"{self.manifest.ref}: predict_proba failed: {exc}") from None
+
+    def ood_score(self, row: np.ndarray) -> float | None:
+        """Distance of one row from the training rows (> 1: out of domain); None: no reference."""
+        ref = getattr(self, "table_ood", None)
+        return None if ref is None else round(float(ref.scores(row[None, :])[0]), 4)
 
     def explain_row(self, row: np.ndarray) -> tuple[np.ndarray, int, list[float]]:
         """Probabilities and decided class of one row, and per-feature contributions: how much

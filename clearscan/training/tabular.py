@@ -262,8 +262,13 @@ def train_tabular(
         else:
             present = [v for v in col if v is not None]
             baselines.append(max(set(present), key=present.count) if present else None)
+    from clearscan.inference.ood import fit_table_reference
+
+    numeric = [i for i, f in enumerate(table.features) if f["type"] == "numeric"]
+    ood = fit_table_reference(xtr, xva, numeric) if numeric and len(xtr) > len(numeric) else None
     return {
         "model": model,
+        "ood": ood,
         "recipe": chosen,
         "cv": cv,
         "val_metrics": metrics,
@@ -291,6 +296,8 @@ def write_package(
 
     pkg.mkdir(parents=True)
     dump(trained["model"], pkg / "model.skops")
+    if trained.get("ood") is not None:
+        (pkg / "ood_reference.json").write_text(json.dumps(trained["ood"].to_json()))
     v = trained["val_metrics"]
     card = "\n".join(
         [
@@ -320,6 +327,13 @@ def write_package(
                 else "."
             ),
             "",
+            "## Out-of-domain guard",
+            "Each prediction carries the Mahalanobis distance of its numeric features from the "
+            "training rows, divided by the 99.5% quantile of the validation rows' distances; "
+            "above 1 it is flagged out of domain."
+            if trained.get("ood") is not None
+            else "No numeric features: no out-of-domain reference.",
+            "",
             "## Most important features (permutation importance on validation)",
             *[f"- {d['feature']}: {d['importance']}" for d in trained["importance"][:10]],
         ]
@@ -338,6 +352,7 @@ def write_package(
             {**f, "baseline": b} for f, b in zip(table.features, trained["baselines"], strict=True)
         ],
         **({"window": table.window} if table.window else {}),
+        **({"ood": {"file": "ood_reference.json"}} if trained.get("ood") is not None else {}),
         "output": {"name": "probabilities", "kind": "probabilities"},
         "explain": {"method": "none"},
         "metrics": {
