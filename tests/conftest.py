@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import itertools
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +145,33 @@ def dicom_bytes(
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def pg_available() -> bool:
+    """Whether the machine's PostgreSQL (127.0.0.1:5432, trust auth) answers."""
+    try:
+        import psycopg
+
+        psycopg.connect(
+            "host=127.0.0.1 port=5432 user=postgres dbname=postgres", connect_timeout=3
+        ).close()
+        return True
+    except Exception:
+        return False
+
+
+@contextmanager
+def pg_database(settings: Settings) -> Iterator[Settings]:
+    """`settings` pointed at a fresh PostgreSQL database, dropped afterwards."""
+    import psycopg
+
+    name = f"clearscan_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield settings.model_copy(
+            update={"database_url": f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"}
+        )
+    finally:
+        with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -4,7 +4,6 @@ main path, the append-only hash-chained audit trail and concurrent appends."""
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -15,21 +14,9 @@ from sqlalchemy.exc import DBAPIError
 from clearscan.app import create_app
 from clearscan.audit import service as audit
 from clearscan.config import Settings
-from tests.conftest import ADMIN_PASSWORD, PASSWORD, login, png_bytes
+from tests.conftest import ADMIN_PASSWORD, PASSWORD, login, pg_available, pg_database, png_bytes
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-
-
-def _pg_available() -> bool:
-    try:
-        import psycopg
-
-        psycopg.connect(
-            "host=127.0.0.1 port=5432 user=postgres dbname=postgres", connect_timeout=3
-        ).close()
-        return True
-    except Exception:
-        return False
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -37,20 +24,10 @@ def backend_settings(request, settings: Settings) -> Iterator[Settings]:
     if request.param == "sqlite":
         yield settings
         return
-    if not _pg_available():
+    if not pg_available():
         pytest.fail("PostgreSQL is not reachable on 127.0.0.1:5432 (the test machine runs it)")
-    import psycopg
-
-    name = f"clearscan_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield settings.model_copy(
-            update={"database_url": f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"}
-        )
-    finally:
-        with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as c:
-            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with pg_database(settings) as pg:
+        yield pg
 
 
 def test_main_path_and_audit_on_backend(backend_settings):

@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import time
-import uuid
 import zipfile
 from collections.abc import Iterator
 
@@ -28,7 +27,7 @@ from sklearn.metrics import (
 from clearscan.app import create_app
 from clearscan.config import Settings
 from clearscan.jobs.models import FINISHED
-from tests.conftest import ADMIN_PASSWORD, login, png_bytes
+from tests.conftest import ADMIN_PASSWORD, login, pg_available, pg_database, png_bytes
 from tests.training.test_tabular import breast_cancer_csv
 from tests.training.test_training_runs import SIZE, train, upload
 
@@ -323,34 +322,12 @@ def test_tabular_evaluation_matches_training_and_the_stored_estimator(
 # --- a split that lacks a class, on PostgreSQL ----------------------------------------------------
 
 
-def _pg_available() -> bool:
-    try:
-        import psycopg
-
-        psycopg.connect(
-            "host=127.0.0.1 port=5432 user=postgres dbname=postgres", connect_timeout=3
-        ).close()
-        return True
-    except Exception:
-        return False
-
-
 @pytest.fixture
 def pg_settings(settings: Settings) -> Iterator[Settings]:
-    if not _pg_available():
+    if not pg_available():
         pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
-    import psycopg
-
-    name = f"clearscan_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield settings.model_copy(
-            update={"database_url": f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"}
-        )
-    finally:
-        with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as c:
-            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with pg_database(settings) as pg:
+        yield pg
 
 
 def test_evaluation_of_a_split_without_positives_succeeds_on_postgresql(pg_settings, tmp_path):
