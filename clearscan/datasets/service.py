@@ -7,12 +7,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
+import tempfile
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from sqlalchemy import func, insert, select
@@ -88,6 +90,33 @@ def detect_format(path: Path) -> str:
                 "or a UTF-8 CSV"
             ) from None
     return "csv"
+
+
+def import_upload(
+    *,
+    db: Session,
+    blobs: BlobStore,
+    ctx: audit.RequestContext,
+    upload: BinaryIO,
+    tmp_dir: Path,
+    options: ImportOptions,
+    limits: Limits,
+    max_bytes: int,
+) -> Dataset:
+    """Import an uploaded file: it goes to a temporary file in `tmp_dir` (the data dir; never
+    under the client's file name), removed afterwards."""
+    with tempfile.NamedTemporaryFile(dir=tmp_dir, prefix=".dataset-") as tmp:
+        shutil.copyfileobj(upload, tmp, length=1 << 20)
+        tmp.flush()
+        return import_dataset(
+            db=db,
+            blobs=blobs,
+            ctx=ctx,
+            source=Path(tmp.name),
+            options=options,
+            limits=limits,
+            max_bytes=max_bytes,
+        )
 
 
 def import_dataset(

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
@@ -52,22 +49,19 @@ def import_dataset(
         labels=[x.strip() for x in labels.split(",") if x.strip()] if labels else None,
         license=license or None,
     )
-    # the upload goes to a temporary file in the data dir (never under the client's name)
-    with tempfile.NamedTemporaryFile(dir=state.settings.data_dir, prefix=".dataset-") as tmp:
-        shutil.copyfileobj(file.file, tmp, length=1 << 20)
-        tmp.flush()
-        try:
-            ds = service.import_dataset(
-                db=db,
-                blobs=state.blobs,
-                ctx=request_context(request, admin.username),
-                source=Path(tmp.name),
-                options=options,
-                limits=state.limits,
-                max_bytes=int(state.settings.max_dataset_upload_mb * 2**20),
-            )
-        except DatasetError as exc:
-            raise HTTPException(exc.status_code, exc.detail) from None
+    try:
+        ds = service.import_upload(
+            db=db,
+            blobs=state.blobs,
+            ctx=request_context(request, admin.username),
+            upload=file.file,
+            tmp_dir=state.settings.data_dir,
+            options=options,
+            limits=state.limits,
+            max_bytes=int(state.settings.max_dataset_upload_mb * 2**20),
+        )
+    except DatasetError as exc:
+        raise HTTPException(exc.status_code, exc.detail) from None
     return DatasetDetail.of_detail(ds, service.samples(db, ds))
 
 

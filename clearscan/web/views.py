@@ -9,10 +9,7 @@ requests."""
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -1055,28 +1052,23 @@ def datasets_import(
         group_column=form["group_column"] or None,
         labels=[x.strip() for x in form["labels"].split(",") if x.strip()] or None,
     )
-    # The upload goes to a temporary file in the data dir, never under the client's file name.
-    with tempfile.NamedTemporaryFile(dir=state.settings.data_dir, prefix=".dataset-") as tmp:
-        shutil.copyfileobj(file.file, tmp, length=1 << 20)
-        tmp.flush()
-        try:
-            ds = datasets.import_dataset(
-                db=db,
-                blobs=state.blobs,
-                ctx=request_context(request, ws.username),
-                source=Path(tmp.name),
-                options=options,
-                limits=state.limits,
-                max_bytes=int(state.settings.max_dataset_upload_mb * 2**20),
-            )
-        except DatasetError as exc:
-            db.rollback()
-            # The importer's messages are shared with the CLI, which names its option.
-            detail = exc.detail.replace("--target COLUMN", "a target column")
-            message = detail[:1].upper() + detail[1:]
-            return _datasets_page(
-                request, db, state, ws, error=message, form=form, status=exc.status_code
-            )
+    try:
+        ds = datasets.import_upload(
+            db=db,
+            blobs=state.blobs,
+            ctx=request_context(request, ws.username),
+            upload=file.file,
+            tmp_dir=state.settings.data_dir,
+            options=options,
+            limits=state.limits,
+            max_bytes=int(state.settings.max_dataset_upload_mb * 2**20),
+        )
+    except DatasetError as exc:
+        db.rollback()
+        message = exc.detail[:1].upper() + exc.detail[1:]
+        return _datasets_page(
+            request, db, state, ws, error=message, form=form, status=exc.status_code
+        )
     return _redirect(f"/datasets/{ds.id}")
 
 
