@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickletools
 import re
 import shutil
 import stat
 import tempfile
 import uuid
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,10 +60,29 @@ class OnnxFlags:
     modality: str | None = None
 
 
+PICKLE_SNIFF_BYTES = 4096  # enough for a protocol 0/1 pickle to reach an import or a call
+
+
 def _looks_like_pickle(head: bytes) -> bool:
-    # Pickle protocols 2-5 start with PROTO (0x80) and the protocol number; torch.save zips hold
-    # a data.pkl, which _check_zip catches by name.
-    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+    """Pickle protocols 2-5 start with PROTO (0x80) and the protocol number. Protocols 0 and 1
+    have no header: ``head`` (a file's first PICKLE_SNIFF_BYTES) counts as a pickle when it
+    parses as pickle opcodes either to a STOP on its last byte (the whole file) or to where the
+    head was cut. pickletools only parses; nothing is unpickled. Text and binary formats fail
+    that parse within a few bytes (random bytes: 0 of 100,000). torch.save zips hold a data.pkl,
+    which _check_zip catches by name."""
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return True
+    ops, end = 0, 0
+    with warnings.catch_warnings():  # string opcodes decoded by pickletools may warn
+        warnings.simplefilter("ignore")
+        try:
+            for op, _arg, pos in pickletools.genops(head):
+                ops, end = ops + 1, pos or 0
+                if op.name == "STOP":
+                    return ops >= 3 and end == len(head) - 1
+        except Exception:  # noqa: S110 - not a pickle, or the head cut one short: judge below
+            pass
+    return len(head) >= PICKLE_SNIFF_BYTES and end >= len(head) - 256
 
 
 def _refuse_pickle(name: str, head: bytes) -> None:
@@ -275,7 +296,7 @@ class ModelStore:
         if not source.is_file():
             raise ImportRejected(f"{source} does not exist")
         with source.open("rb") as f:
-            head = f.read(8)
+            head = f.read(PICKLE_SNIFF_BYTES)
         _refuse_pickle(source.name, head)
         torch_kind = _torch_archive_kind(source) if head[:4] == b"PK\x03\x04" else None
         if torch_kind == "checkpoint":
@@ -298,7 +319,7 @@ class ModelStore:
         for p in staging.rglob("*"):
             if p.is_file():
                 with p.open("rb") as f:
-                    head = f.read(8)
+                    head = f.read(PICKLE_SNIFF_BYTES)
                 _refuse_pickle(p.name, head)
                 if head[:4] == b"PK\x03\x04" and _torch_archive_kind(p) == "checkpoint":
                     raise ImportRejected(

@@ -200,6 +200,31 @@ def test_pickle_refused(client, admin_headers):
     assert r.status_code == 422 and "pickle" in r.json()["detail"]
 
 
+@pytest.mark.parametrize("protocol", [0, 1])
+def test_headerless_pickle_under_an_innocent_name_refused(client, admin_headers, protocol):
+    """Protocols 0 and 1 have no PROTO header; the opcode parse still finds them, bare or
+    listed (with a correct sha256) inside a package, and nothing is stored."""
+    import collections
+    import hashlib
+    import pickle
+
+    payload = pickle.dumps(collections.OrderedDict(w=list(range(3000))), protocol=protocol)
+    assert payload[:1] != b"\x80"
+    before = client.get("/api/v1/models/pneumonia-cxr/versions", headers=admin_headers).json()
+    r = _import(client, admin_headers, payload, filename="model.onnx", labels="a,b")
+    assert r.status_code == 422 and "pickle" in r.json()["detail"]
+
+    def add(m):
+        m["files"]["calibration.bin"] = hashlib.sha256(payload).hexdigest()
+
+    pkg = package_zip("4.1.0", edit=add, extra={"calibration.bin": payload})
+    r = _import(client, admin_headers, pkg)
+    assert r.status_code == 422, r.text
+    assert "calibration.bin" in r.json()["detail"] and "pickle" in r.json()["detail"]
+    after = client.get("/api/v1/models/pneumonia-cxr/versions", headers=admin_headers).json()
+    assert after == before
+
+
 def test_truncated_onnx_refused(client, admin_headers):
     data = (BUNDLED / "model.onnx").read_bytes()[:5000]
     r = _import(client, admin_headers, data, filename="m.onnx", labels="normal,pneumonia")
