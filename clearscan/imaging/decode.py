@@ -66,7 +66,7 @@ _MAX_MESSAGE = 200
 class Limits:
     """Caps checked before any pixels are decoded."""
 
-    max_pixels: int = 64_000_000  # rows*cols*frames(*samples) for DICOM, x*y*z for NIfTI
+    max_pixels: int = 64_000_000  # rows*cols(*samples) per DICOM frame, x*y*z for NIfTI
     max_dimension: int = 30_000  # any single side
 
 
@@ -431,7 +431,10 @@ def _decode_dicom(data: bytes, limits: Limits, frame: int | None) -> DecodedImag
         raise CorruptImage(f"DICOM header has an invalid BitsStored ({bits_stored})")
     if pixel_rep not in (0, 1):
         raise CorruptImage(f"DICOM header has an invalid PixelRepresentation ({pixel_rep})")
-    _check_size("DICOM image", cols, rows, frames * samples, limits)
+    # Only one frame is ever decoded (pydicom reads just that frame), so the cap is per frame:
+    # a 512 x 512 x 300 enhanced CT is fine. The file itself is bounded by the upload cap, and a
+    # NumberOfFrames the pixel data cannot hold is refused below (length or fragment checks).
+    _check_size("DICOM frame", cols, rows, samples, limits)
 
     index = frames // 2 if frame is None else frame
     if not 0 <= index < frames:
@@ -475,6 +478,12 @@ def _decode_dicom(data: bytes, limits: Limits, frame: int | None) -> DecodedImag
             )
 
     if ts.is_encapsulated:
+        value = ds[pixel_keyword].value or b""
+        if frames * 8 > len(value):  # every frame needs at least one 8-byte item
+            raise CorruptImage(
+                f"DICOM header says {frames:,} frames but the encapsulated pixel data holds "
+                f"only {len(value):,} bytes"
+            )
         _check_compressed_frame(ds, ts, pixel_keyword, index, frames, rows, cols, limits)
 
     try:

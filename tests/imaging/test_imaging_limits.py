@@ -82,10 +82,40 @@ def test_dicom_rows_cols_bomb(imgdata):
 
 
 def test_dicom_frames_bomb(imgdata):
+    # 4096 x 4096 x 10 frames claimed over 8 bytes of pixel data: each frame is within the cap
+    # (only one is ever decoded), and the missing bytes are found before anything is allocated.
     data = imgdata.dicom(
         np.zeros((2, 2), np.uint16), extra={"Rows": 4096, "Columns": 4096, "NumberOfFrames": 10}
     )
-    _expect_too_large(data, match="over the limit")
+
+    def run() -> None:
+        with pytest.raises(CorruptImage, match="truncated"):
+            decode(data)
+
+    assert _peak_bytes(run) < SMALL_PEAK
+
+
+def test_dicom_multiframe_capped_per_frame_not_by_frame_count(imgdata):
+    """A multi-frame file whose frames together exceed the cap decodes (one frame is read); a
+    single frame over the cap is still refused."""
+    vol = np.stack([np.full((64, 64), 100 * i, np.uint16) for i in range(20)])
+    data = imgdata.dicom(vol, frames=20)
+    img = decode(data, limits=Limits(max_pixels=64 * 64 * 5))  # 20 frames = 4x the cap
+    assert (img.frames, img.frame_index, img.width, img.height) == (20, 10, 64, 64)
+    assert img.values is not None and float(img.values.max()) == 1000.0
+    _expect_too_large(data, Limits(max_pixels=64 * 63), match="64 x 64 = 4,096 pixels")
+
+
+def test_dicom_encapsulated_frame_count_the_data_cannot_hold(imgdata):
+    from pydicom.uid import RLELossless
+
+    data = imgdata.dicom(np.zeros((8, 8), np.uint16), compress=RLELossless)
+    ds = dcmread(BytesIO(data))
+    ds.NumberOfFrames = 1_000_000
+    buf = BytesIO()
+    ds.save_as(buf)
+    with pytest.raises(CorruptImage, match="1,000,000 frames"):
+        decode(buf.getvalue())
 
 
 def test_dicom_samples_count_towards_cap(imgdata):
