@@ -968,6 +968,7 @@ _DATASET_FIELDS = {  # form field -> (title, longest accepted value)
     "time_column": ("Time column", 200),
     "group_column": ("Group column", 200),
     "labels": ("Class names", 4000),
+    "license": ("Licence and attribution", 2000),
 }
 _SPLIT_FACTS = {"validation": "Validation split", "fraction": "Share of train", "seed": "Seed"}
 _BAR_SLOTS = 8  # colours of the class-balance bars (.seg-c0 .. .seg-c7)
@@ -1037,10 +1038,11 @@ def datasets_import(
     time_column: FormStr = None,
     group_column: FormStr = None,
     labels: FormStr = None,
+    license: FormStr = None,
     csrf_token: FormStr = None,
 ) -> Response:
     require_csrf(request, db, state, ws, csrf_token)
-    given = (name, target, time_column, group_column, labels)
+    given = (name, target, time_column, group_column, labels, license)
     form = {k: (v or "").strip() for k, v in zip(_DATASET_FIELDS, given, strict=True)}
     problem = _import_problem(file, form)
     if problem or file is None:
@@ -1051,6 +1053,7 @@ def datasets_import(
         time_column=form["time_column"] or None,
         group_column=form["group_column"] or None,
         labels=[x.strip() for x in form["labels"].split(",") if x.strip()] or None,
+        license=form["license"] or None,
     )
     try:
         ds = datasets.import_upload(

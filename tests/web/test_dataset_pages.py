@@ -71,12 +71,14 @@ def assert_no_inline_code(r: Response) -> None:
 
 def test_admin_imports_image_zip_through_the_form(sign_in, client, admin_headers):
     admin = sign_in("admin")
-    r = import_form(admin, class_zip(), "chest.zip", name="chest-small")
+    licence = "CC BY 4.0 <Yang et al., MedMNIST v2>"
+    r = import_form(admin, class_zip(), "chest.zip", name="chest-small", license=licence)
     assert r.status_code == 303, r.text
     location = r.headers["location"]
     assert re.fullmatch(r"/datasets/[0-9a-f]{32}", location)
     ds = client.get(f"/api/v1{location}", headers=admin_headers).json()
     assert ds["name"] == "chest-small" and ds["n_items"] == 24 and ds["created_by"] == "admin"
+    assert ds["info"]["license"] == licence  # the form's licence is stored like the API's
 
     page = admin.get(location)
     assert page.status_code == 200
@@ -84,6 +86,7 @@ def test_admin_imports_image_zip_through_the_form(sign_in, client, admin_headers
     assert 'data-testid="dataset-name">chest-small<' in html
     assert ds["content_hash"] in html and ">normal<" in html and ">pneumonia<" in html
     assert 'data-testid="dataset-items">24<' in html
+    assert "CC BY 4.0 &lt;Yang et al., MedMNIST v2&gt;</dd>" in html  # shown, escaped
     assert 'data-testid="dataset-channels">1<' in html and "32 \u00d7 32 px" in html
     # the class balance per split, the source's counts, with totals
     counts = ds["counts"]
