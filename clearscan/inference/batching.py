@@ -1,9 +1,13 @@
 """Dynamic micro-batching in front of one loaded model version.
 
-Concurrent requests each submit one image (C x H x W); a single worker thread coalesces them into
-N x C x H x W batches so the model runs once for many requests. The worker takes the oldest
-waiting item, then waits for more items of the same shape until `max_delay_ms` has passed *since
-that item arrived* or `max_batch_size` such items are waiting, whichever comes first:
+Concurrent requests each submit one image (C x H x W); worker threads coalesce them into
+N x C x H x W batches so the model runs once for many requests. One worker by default; with
+`workers` > 1 that many batches may run at once (for a model that runs batches in parallel
+better than it runs one batch on all cores: see OnnxModel's parallel runs).
+
+A worker takes the oldest waiting item, then waits for more items of the same shape until
+`max_delay_ms` has passed *since that item arrived* or `max_batch_size` such items are waiting,
+whichever comes first:
 
 * Under load no extra delay is paid: items that queued up while the previous batch ran are
   already past their deadline and go out at once, as one batch.
@@ -101,9 +105,12 @@ class MicroBatcher:
         max_batch_size: int = 8,
         max_delay_ms: float = 2.0,
         name: str = "",
+        workers: int = 1,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
         if not (math.isfinite(max_delay_ms) and max_delay_ms >= 0):
             raise ValueError("max_delay_ms must be a finite number >= 0")
         self.name = name
@@ -127,10 +134,14 @@ class MicroBatcher:
         self._hist: dict[int, int] = {}
         self._run_ms = 0.0
         self._queue_ms = 0.0
-        self._thread = threading.Thread(
-            target=self._worker, name=f"clearscan-batcher-{name or id(self)}", daemon=True
-        )
-        self._thread.start()
+        self._threads = [
+            threading.Thread(
+                target=self._worker, name=f"clearscan-batcher-{name or id(self)}-{i}", daemon=True
+            )
+            for i in range(workers)
+        ]
+        for t in self._threads:
+            t.start()
 
     # ---------------------------------------------------------------- public API
 
@@ -161,15 +172,17 @@ class MicroBatcher:
             raise
 
     def close(self, timeout: float | None = None) -> None:
-        """Refuse new work, run everything already submitted, then stop the worker.
+        """Refuse new work, run everything already submitted, then stop the workers.
 
-        Idempotent. Safe to call from a future's done-callback (runs on the worker thread):
-        then it does not wait for the worker to finish."""
+        Idempotent. Safe to call from a future's done-callback (runs on a worker thread): then
+        it does not wait for that worker to finish."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     @property
     def closed(self) -> bool:
@@ -200,7 +213,8 @@ class MicroBatcher:
     def __repr__(self) -> str:
         return (
             f"MicroBatcher(name={self.name!r}, max_batch_size={self.max_batch_size}, "
-            f"max_delay_ms={self.max_delay_ms}, closed={self._closed})"
+            f"max_delay_ms={self.max_delay_ms}, workers={len(self._threads)}, "
+            f"closed={self._closed})"
         )
 
     # ---------------------------------------------------------------- internals
@@ -236,24 +250,26 @@ class MicroBatcher:
     def _take(self) -> list[_Item] | None:
         """Block until a batch is ready; None once closed and drained."""
         with self._cond:
-            key = self._oldest_key()
-            while key is None:
-                if self._closed:
-                    return None
-                self._cond.wait()
+            # Re-read the queues after every wait: another worker may have taken items.
+            while True:
                 key = self._oldest_key()
-            q = self._queues[key]  # only this thread removes items, so q stays valid
-            deadline = q[0].arrived + self._delay_s
-            while not self._closed and len(q) < self.max_batch_size:
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            items = [q.popleft() for _ in range(min(len(q), self.max_batch_size))]
-            if not q:
-                del self._queues[key]
-            self._pending -= len(items)
-            return items
+                if key is None:
+                    if self._closed:
+                        return None
+                    self._cond.wait()
+                    continue
+                q = self._queues[key]
+                left = q[0].arrived + self._delay_s - time.perf_counter()
+                if not self._closed and len(q) < self.max_batch_size and left > 0:
+                    self._cond.wait(left)
+                    continue
+                items = [q.popleft() for _ in range(min(len(q), self.max_batch_size))]
+                if not q:
+                    del self._queues[key]
+                self._pending -= len(items)
+                if self._queues:  # more is waiting: let an idle worker look at it
+                    self._cond.notify()
+                return items
 
     def _worker(self) -> None:
         try:

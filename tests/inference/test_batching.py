@@ -291,8 +291,9 @@ def test_close_from_a_done_callback_does_not_deadlock(fake):
     f = b.submit(img(1.0), explain=False)
     f.add_done_callback(lambda _: b.close())
     f.result(WAIT)
-    b._thread.join(WAIT)
-    assert b.closed and not b._thread.is_alive()
+    (worker,) = b._threads
+    worker.join(WAIT)
+    assert b.closed and not worker.is_alive()
 
 
 def test_cancelled_items_are_skipped(fake, batcher_factory):
@@ -355,3 +356,86 @@ def test_bundled_onnx_model_gives_identical_results_through_the_batcher():
         assert out2.cam is not None
         np.testing.assert_allclose(out2.cam, ref.cams[0], atol=1e-5)
     assert [o.batch_size for o in outs_predict] == [4] * 8 + [3] * 3
+
+
+# --- several workers: batches run in parallel -------------------------------------------------
+
+
+class BarrierModel(FakeModel):
+    """A FakeModel whose runs wait at a barrier: they only pass when `parties` run at once."""
+
+    def __init__(self, parties: int, timeout: float = WAIT) -> None:
+        super().__init__()
+        self.barrier = threading.Barrier(parties, timeout=timeout)
+        self.lock = threading.Lock()
+        self.threads: set[str] = set()
+
+    def __call__(self, batch: np.ndarray, *, explain: bool) -> BatchOutput:
+        with self.lock:
+            self.threads.add(threading.current_thread().name)
+        self.barrier.wait()  # BrokenBarrierError unless the other runs are in flight too
+        with self.lock:
+            return super().__call__(batch, explain=explain)
+
+
+def test_two_workers_run_two_batches_at_the_same_time():
+    model = BarrierModel(2)
+    b = MicroBatcher(model, max_batch_size=1, max_delay_ms=0, workers=2, name="par")
+    try:
+        outs = b.predict([img(2.0), img(3.0)], explain=True)
+    finally:
+        b.close(timeout=WAIT)
+    check_own(outs[0], 2.0, explain=True)
+    check_own(outs[1], 3.0, explain=True)
+    assert len(model.threads) == 2 and b.stats.batches == 2 and b.stats.failed_batches == 0
+
+
+def test_one_worker_never_runs_two_batches_at_once():
+    model = BarrierModel(2, timeout=0.5)
+    b = MicroBatcher(model, max_batch_size=1, max_delay_ms=0, name="serial")
+    try:
+        futures = [b.submit(img(v), explain=False) for v in (2.0, 3.0)]
+        with pytest.raises(threading.BrokenBarrierError):
+            futures[0].result(WAIT * 2)
+    finally:
+        model.barrier.abort()
+        b.close(timeout=WAIT)
+
+
+def test_many_workers_lose_and_duplicate_nothing():
+    fake = FakeModel()
+    b = MicroBatcher(fake, max_batch_size=4, max_delay_ms=1, workers=3, name="many")
+    results: dict[float, ItemOutput] = {}
+    lock = threading.Lock()
+
+    def client(start: int) -> None:
+        for v in range(start, start + 50):
+            (out,) = b.predict([img(float(v))], explain=v % 2 == 0)
+            with lock:
+                results[float(v)] = out
+
+    threads = [threading.Thread(target=client, args=(i * 1000,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT * 4)
+    b.close(timeout=WAIT)
+    assert len(results) == 300
+    for v, out in results.items():
+        check_own(out, v, explain=int(v) % 2 == 0)
+    seen = [v for _, _, values in fake.batches for v in values]
+    assert sorted(seen) == sorted(results)  # every item ran exactly once
+    assert b.stats.items == 300 and b.stats.pending == 0
+    assert not any(t.is_alive() for t in b._threads)
+
+
+def test_close_with_several_workers_drains_queued_work():
+    fake = FakeModel()
+    b = MicroBatcher(fake, max_batch_size=2, max_delay_ms=50, workers=2, name="drain")
+    futures = [b.submit(img(float(v)), explain=False) for v in range(7)]
+    b.close(timeout=WAIT)
+    for v, f in enumerate(futures):
+        check_own(f.result(0), float(v), explain=False)
+    assert not any(t.is_alive() for t in b._threads)
+    with pytest.raises(RuntimeError):
+        b.submit(img(1.0), explain=False)

@@ -190,7 +190,7 @@ def test_eviction_closes_the_model_and_stops_its_threads(tmp_path):
         plus = model.batcher("gradcam++")
         plain.predict([_x()], explain=True)
         plus.predict([_x()], explain=True)
-        threads = [plain._thread, plus._thread]
+        threads = [*plain._threads, *plus._threads]
         assert all(t.is_alive() for t in threads)
         assert threading.active_count() >= baseline + 2
     assert model._batchers  # still loaded: the batchers stay
