@@ -23,7 +23,7 @@ from clearscan.auth.service import LoginLimiter
 from clearscan.config import ConfigError, Settings
 from clearscan.db import create_db_engine, make_session_factory
 from clearscan.db.migrate import upgrade
-from clearscan.inference.runtime import ModelLoadError, onnx_providers
+from clearscan.inference.runtime import ModelLoadError, auto_parallel_runs, onnx_providers
 from clearscan.jobs.service import Handler, InProcessWorker, JobContext
 from clearscan.middleware import CoreMiddleware
 from clearscan.observability.metrics import Metrics
@@ -73,7 +73,11 @@ def build_registry(
     check_device(settings.device)
     _cache.resize(int(settings.model_cache_mb * 2**20))
     registry = ModelRegistry(
-        dirs, sessions=sessions, threads=settings.intra_op_threads, device=settings.device
+        dirs,
+        sessions=sessions,
+        threads=settings.intra_op_threads,
+        device=settings.device,
+        parallel_runs=settings.parallel_runs or auto_parallel_runs(settings.device),
     )
     registry.load_all()
     return registry

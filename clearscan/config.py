@@ -53,7 +53,11 @@ class Settings(BaseSettings):
     secure_cookies: Literal["auto", "always", "never"] = "auto"
     trusted_proxies: list[str] = Field(default_factory=list)
 
-    intra_op_threads: int = 0
+    intra_op_threads: int = Field(default=0, ge=0)
+    # batches of one model version that may run at once on the CPU, each in its own ONNX Runtime
+    # session on cores / N threads (a batch running alone uses all cores); 0: auto (2 with two or
+    # more cores, 1 on a GPU); 1: off
+    parallel_runs: int = Field(default=0, ge=0, le=64)
     # cpu, or cuda: ONNX Runtime's CUDA execution provider (onnxruntime-gpu) and PyTorch on the
     # GPU; a cuda setting that cannot be honoured stops start-up instead of falling back quietly
     device: Literal["cpu", "cuda"] = "cpu"

@@ -250,12 +250,14 @@ class ModelRegistry:
         sessions: sessionmaker[Session] | None = None,
         threads: int = 0,
         device: str = "cpu",
+        parallel_runs: int = 1,
         cache: ModelCache | None = None,
     ) -> None:
         self.dirs = dirs
         self.sessions = sessions
         self.threads = threads
         self.device = device
+        self.parallel_runs = parallel_runs
         self.cache = cache if cache is not None else _cache
         self._versions: dict[str, dict[str, ModelEntry]] = {}
         self._state: dict[str, _Rollout] = {}
@@ -331,7 +333,11 @@ class ModelRegistry:
     def _loader(self, entry: ModelEntry) -> Callable[[], Model]:
         def load() -> Model:
             model = create_model(
-                entry.package_dir, entry.manifest, threads=self.threads, device=self.device
+                entry.package_dir,
+                entry.manifest,
+                threads=self.threads,
+                device=self.device,
+                parallel_runs=self.parallel_runs,
             )
             model.load()
             return model
