@@ -11,9 +11,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from clearscan.audit.models import AuditEvent, AuditHead
@@ -45,49 +45,75 @@ def _digest(prev_hash: str, payload: dict[str, Any]) -> str:
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
+_PAYLOAD_FIELDS = (
+    "seq",
+    "at",
+    "actor",
+    "action",
+    "object_type",
+    "object_id",
+    "outcome",
+    "client_addr",
+    "request_id",
+    "details",
+)
+
+
+_EVENTS = cast(Table, AuditEvent.__table__)
+
+
+def _payload_of(row: dict[str, Any]) -> dict[str, Any]:
+    """What an event's hash covers (the same for a stored row and one about to be written)."""
+    out = {k: row[k] for k in _PAYLOAD_FIELDS}
+    out["at"] = row["at"].astimezone(UTC).isoformat()
+    return out
+
+
 def _payload(ev: AuditEvent) -> dict[str, Any]:
-    return {
-        "seq": ev.seq,
-        "at": ev.at.astimezone(UTC).isoformat(),
-        "actor": ev.actor,
-        "action": ev.action,
-        "object_type": ev.object_type,
-        "object_id": ev.object_id,
-        "outcome": ev.outcome,
-        "client_addr": ev.client_addr,
-        "request_id": ev.request_id,
-        "details": ev.details,
-    }
+    return _payload_of({k: getattr(ev, k) for k in _PAYLOAD_FIELDS})
 
 
 def append(db: Session, ctx: RequestContext, *entries: Entry) -> list[AuditEvent]:
-    """Add `entries` to the chain inside the session's current transaction (caller commits)."""
-    db.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq))
-    head = db.execute(select(AuditHead).where(AuditHead.id == 1)).scalar_one()
-    prev, seq = head.hash, head.seq
+    """Add `entries` to the chain inside the session's current transaction (caller commits).
+    The rows go out as one multi-row INSERT; the returned events are not attached to `db`."""
+    # Lock the head row and read it in one statement (UPDATE ... RETURNING: SQLite >= 3.35 and
+    # PostgreSQL); the lock is held until the caller's commit.
+    prev, seq = db.execute(
+        update(AuditHead)
+        .where(AuditHead.id == 1)
+        .values(seq=AuditHead.seq)
+        .returning(AuditHead.hash, AuditHead.seq)
+    ).one()
+    first = seq
     now = datetime.now(UTC)
-    events = []
+    rows: list[dict[str, Any]] = []
     for e in entries:
         seq += 1
-        ev = AuditEvent(
-            seq=seq,
-            at=now,
-            actor=e.actor if e.actor is not None else ctx.actor,
-            action=e.action,
-            object_type=e.object_type,
-            object_id=e.object_id,
-            outcome=e.outcome,
-            client_addr=ctx.client_addr,
-            request_id=ctx.request_id,
-            details=dict(e.details),
-        )
-        ev.prev_hash = prev
-        ev.hash = prev = _digest(prev, _payload(ev))
-        db.add(ev)
-        events.append(ev)
-    head.seq, head.hash = seq, prev
-    db.flush()
-    return events
+        row: dict[str, Any] = {
+            "seq": seq,
+            "at": now,
+            "actor": e.actor if e.actor is not None else ctx.actor,
+            "action": e.action,
+            "object_type": e.object_type,
+            "object_id": e.object_id,
+            "outcome": e.outcome,
+            "client_addr": ctx.client_addr,
+            "request_id": ctx.request_id,
+            "details": dict(e.details),
+            "prev_hash": prev,
+        }
+        row["hash"] = prev = _digest(prev, _payload_of(row))
+        rows.append(row)
+    if rows:
+        db.execute(insert(_EVENTS), rows)  # Core: no ORM unit of work for append-only rows
+    db.execute(
+        update(AuditHead)
+        .where(AuditHead.id == 1, AuditHead.seq == first)
+        .values(seq=seq, hash=prev)
+        .execution_options(synchronize_session=False)
+    )
+    db.flush()  # the caller's pending rows, in the same transaction
+    return [AuditEvent(**row) for row in rows]
 
 
 def record(db: Session, ctx: RequestContext, *entries: Entry) -> list[AuditEvent]:

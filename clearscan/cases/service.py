@@ -146,8 +146,8 @@ def save_case(
         patient_ref=patient_ref or None,
         note=note or None,
     )
+    # Ids are made here, so the rows go out in one flush at commit (no round trip per row).
     db.add(case)
-    db.flush()
     entries = [audit.Entry("case.create", object_type="case", object_id=case.id)]
     predictions = []
     payloads = [a.data for a in analyses] + [a.heatmap_png for a in analyses if a.heatmap_png]
@@ -158,6 +158,7 @@ def save_case(
         digest, heat = digests[pos], heats[pos]
         img = a.image
         image = Image(
+            id=new_id(),
             case_id=case.id,
             position=pos,
             sha256=digest,
@@ -175,8 +176,8 @@ def save_case(
             sop_uid=img.sop_uid,
         )
         db.add(image)
-        db.flush()
         pred = Prediction(
+            id=new_id(),
             image_id=image.id,
             case_id=case.id,
             model_name=manifest.name,
@@ -193,7 +194,6 @@ def save_case(
             },
         )
         db.add(pred)
-        db.flush()
         predictions.append(pred)
         entries.append(
             audit.Entry(
