@@ -148,13 +148,17 @@ def test_auto_parallel_runs(monkeypatch, cores, device, want):
     assert auto_parallel_runs(device) == want
 
 
-def test_the_server_uses_the_setting(settings):
+def test_the_server_passes_the_setting_to_its_models(settings):
     from clearscan.app import create_app
+    from clearscan.registry.service import BUNDLED_DIR, ModelCache, ModelRegistry
 
-    app = create_app(settings.model_copy(update={"parallel_runs": 3, "intra_op_threads": 3}))
-    registry = app.state.clearscan.registry
-    assert registry.parallel_runs == 3
-    with registry.serve("pneumonia-cxr", "k") as (_, model):
-        assert model.batch_workers == 3
+    app = create_app(settings.model_copy(update={"parallel_runs": 3}))
+    assert app.state.clearscan.registry.parallel_runs == 3
     auto = create_app(settings.model_copy(update={"parallel_runs": 0})).state.clearscan.registry
     assert auto.parallel_runs == auto_parallel_runs("cpu")
+    # the registry builds its versions with it (own cache: the app-wide one is shared)
+    reg = ModelRegistry([BUNDLED_DIR], threads=3, parallel_runs=3, cache=ModelCache())
+    reg.load_all()
+    with reg.serve("pneumonia-cxr", "k") as (_, model):
+        assert model.batch_workers == 3 and len(model.batcher()._threads) == 3
+    reg.cache.clear()  # unload: stop its batcher threads
