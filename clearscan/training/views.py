@@ -13,6 +13,7 @@ from clearscan.deps import AdminUser, AnyUser, SessionDep, StateDep, request_con
 from clearscan.jobs import service as jobs
 from clearscan.jobs.models import Job
 from clearscan.storage.base import BlobError
+from clearscan.training import evaluation
 from clearscan.training.evaluation import EVAL_KIND, EvalRequest, compare, resolve
 from clearscan.training.runs import TRAIN_KIND, TrainRequest, check_request
 from clearscan.training.schemas import (
@@ -134,18 +135,8 @@ def list_evaluations(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> TrainingRunList:
-    rows = db.scalars(
-        select(Job).where(Job.kind == EVAL_KIND).order_by(Job.created_at.desc())
-    ).all()
-    if model:
-        rows = [
-            j
-            for j in rows
-            if j.params.get("model") == model or j.params.get("model", "").split(":")[0] == model
-        ]
-    return TrainingRunList(
-        items=[TrainingRunPublic.of(j) for j in rows[offset : offset + limit]], total=len(rows)
-    )
+    rows, total = evaluation.list_evaluations(db, model=model, limit=limit, offset=offset)
+    return TrainingRunList(items=[TrainingRunPublic.of(j) for j in rows], total=total)
 
 
 @router.get("/evaluations/compare", tags=["evaluations"], summary="Two evaluations side by side")

@@ -39,7 +39,7 @@ from clearscan.registry.models import ShadowResult
 from clearscan.registry.schemas import ModelDetail, ModelVersionPublic
 from clearscan.registry.service import ModelNotFound, RegistryError, version_key
 from clearscan.state import AppState
-from clearscan.training.evaluation import EVAL_KIND, EvalRequest, resolve
+from clearscan.training.evaluation import EVAL_KIND, EvalRequest, list_evaluations, resolve
 from clearscan.training.runs import TRAIN_KIND, TrainRequest, check_request
 from clearscan.training.schemas import TrainingRunPublic
 from clearscan.web.forms import (
@@ -578,17 +578,6 @@ _EVAL_ROWS = (
 )
 
 
-def _evaluation_jobs(db: Session, name: str) -> tuple[list[Job], int]:
-    """The evaluations of any version of model `name` (params model = NAME:VERSION), newest
-    first: at most _EVAL_LIMIT of them, and how many there are."""
-    ref = Job.params["model"].as_string()
-    pattern = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ":%"
-    q = select(Job).where(Job.kind == EVAL_KIND, or_(ref == name, ref.like(pattern, escape="\\")))
-    total = db.scalar(select(func.count()).select_from(q.subquery())) or 0
-    rows = db.scalars(q.order_by(Job.created_at.desc(), Job.id).limit(_EVAL_LIMIT)).all()
-    return [j for j in rows if str(j.params.get("model", "")).partition(":")[0] == name], total
-
-
 def _eval_value(result: dict[str, Any], key: str) -> float | None:
     if key == "ece":
         cal = result.get("calibration")
@@ -744,7 +733,7 @@ def _model_page(
         report = _shadow_report(
             db, state, name, shadow["version"] if isinstance(shadow, dict) else None
         )
-    evals, evals_total = _evaluation_jobs(db, name)
+    evals, evals_total = list_evaluations(db, model=name, limit=_EVAL_LIMIT)
     return render(
         request,
         "model.html",

@@ -347,3 +347,37 @@ def test_evaluation_of_a_split_without_positives_succeeds_on_postgresql(pg_setti
         job = wait_eval(c, admin, r.json()["id"], timeout=10)
         assert job["status"] == "succeeded", job
         assert job["result"]["n"] == ds["counts"]["test"]["benign"]
+
+
+def test_evaluation_list_filters_and_pages_in_sql(client, admin_headers):
+    """`model=NAME` matches every version of exactly that name (case-sensitive; `_` and `%` are
+    not wildcards), `model=NAME:VERSION` one version; total counts all matches, not one page."""
+    from clearscan.jobs import service as jobs
+    from clearscan.training.evaluation import EVAL_KIND, list_evaluations
+
+    state = client.app.state.clearscan
+    refs = ["m:1.0.0", "m:2.0.0", "m:1.0.0", "M:1.0.0", "mx:1.0.0", "m_:1.0.0", "m%:1.0.0"]
+    with state.sessions() as db:
+        for ref in refs:
+            jobs.submit(db, kind=EVAL_KIND, params={"model": ref, "dataset": "d"}, actor="t")
+        jobs.submit(db, kind="train", params={"model": "m:1.0.0"}, actor="t")  # not an eval
+        db.commit()
+        rows, total = list_evaluations(db, model="m")
+        assert total == 3 and {j.params["model"] for j in rows} == {"m:1.0.0", "m:2.0.0"}
+        assert list_evaluations(db, model="m:1.0.0")[1] == 2
+        assert list_evaluations(db, model="M")[1] == 1
+        assert list_evaluations(db, model="m_")[1] == 1 and list_evaluations(db, model="m%")[1] == 1
+        assert list_evaluations(db)[1] == len(refs)
+
+    def get(**params):
+        r = client.get(EVALS, headers=admin_headers, params=params)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    everything = get(model="m")
+    assert everything["total"] == 3 and len(everything["items"]) == 3
+    pages = [get(model="m", limit=2, offset=0), get(model="m", limit=2, offset=2)]
+    assert [p["total"] for p in pages] == [3, 3] and [len(p["items"]) for p in pages] == [2, 1]
+    ids = [i["id"] for p in pages for i in p["items"]]
+    assert ids == [i["id"] for i in everything["items"]]  # newest first, no overlap
+    assert get(model="nobody")["total"] == 0
