@@ -15,7 +15,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,101 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from clearscan.training.architectures import build_model
-
-
-@dataclass(frozen=True)
-class ImageRecipe:
-    name: str = "cnn-small"
-    size: int = 28  # input side (28-64 px for this architecture)
-    widths: tuple[int, int, int] = (24, 48, 96)
-    epochs: int = 24
-    batch_size: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.05
-    class_weights: bool = True
-    patience: int = 12
-    rotate: float = 10.0
-    scale: float = 0.1
-    shift: float = 2.0
-    brightness: float = 0.1
-    contrast: float = 0.2
-    hflip: bool = False
-    seed: int = 0
-    threads: int = 2
-    arch: str = "cnn"  # cnn (PneumoniaNet, 28-64 px) or resnet18 (224 px)
-    eval_batch: int = 512  # batch of the BatchNorm re-estimation and validation passes
-
-    def describe(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["widths"] = list(self.widths)
-        return d
-
-
-RECIPES: dict[str, ImageRecipe] = {
-    "cnn-small": ImageRecipe(),
-    "cnn-small-64": ImageRecipe(name="cnn-small-64", size=64, widths=(32, 64, 128), epochs=20),
-    # the larger one, for 224 px inputs: ResNet-18 (11 M parameters). Training runs on the CPU
-    # (CUDA training is not wired yet): on 2 cores an epoch of 5,000 images takes tens of minutes
-    "resnet18-224": ImageRecipe(
-        name="resnet18-224",
-        size=224,
-        arch="resnet18",
-        epochs=30,
-        batch_size=32,
-        lr=1e-3,
-        weight_decay=1e-4,
-        shift=8.0,
-        patience=8,
-        eval_batch=64,
-    ),
-}
-
-
-# --- metrics --------------------------------------------------------------------------------------
-
-
-def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
-    """Binary ROC AUC via the Mann-Whitney U statistic with mid-ranks for ties."""
-    y = np.asarray(y_true).astype(bool).ravel()
-    s = np.asarray(score, dtype=np.float64).ravel()
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    from scipy.stats import rankdata
-
-    ranks = rankdata(s)  # mid-ranks for ties
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def macro_auc(y_true: np.ndarray, prob: np.ndarray) -> float:
-    """AUC of class 1 for two classes; one-vs-rest macro average for more."""
-    if prob.shape[1] == 2:
-        return roc_auc(y_true == 1, prob[:, 1])
-    aucs = [roc_auc(y_true == k, prob[:, k]) for k in range(prob.shape[1])]
-    aucs = [a for a in aucs if not math.isnan(a)]
-    return float(np.mean(aucs)) if aucs else float("nan")
-
-
-def choose_threshold(
-    y_true: np.ndarray, prob: np.ndarray, tolerance: float = 0.005
-) -> tuple[float, float]:
-    """Threshold on P(class 1) for balanced accuracy; returns (t, balanced accuracy).
-
-    Candidates are midpoints between consecutive distinct scores. A single best candidate is
-    often a narrow peak decided by one or two images, so every candidate within `tolerance` of
-    the best balanced accuracy counts as optimal and the median of that plateau is taken."""
-    y = np.asarray(y_true).astype(int).ravel()
-    s = np.unique(np.asarray(prob, dtype=np.float64).ravel())
-    cands = np.concatenate([[s[0] / 2.0], (s[:-1] + s[1:]) / 2.0, [(s[-1] + 1.0) / 2.0]])
-    pos, neg = prob[y == 1], prob[y == 0]
-    sens = (pos[None, :] >= cands[:, None]).mean(axis=1)
-    spec = (neg[None, :] < cands[:, None]).mean(axis=1)
-    bacc = (sens + spec) / 2.0
-    best = np.flatnonzero(bacc >= bacc.max() - tolerance - 1e-12)
-    idx = int(best[len(best) // 2])
-    return float(cands[idx]), float(bacc[idx])
-
+from clearscan.training.metrics import (  # noqa: F401 - re-exported for the trainers' callers
+    choose_threshold,
+    classification_metrics,
+    macro_auc,
+    roc_auc,
+)
+from clearscan.training.recipes import RECIPES, ImageRecipe  # noqa: F401 - re-exported
 
 # --- training pieces ------------------------------------------------------------------------------
 
@@ -384,20 +296,3 @@ def train_image_classifier(
         "wall_s": round(time.perf_counter() - started, 1),
     }
     return TrainedImageModel(final, threshold, metrics, info)
-
-
-def classification_metrics(y: np.ndarray, pred: np.ndarray, prob: np.ndarray) -> dict[str, Any]:
-    """Accuracy, AUC, balanced accuracy (and, for two classes, sensitivity/specificity)."""
-    n_classes = prob.shape[1]
-    recalls = [float((pred[y == k] == k).mean()) for k in range(n_classes) if (y == k).any()]
-    auc = macro_auc(y, prob)
-    out: dict[str, Any] = {
-        "n": len(y),
-        "accuracy": round(float((pred == y).mean()), 5),
-        "auc": None if math.isnan(auc) else round(auc, 5),  # null: a class is absent
-        "balanced_accuracy": round(float(np.mean(recalls)), 5),
-    }
-    if n_classes == 2:
-        out["sensitivity"] = round(float((pred[y == 1] == 1).mean()), 5) if (y == 1).any() else None
-        out["specificity"] = round(float((pred[y == 0] == 0).mean()), 5) if (y == 0).any() else None
-    return out

@@ -12,7 +12,69 @@ from typing import Any
 
 import numpy as np
 
-from clearscan.training.image import macro_auc
+# --- the trainers' scores (no PyTorch here: the server imports this module) ---------------------
+
+
+def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Binary ROC AUC via the Mann-Whitney U statistic with mid-ranks for ties."""
+    y = np.asarray(y_true).astype(bool).ravel()
+    s = np.asarray(score, dtype=np.float64).ravel()
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    from scipy.stats import rankdata
+
+    ranks = rankdata(s)  # mid-ranks for ties
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def macro_auc(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """AUC of class 1 for two classes; one-vs-rest macro average for more."""
+    if prob.shape[1] == 2:
+        return roc_auc(y_true == 1, prob[:, 1])
+    aucs = [roc_auc(y_true == k, prob[:, k]) for k in range(prob.shape[1])]
+    aucs = [a for a in aucs if not math.isnan(a)]
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def choose_threshold(
+    y_true: np.ndarray, prob: np.ndarray, tolerance: float = 0.005
+) -> tuple[float, float]:
+    """Threshold on P(class 1) for balanced accuracy; returns (t, balanced accuracy).
+
+    Candidates are midpoints between consecutive distinct scores. A single best candidate is
+    often a narrow peak decided by one or two images, so every candidate within `tolerance` of
+    the best balanced accuracy counts as optimal and the median of that plateau is taken."""
+    y = np.asarray(y_true).astype(int).ravel()
+    s = np.unique(np.asarray(prob, dtype=np.float64).ravel())
+    cands = np.concatenate([[s[0] / 2.0], (s[:-1] + s[1:]) / 2.0, [(s[-1] + 1.0) / 2.0]])
+    pos, neg = prob[y == 1], prob[y == 0]
+    sens = (pos[None, :] >= cands[:, None]).mean(axis=1)
+    spec = (neg[None, :] < cands[:, None]).mean(axis=1)
+    bacc = (sens + spec) / 2.0
+    best = np.flatnonzero(bacc >= bacc.max() - tolerance - 1e-12)
+    idx = int(best[len(best) // 2])
+    return float(cands[idx]), float(bacc[idx])
+
+
+def classification_metrics(y: np.ndarray, pred: np.ndarray, prob: np.ndarray) -> dict[str, Any]:
+    """Accuracy, AUC, balanced accuracy (and, for two classes, sensitivity/specificity)."""
+    n_classes = prob.shape[1]
+    recalls = [float((pred[y == k] == k).mean()) for k in range(n_classes) if (y == k).any()]
+    auc = macro_auc(y, prob)
+    out: dict[str, Any] = {
+        "n": len(y),
+        "accuracy": round(float((pred == y).mean()), 5),
+        "auc": None if math.isnan(auc) else round(auc, 5),  # null: a class is absent
+        "balanced_accuracy": round(float(np.mean(recalls)), 5),
+    }
+    if n_classes == 2:
+        out["sensitivity"] = round(float((pred[y == 1] == 1).mean()), 5) if (y == 1).any() else None
+        out["specificity"] = round(float((pred[y == 0] == 0).mean()), 5) if (y == 0).any() else None
+    return out
+
+
+# --- evaluation reports ---------------------------------------------------------------------------
 
 BOOTSTRAP = 1000
 BINS = 10

@@ -7,6 +7,7 @@ nothing)."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import re
 import tempfile
@@ -53,9 +54,18 @@ class TrainRequest:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
+def torch_available() -> bool:
+    """Whether PyTorch can be imported, without importing it (~250 MB the server never needs
+    unless it trains an image model)."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a blocked or half-removed install
+        return False
+
+
 def check_request(db: Session, req: TrainRequest) -> Dataset:
     """Refuse a request that cannot run, before it is queued (422 naming the problem)."""
-    from clearscan.training.image import RECIPES
+    from clearscan.training.recipes import RECIPES
 
     try:
         ds = datasets.get(db, req.dataset)
@@ -71,6 +81,11 @@ def check_request(db: Session, req: TrainRequest) -> Dataset:
         )
     if ds.kind == "images" and (req.window or req.step):
         raise TrainingError("window and step apply to sensor-stream tables only")
+    if ds.kind == "images" and not torch_available():
+        raise TrainingError(
+            "training on image datasets needs PyTorch, which this installation lacks: install "
+            "the train extra (pip install 'clearscan[train]'); table datasets train without it"
+        )
     if req.window is not None and not 4 <= req.window <= 100_000:
         raise TrainingError("window must be between 4 and 100000 samples")
     if req.step is not None and not 1 <= req.step <= 100_000:

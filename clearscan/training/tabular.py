@@ -20,7 +20,7 @@ from clearscan.datasets.importers import SPLITS
 from clearscan.datasets.models import Dataset
 from clearscan.jobs.service import JobContext
 from clearscan.storage.base import BlobStore
-from clearscan.training.image import choose_threshold, classification_metrics
+from clearscan.training.metrics import choose_threshold, classification_metrics
 
 TABULAR_RECIPES = ("auto", "logistic-regression", "random-forest", "gradient-boosting")
 FOLDS = 5
@@ -177,7 +177,7 @@ def _pipeline(recipe: str, features: list[dict[str, Any]], seed: int) -> Any:
 
 
 def _auc(y: np.ndarray, prob: np.ndarray) -> float:
-    from clearscan.training.image import macro_auc
+    from clearscan.training.metrics import macro_auc
 
     return macro_auc(y, prob)
 

@@ -1225,7 +1225,7 @@ _RECIPE_FACTS = (
 
 def _recipe_choices() -> dict[str, list[str]]:
     """Recipe names by dataset kind (imported here: the trainers import torch / scikit-learn)."""
-    from clearscan.training.image import RECIPES
+    from clearscan.training.recipes import RECIPES
     from clearscan.training.tabular import TABULAR_RECIPES
 
     return {"images": list(RECIPES), "table": list(TABULAR_RECIPES)}
