@@ -76,7 +76,13 @@ class Settings(BaseSettings):
 
     @property
     def sqlalchemy_url(self) -> str:
+        """The database URL for SQLAlchemy. The common `postgres://` / `postgresql://` forms
+        (Heroku, Kubernetes secrets) mean psycopg 3, the driver of the `postgres` extra;
+        SQLAlchemy would otherwise look for psycopg2."""
         if self.database_url:
+            scheme, sep, rest = self.database_url.partition("://")
+            if sep and scheme in ("postgres", "postgresql"):
+                return f"postgresql+psycopg://{rest}"
             return self.database_url
         return f"sqlite:///{self.data_dir / 'clearscan.db'}"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import stat
 
 import pytest
@@ -46,3 +47,56 @@ def test_server_refuses_to_start_in_production_without_secret(tmp_path):
 
     with pytest.raises(ConfigError):
         create_app(Settings(data_dir=tmp_path, environment="production"))
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("postgres://u:p@db:5432/cs", "postgresql+psycopg://u:p@db:5432/cs"),
+        ("postgresql://u@db/cs?sslmode=require", "postgresql+psycopg://u@db/cs?sslmode=require"),
+        ("postgresql+psycopg://u@db/cs", "postgresql+psycopg://u@db/cs"),
+        ("sqlite:////srv/cs.db", "sqlite:////srv/cs.db"),
+    ],
+)
+def test_plain_postgres_urls_mean_psycopg3(tmp_path, given, used):
+    assert Settings(data_dir=tmp_path, database_url=given).sqlalchemy_url == used
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql+psycopg2://u@db/cs", "'postgresql+psycopg2' is not installed (pip install"),
+        ("not a url", "the database URL is not valid"),
+    ],
+)
+def test_unusable_database_url_is_a_config_error(tmp_path, url, message):
+    from clearscan.app import create_app
+
+    settings = Settings(data_dir=tmp_path, database_url=url, admin_password="x" * 16)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        create_app(settings)
+
+
+def test_plain_postgresql_url_serves_on_the_real_server(settings):
+    """What a Kubernetes secret usually holds: postgresql://... (psycopg 3 is used)."""
+    from fastapi.testclient import TestClient
+
+    from clearscan.app import create_app
+    from tests.conftest import ADMIN_PASSWORD, login, pg_available, pg_database
+
+    if not pg_available():
+        pytest.fail("PostgreSQL is not reachable on 127.0.0.1:5432 (the test machine runs it)")
+    with pg_database(settings) as pg:
+        plain = pg.model_copy(
+            update={
+                "database_url": pg.database_url.replace("postgresql+psycopg://", "postgresql://")
+            }
+        )
+        assert plain.database_url.startswith("postgresql://postgres@")
+        app = create_app(plain)
+        try:
+            with TestClient(app) as c:
+                r = c.get("/api/v1/audit/verify", headers=login(c, "admin", ADMIN_PASSWORD))
+                assert r.status_code == 200 and r.json()["ok"] is True
+        finally:
+            app.state.clearscan.engine.dispose()

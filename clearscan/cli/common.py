@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from sqlalchemy.orm import Session
 
 from clearscan.audit.service import RequestContext
@@ -31,12 +32,12 @@ def load_settings(data_dir: Path | None = None) -> Settings:
     try:
         return Settings(data_dir=data_dir) if data_dir else Settings()
     except Exception as exc:  # pydantic validation of the environment
-        err_console.print(f"[red]invalid settings:[/red] {exc}")
+        err_console.print(f"[red]invalid settings:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}")
+    err_console.print(f"[red]error:[/red] {escape(message)}")  # messages may hold [brackets]
     return typer.Exit(code)
 
 

@@ -96,7 +96,10 @@ def db_upgrade(
 
     settings = load_settings(data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.sqlalchemy_url, revision)
+    try:
+        upgrade(settings.sqlalchemy_url, revision)
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
     console.print(f"database at revision {revision}")
 
 

@@ -8,10 +8,27 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
+
+from clearscan.config import ConfigError
 
 
 def create_db_engine(url: str, *, echo: bool = False) -> Engine:
+    try:
+        return _create(url, echo=echo)
+    except (ImportError, NoSuchModuleError) as exc:
+        parsed = make_url(url)
+        postgres = parsed.get_backend_name() == "postgresql"
+        hint = " (pip install 'clearscan[postgres]')" if postgres else ""
+        raise ConfigError(
+            f"database driver {parsed.drivername!r} is not installed{hint}: {exc}"
+        ) from None
+    except ArgumentError as exc:
+        raise ConfigError(f"the database URL is not valid: {exc}") from None
+
+
+def _create(url: str, *, echo: bool) -> Engine:
     parsed = make_url(url)
     kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":

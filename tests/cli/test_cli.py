@@ -157,3 +157,11 @@ def test_models_commands(tmp_path, monkeypatch):
     pickle_file.write_bytes(b"\x80\x04K\x01.")
     r = runner.invoke(app, ["models", "import", str(pickle_file), *d])
     assert r.exit_code == 1 and "pickle" in r.output
+
+
+def test_db_upgrade_with_a_missing_driver_says_which_extra(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLEARSCAN_DATABASE_URL", "postgresql+psycopg2://u@db/cs")
+    r = runner.invoke(app, ["db", "upgrade", "--data-dir", str(tmp_path / "d")])
+    assert r.exit_code == 2
+    text = " ".join(r.output.split())  # the console wraps long lines
+    assert "'postgresql+psycopg2' is not installed" in text and "clearscan[postgres]" in text
