@@ -9,13 +9,17 @@ import os
 import secrets
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRET_MARKERS = {"", "changethis", "changeme", "secret", "insecure"}
 SECRET_KEY_FILE = "secret_key"  # noqa: S105 (a file name)
+
+
+if TYPE_CHECKING:
+    from clearscan.imaging import Limits
 
 
 class ConfigError(RuntimeError):
@@ -39,6 +43,7 @@ class Settings(BaseSettings):
 
     max_upload_mb: float = 50.0
     max_pixels: int = 64_000_000
+    max_volume_voxels: int = Field(default=512_000_000, gt=0)
     max_dimension: int = 30_000
     max_files_per_request: int = 32
     max_model_upload_mb: float = 2048.0
@@ -85,6 +90,16 @@ class Settings(BaseSettings):
                 return f"postgresql+psycopg://{rest}"
             return self.database_url
         return f"sqlite:///{self.data_dir / 'clearscan.db'}"
+
+    def image_limits(self) -> Limits:
+        """The decoder's caps (pixel bombs, NIfTI volumes) from these settings."""
+        from clearscan.imaging import Limits
+
+        return Limits(
+            max_pixels=self.max_pixels,
+            max_dimension=self.max_dimension,
+            max_volume_voxels=self.max_volume_voxels,
+        )
 
     @property
     def blob_dir(self) -> Path:

@@ -34,6 +34,4 @@ class AppState:
 
     @property
     def limits(self) -> Limits:
-        return Limits(
-            max_pixels=self.settings.max_pixels, max_dimension=self.settings.max_dimension
-        )
+        return self.settings.image_limits()

@@ -14,7 +14,6 @@ from clearscan.cli.common import DataDirOpt, cli_context, console, db_session, f
 from clearscan.datasets import service
 from clearscan.datasets.importers import DatasetError
 from clearscan.datasets.schemas import DatasetPublic
-from clearscan.imaging import Limits
 from clearscan.storage.local import LocalBlobStore
 
 app = typer.Typer(help="Datasets for training and evaluation.", no_args_is_help=True)
@@ -72,9 +71,7 @@ def import_(
                     ctx=cli_context(),
                     source=path,
                     options=options,
-                    limits=Limits(
-                        max_pixels=settings.max_pixels, max_dimension=settings.max_dimension
-                    ),
+                    limits=settings.image_limits(),
                     max_bytes=int(settings.max_dataset_upload_mb * 2**20),
                 )
         except DatasetError as exc:

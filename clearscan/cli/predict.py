@@ -21,7 +21,7 @@ from clearscan.cli.common import (
     fail,
     load_settings,
 )
-from clearscan.imaging import ImagingError, Limits
+from clearscan.imaging import ImagingError
 from clearscan.registry.service import RegistryError
 
 
@@ -61,7 +61,7 @@ def predict(
         runner = stack.enter_context(registry.lease(entry))  # loaded while the files run
     except RegistryError as exc:
         raise fail(str(exc)) from None
-    limits = Limits(max_pixels=settings.max_pixels, max_dimension=settings.max_dimension)
+    limits = settings.image_limits()
     if out:
         out.mkdir(parents=True, exist_ok=True)
     failures = 0

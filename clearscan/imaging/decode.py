@@ -20,7 +20,7 @@ import re
 import struct
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any
@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 
 from clearscan.imaging.errors import CorruptImage, ImageTooLarge, ImagingError, UnsupportedFormat
-from clearscan.imaging.sniff import GZIP_MAGIC, gunzip_prefix, inflate_prefix, sniff
+from clearscan.imaging.sniff import (
+    GZIP_MAGIC,
+    gunzip_prefix,
+    inflate_chunks,
+    inflate_prefix,
+    sniff,
+)
 
 __all__ = ["DecodedImage", "Limits", "decode"]
 
@@ -58,6 +64,7 @@ _NIFTI_UNSUPPORTED = {
     2048: "complex256",
     2304: "RGBA32",
 }
+_INFLATE_PLANE_CHUNK = 1 << 20
 _MAX_NIFTI_VOX_OFFSET = 64 * 1024 * 1024  # header extensions larger than this are implausible
 _MAX_MESSAGE = 200
 
@@ -66,8 +73,11 @@ _MAX_MESSAGE = 200
 class Limits:
     """Caps checked before any pixels are decoded."""
 
-    max_pixels: int = 64_000_000  # rows*cols(*samples) per DICOM frame, x*y*z for NIfTI
+    max_pixels: int = 64_000_000  # rows*cols(*samples) of the decoded image or slice
     max_dimension: int = 30_000  # any single side
+    # voxels of a NIfTI volume (its first 3D volume): only one slice is kept in memory, but a
+    # .nii.gz is decompressed up to that slice (or through, for sagittal/coronal storage)
+    max_volume_voxels: int = 512_000_000
 
 
 @dataclass
@@ -776,6 +786,71 @@ class _NiftiHeader:
     vox_offset: int
 
 
+def _nifti_slice(
+    data: bytes,
+    compressed: bool,
+    hdr: _NiftiHeader,
+    spatial: tuple[int, int, int],
+    dtype: np.dtype,
+    axis: int,
+    index: int,
+) -> np.ndarray:
+    """Voxel slice `index` along stored `axis` of the first 3D volume, in stored order (2D).
+
+    Voxels are stored x fastest, then y, then z. A .nii is already in memory: the slice is a
+    strided view of it. A .nii.gz is inflated one z-plane at a time and only as far as needed
+    (through plane `index` for axis 2; all planes for axes 0 and 1), so memory holds one plane
+    and the slice, never the volume, and a gzip bomb cannot inflate past the volume."""
+    nx, ny, nz = spatial
+    plane_bytes = nx * ny * dtype.itemsize
+    if not compressed:
+        needed = hdr.vox_offset + plane_bytes * nz
+        if len(data) < needed:
+            raise CorruptImage(
+                f"NIfTI voxel data is truncated: expected {needed:,} bytes, found {len(data):,}"
+            )
+        vol = np.frombuffer(data, dtype, count=nx * ny * nz, offset=hdr.vox_offset)
+        vol = vol.reshape((nx, ny, nz), order="F")
+        picked: list[slice | int] = [slice(None)] * 3
+        picked[axis] = index
+        return np.array(vol[tuple(picked)])  # a strided view, copied: only the slice
+    last = index if axis == 2 else nz - 1
+    out = np.empty((nx, ny) if axis == 2 else (ny if axis == 0 else nx, nz), dtype)
+    for z, plane in _inflate_planes(data, hdr.vox_offset, plane_bytes, last + 1):
+        grid = np.frombuffer(plane, dtype).reshape((nx, ny), order="F")
+        if axis == 2:
+            out[:] = grid
+        elif axis == 1:
+            out[:, z] = grid[:, index]
+        else:
+            out[:, z] = grid[index, :]
+    return out
+
+
+def _inflate_planes(
+    data: bytes, offset: int, plane_bytes: int, count: int
+) -> Iterator[tuple[int, bytes]]:
+    """Yield (z, plane) for the first `count` planes of `plane_bytes` each, which start `offset`
+    bytes into the gzip stream `data`; only about one plane and one inflated chunk are held."""
+    buf = bytearray()
+    skip, z = offset, 0
+    step = min(_INFLATE_PLANE_CHUNK, max(plane_bytes, 1 << 16))
+    for chunk in inflate_chunks(data, wbits=16 + zlib.MAX_WBITS, step=step):
+        buf += chunk
+        if skip:
+            if len(buf) < skip:
+                continue
+            del buf[:skip]
+            skip = 0
+        while len(buf) >= plane_bytes and z < count:
+            yield z, bytes(buf[:plane_bytes])
+            del buf[:plane_bytes]
+            z += 1
+        if z >= count:
+            return
+    raise CorruptImage(f"NIfTI voxel data is truncated: the stream ends in plane {z} of {count}")
+
+
 def _parse_nifti_header(head: bytes) -> _NiftiHeader:
     if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
         version, size = 1, 348
@@ -834,30 +909,27 @@ def _decode_nifti(data: bytes, limits: Limits, frame: int | None) -> DecodedImag
             f"NIfTI volume is {nx} x {ny} x {nz} voxels; the largest side allowed is "
             f"{limits.max_dimension:,}"
         )
-    _check_size("NIfTI volume", nx, ny, nz, limits)
-
-    # Only the first 3D volume is ever read (4D+: the first time point), so only that many
-    # bytes are needed - and, for .nii.gz, decompressed (a hard cap against gzip bombs).
-    needed = hdr.vox_offset + nx * ny * nz * hdr.bytes_per_voxel
-    if compressed:
-        buf = gunzip_prefix(data, needed)
-    else:
-        buf = data[:needed] if len(data) > needed else data
-    if len(buf) < needed:
-        raise CorruptImage(
-            f"NIfTI voxel data is truncated: expected {needed:,} bytes, found {len(buf):,}"
+    if nx * ny * nz > limits.max_volume_voxels:
+        raise ImageTooLarge(
+            f"NIfTI volume is {nx} x {ny} x {nz} = {nx * ny * nz:,} voxels, over the limit of "
+            f"{limits.max_volume_voxels:,}"
         )
 
-    klass = nib.Nifti1Image if hdr.version == 1 else nib.Nifti2Image
+    klass = nib.Nifti1Header if hdr.version == 1 else nib.Nifti2Header
     try:
-        img = klass.from_bytes(buf)
+        header = klass.from_fileobj(BytesIO(head))
+        affine = header.get_best_affine()
+        dtype = np.dtype(header.get_data_dtype())
+        slope, inter = header.get_slope_inter()
     except Exception as exc:
         raise CorruptImage(f"could not parse NIfTI header: {_describe_exc(exc)}") from exc
+    if dtype.itemsize != hdr.bytes_per_voxel:
+        raise CorruptImage(f"NIfTI header has an inconsistent datatype ({dtype})")
 
     # Reorient to the closest canonical (RAS+) orientation, reading only the chosen slice.
     ornt = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
     try:
-        found = io_orientation(img.affine)
+        found = io_orientation(affine)
         if np.isfinite(found).all() and (len(hdr.shape) >= 3 or found[2, 0] == 2):
             ornt = found
     except Exception:  # noqa: S110 - a degenerate affine keeps the stored (voxel) orientation
@@ -870,16 +942,15 @@ def _decode_nifti(data: bytes, limits: Limits, frame: int | None) -> DecodedImag
             f"slice {index} is out of range: this volume has {n_slices} slice(s) "
             f"(valid 0-{n_slices - 1})"
         )
+    side = [d for axis, d in enumerate(spatial) if axis != in_axis]
+    _check_size("NIfTI slice", side[0], side[1], 1, limits)
     source_index = index if ornt[in_axis, 1] > 0 else n_slices - 1 - index
-    slicer: list[slice | int] = [slice(None), slice(None), slice(None)]
-    slicer[in_axis] = slice(source_index, source_index + 1)
-    slicer = slicer[: len(hdr.shape)] + [0] * (len(hdr.shape) - 3)
-    try:
-        chunk = np.asarray(img.dataobj[tuple(slicer)])
-    except Exception as exc:
-        raise CorruptImage(f"could not read NIfTI voxel data: {_describe_exc(exc)}") from exc
-    if chunk.ndim == 2:
-        chunk = chunk[:, :, np.newaxis]
+
+    # Only the first 3D volume is read (4D+: the first time point), one z-plane at a time.
+    raw = _nifti_slice(data, compressed, hdr, (nx, ny, nz), dtype, in_axis, source_index)
+    if slope is not None:
+        raw = raw.astype(np.float64) * slope + (inter or 0.0)
+    chunk = np.expand_dims(raw, in_axis)
     oriented = apply_orientation(chunk, ornt)  # RAS+: (x, y, 1)
     ras_slice = oriented[:, :, 0]
     values = _finite(np.rot90(ras_slice).astype(np.float32))  # anterior up

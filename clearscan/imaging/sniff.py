@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
 from typing import Literal
 
 from clearscan.imaging.errors import CorruptImage, UnsupportedFormat
 
-__all__ = ["ImageFormat", "gunzip_prefix", "inflate_prefix", "sniff"]
+__all__ = ["ImageFormat", "gunzip_prefix", "inflate_chunks", "inflate_prefix", "sniff"]
 
 ImageFormat = Literal["png", "jpeg", "dicom", "nifti"]
 
@@ -20,6 +21,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SOI = b"\xff\xd8\xff"
 GZIP_MAGIC = b"\x1f\x8b"
 _INFLATE_CHUNK = 1 << 20
+_INFLATE_INPUT = 1 << 16
 
 NIFTI1_HEADER_SIZE = 348
 NIFTI2_HEADER_SIZE = 540
@@ -117,24 +119,43 @@ def inflate_prefix(data: bytes, limit: int, *, wbits: int) -> bytes:
     Returns at most ``limit`` bytes. For gzip (``wbits`` > 16) concatenated members are followed.
     """
     out = bytearray()
-    pending = bytes(data)
+    for chunk in inflate_chunks(data, wbits=wbits, step=min(_INFLATE_CHUNK, max(limit, 1))):
+        out += chunk[: limit - len(out)]
+        if len(out) >= limit:
+            break
+    return bytes(out)
+
+
+def inflate_chunks(data: bytes, *, wbits: int, step: int = _INFLATE_CHUNK) -> Iterator[bytes]:
+    """Inflate ``data`` lazily, in output chunks of at most ``step`` bytes; for gzip (``wbits``
+    > 16) concatenated members are followed, and trailing bytes that are not a member are
+    ignored. The input goes in 64 KiB pieces, so no call copies the rest of a large input
+    (zlib's ``unconsumed_tail`` would: quadratic time on a 100 MB upload). A truncated stream
+    simply ends; raises :class:`CorruptImage` when the data is not valid zlib/gzip."""
+    view = memoryview(data)
+    pos = 0
     decomp = zlib.decompressobj(wbits=wbits)
+    tail: bytes | memoryview = b""  # input given to zlib, not used yet (at most one piece)
     try:
-        while len(out) < limit:
-            chunk = decomp.decompress(pending, min(limit - len(out), _INFLATE_CHUNK))
-            out += chunk
+        while True:
+            if not tail:
+                if pos >= len(view):
+                    return  # input used up: the stream ends here (possibly truncated)
+                tail = view[pos : pos + _INFLATE_INPUT]
+                pos += len(tail)
+            chunk = decomp.decompress(tail, step)
+            if chunk:
+                yield chunk
             if decomp.eof:
-                pending = decomp.unused_data
-                if wbits <= 16 or not pending.startswith(GZIP_MAGIC):
-                    break  # end of the (last) stream; trailing garbage is ignored
+                rest = decomp.unused_data + bytes(view[pos : pos + 2])
+                if wbits <= 16 or not rest.startswith(GZIP_MAGIC):
+                    return  # end of the (last) stream; trailing bytes are ignored
+                tail = decomp.unused_data
                 decomp = zlib.decompressobj(wbits=wbits)
                 continue
-            pending = decomp.unconsumed_tail
-            if not pending and not chunk:
-                break  # input exhausted: truncated stream
+            tail = decomp.unconsumed_tail
     except zlib.error as exc:
         raise CorruptImage(f"corrupt compressed data ({exc})") from exc
-    return bytes(out)
 
 
 def _sniff_gzip(data: bytes) -> ImageFormat:

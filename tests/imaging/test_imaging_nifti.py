@@ -158,3 +158,94 @@ def test_invalid_header_fields(imgdata):
     for data in (bad_dim, bad_size, bad_offset, bad_type):
         with pytest.raises(ImagingError):
             decode(bytes(data))
+
+
+# --- slices read without loading the volume ----------------------------------------------------
+
+_ORIENTATIONS = {
+    # stored axes -> RAS: identity, z flipped, and the two permutations that put the axial
+    # (slice) axis first or second in storage (sagittal / coronal acquisitions)
+    "axial": np.eye(4),
+    "axial-flipped": np.diag([-1.0, 1.0, -1.0, 1.0]),
+    "slice-axis-first": np.array([[0, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], float),
+    "slice-axis-second": np.array([[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]], float),
+}
+
+
+def _nibabel_slice(data: bytes, index: int) -> np.ndarray:
+    """The oracle: nibabel loads the whole volume, reorients it to RAS+ and takes the slice."""
+    import nibabel as nib
+
+    raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    img = nib.Nifti1Image.from_bytes(raw) if raw[344:348] == b"n+1\x00" else None
+    img = img if img is not None else nib.Nifti2Image.from_bytes(raw)
+    ras = nib.as_closest_canonical(img)
+    vol = np.asarray(ras.dataobj, dtype=np.float64)
+    return np.rot90(vol[:, :, index]).astype(np.float32)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("orientation", list(_ORIENTATIONS))
+@pytest.mark.parametrize("dtype", ["<i2", ">f4", "u1"])
+def test_any_slice_matches_nibabel(imgdata, gz, orientation, dtype):
+    rng = np.random.default_rng(7)
+    vol = (rng.random((11, 9, 13)) * 200 - (0 if dtype == "u1" else 100)).astype(dtype)
+    data = imgdata.nifti(vol, _ORIENTATIONS[orientation], gz=gz)
+    first = decode(data)
+    for index in sorted({0, first.frame_index, first.frames - 1}):
+        img = decode(data, frame=index)
+        np.testing.assert_allclose(img.values, _nibabel_slice(data, index), rtol=1e-6)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_scaled_voxels_and_4d_first_volume_match_nibabel(imgdata, gz):
+    rng = np.random.default_rng(3)
+    vol = rng.integers(-500, 500, size=(8, 7, 6, 3)).astype(np.int16)  # 4D: 3 time points
+    data = imgdata.nifti(vol, gz=gz, slope=0.5, inter=-10.0)
+    img = decode(data, frame=2)
+    np.testing.assert_allclose(img.values, _nibabel_slice(data, 2)[..., 0], rtol=1e-6)
+    np.testing.assert_allclose(img.values, np.rot90(vol[:, :, 2, 0] * 0.5 - 10.0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("orientation", ["axial", "slice-axis-first"])
+def test_a_volume_over_the_pixel_cap_decodes_one_slice_in_little_memory(imgdata, gz, orientation):
+    """A 96 x 96 x 200 volume (1.8 M voxels, 3.7 MB) with a 100,000-pixel cap: each slice is
+    within the cap, so it decodes; memory holds a plane and the slice, not the volume."""
+    import tracemalloc
+
+    from clearscan.imaging import Limits
+
+    vol = np.broadcast_to(np.arange(200, dtype=np.int16), (96, 96, 200)).copy()
+    vol[:48] += 1000  # left half brighter, so the slice is not constant
+    data = imgdata.nifti(vol, _ORIENTATIONS[orientation], gz=gz)
+    limits = Limits(max_pixels=100_000)
+    decode(data, frame=0, limits=limits)  # imports done outside the measurement
+    tracemalloc.start()
+    try:
+        img = decode(data, limits=limits)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_allclose(img.values, _nibabel_slice(data, img.frame_index), rtol=1e-6)
+    assert peak < vol.nbytes / 4, f"peak {peak:,} bytes for a {vol.nbytes:,}-byte volume"
+    with pytest.raises(ImagingError, match="over the limit"):
+        decode(data, limits=Limits(max_pixels=96 * 95))  # one slice is 96 x 96 (or 96 x 200)
+
+
+def test_volume_voxel_cap(imgdata):
+    from clearscan.imaging import ImageTooLarge, Limits
+
+    data = imgdata.nifti(np.zeros((10, 10, 10), np.int16), gz=True)
+    with pytest.raises(ImageTooLarge, match="1,000 voxels, over the limit of 999"):
+        decode(data, limits=Limits(max_volume_voxels=999))
+    assert decode(data, limits=Limits(max_volume_voxels=1000)).frames == 10
+
+
+def test_truncated_gzip_volume_names_the_plane(imgdata):
+    vol = np.ones((16, 16, 12), np.int16)
+    full = gzip.decompress(imgdata.nifti(vol, gz=True))
+    cut = gzip.compress(full[: len(full) - 16 * 16 * 2 * 3], mtime=0)  # last 3 planes missing
+    with pytest.raises(CorruptImage, match="truncated: the stream ends in plane 9 of 12"):
+        decode(cut, frame=11)
+    assert decode(cut, frame=3).frames == 12  # planes before the cut still read
