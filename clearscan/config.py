@@ -37,6 +37,8 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL; default: SQLite file in the data dir.",
     )
     secret_key: str | None = None
+    # when set, GET /metrics needs `Authorization: Bearer <token>` (Prometheus: bearer_token)
+    metrics_token: str | None = Field(default=None, min_length=16)
     admin_password: str | None = None
     default_model: str = "pneumonia-cxr"
     models_dir: Path | None = None

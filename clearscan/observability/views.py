@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -78,7 +79,17 @@ def health(state: StateDep) -> dict[str, object]:
 
 
 @router.get("/metrics", summary="Prometheus metrics")
-def metrics(state: StateDep) -> Response:
+def metrics(request: Request, state: StateDep) -> Response:
+    token = state.settings.metrics_token
+    if token is not None:
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
+            return JSONResponse(
+                {"detail": "metrics need the bearer token set in CLEARSCAN_METRICS_TOKEN"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
     for e in state.registry.entries():
         state.metrics.models_available.labels(e.manifest.name, e.manifest.version).set(
             1 if e.available else 0

@@ -61,3 +61,32 @@ def test_docs_served_locally(client):
 def test_errors_are_json_detail(client):
     r = client.get("/api/v1/nope")
     assert r.status_code == 404 and "detail" in r.json()
+
+
+def test_metrics_token_guards_the_endpoint_when_set(settings):
+    from fastapi.testclient import TestClient
+
+    from clearscan.app import create_app
+
+    token = "scrape-secret-0123456789"
+    with TestClient(create_app(settings.model_copy(update={"metrics_token": token}))) as c:
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong-token-0123456789"},
+            {"Authorization": token},
+        ):
+            r = c.get("/metrics", headers=headers)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+            assert "CLEARSCAN_METRICS_TOKEN" in r.json()["detail"]
+        r = c.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200 and "clearscan_" in r.text
+
+
+def test_metrics_token_must_not_be_trivially_short(tmp_path):
+    import pytest
+    from pydantic import ValidationError
+
+    from clearscan.config import Settings
+
+    with pytest.raises(ValidationError, match="metrics_token"):
+        Settings(data_dir=tmp_path, metrics_token="short")
