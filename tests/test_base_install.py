@@ -29,6 +29,7 @@ SCRIPT = textwrap.dedent(
     from clearscan.config import Settings
     from tests.conftest import ADMIN_PASSWORD, login, png_bytes
     from tests.web.test_dataset_pages import class_zip
+    from tests.web.test_pages import web_login
 
     settings = Settings(
         data_dir=tempfile.mkdtemp(), admin_password=ADMIN_PASSWORD,
@@ -46,6 +47,11 @@ SCRIPT = textwrap.dedent(
         r = c.post("/api/v1/training-runs", headers=h, json={"dataset": "chest"})
         assert r.status_code == 422, r.text
         assert "needs PyTorch" in r.json()["detail"], r.text
+        assert web_login(c, "admin", ADMIN_PASSWORD).status_code == 303
+        for page in ("/", "/training", "/datasets", "/datasets/chest", "/models",
+                     "/models/pneumonia-cxr"):
+            r = c.get(page)
+            assert r.status_code == 200, (page, r.status_code, r.text[:300])
     assert "torch" not in sys.modules, "the server imported torch"
     print("BASE-INSTALL-OK")
     """
