@@ -10,6 +10,12 @@ copy of the graph (float32 in and out, float16 inside), for the CUDA provider.
     .venv/bin/python benchmarks/bench_batching.py --device cuda --clients 64   # on a GPU
     .venv/bin/python benchmarks/bench_batching.py --clients 8 --seconds 5      # CPU smoke run
 
+`--runtime torchscript` serves the same network as a TorchScript package through the server's
+TorchScript runtime instead (PyTorch; on `--device cuda` the model and the Grad-CAM gradients run
+on the GPU). That is the GPU path available where `onnxruntime-gpu` is not installed (the lent
+device image has PyTorch with CUDA but only the CPU build of ONNX Runtime, and the 244 MiB
+onnxruntime-gpu wheel exceeds what can be carried there). `--fp16` applies to ONNX only.
+
 Results: bench-results/batching.json. Not part of `make bench`'s defaults on CPU-only machines
 (on 2 CPU cores batching cannot add throughput: one image already uses both cores)."""
 
@@ -33,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.make_resnet_package import build_package  # noqa: E402
 from clearscan.inference.batching import MicroBatcher  # noqa: E402
-from clearscan.inference.runtime import OnnxModel, create_model  # noqa: E402
+from clearscan.inference.runtime import Model, create_model  # noqa: E402
 from clearscan.registry.manifest import load_manifest  # noqa: E402
 
 
@@ -61,8 +67,34 @@ def to_fp16(pkg: Path) -> Path:
     return out
 
 
+def to_torchscript(pkg: Path, seed: int = 0) -> Path:
+    """The package's network (same seed, same weights) as a TorchScript package: torch.jit.trace
+    of `build_model`, Grad-CAM target `layer4`."""
+    import torch
+
+    from benchmarks.make_resnet_package import build_model
+
+    out = pkg.parent / (pkg.name + "-torchscript")
+    out.mkdir()
+    model = build_model(seed)
+    example = torch.zeros(1, 3, 224, 224)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, example)
+    torch.jit.save(traced, str(out / "model.pt"))
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    manifest.update(
+        runtime="torchscript",
+        weights="model.pt",
+        version=manifest["version"] + "-torchscript",
+        explain={"method": "gradcam", "target": "layer4"},
+        files={"model.pt": hashlib.sha256((out / "model.pt").read_bytes()).hexdigest()},
+    )
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
 def run_phase(
-    model: OnnxModel, *, clients: int, seconds: float, max_batch: int, explain: bool
+    model: Model, *, clients: int, seconds: float, max_batch: int, explain: bool
 ) -> dict[str, Any]:
     spec = model.manifest.input
     rng = np.random.default_rng(0)
@@ -113,17 +145,27 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--fp16", action="store_true", help="also run a float16 copy of the graph")
+    ap.add_argument("--runtime", choices=["onnx", "torchscript"], default="onnx")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "batching.json")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         pkg = build_package(Path(tmp) / "resnet50")
-        packages = [("fp32", pkg)] + ([("fp16", to_fp16(pkg))] if args.fp16 else [])
-        results: dict[str, Any] = {"device": args.device, "clients": args.clients, "runs": []}
+        if args.runtime == "torchscript":
+            packages = [("fp32", to_torchscript(pkg))]
+        else:
+            packages = [("fp32", pkg)] + ([("fp16", to_fp16(pkg))] if args.fp16 else [])
+        results: dict[str, Any] = {
+            "device": args.device,
+            "runtime": args.runtime,
+            "clients": args.clients,
+            "runs": [],
+        }
         for precision, path in packages:
             model = create_model(path, load_manifest(path), device=args.device)
             model.load()
-            assert isinstance(model, OnnxModel)
+            if not model.explainable:
+                raise SystemExit(f"{path.name} is not explainable: {model.cam_error}")
             for explain in (False, True):
                 on = run_phase(
                     model,
