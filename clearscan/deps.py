@@ -3,10 +3,11 @@ user and role checks. Denied requests are audited here."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from clearscan.audit import service as audit
@@ -18,7 +19,11 @@ from clearscan.state import AppState
 SESSION_COOKIE = "clearscan_session"
 
 
-def get_state(request: Request) -> AppState:
+# Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependency in the
+# thread pool, a hop (two thread switches) per dependency per request.
+
+
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.clearscan
     return state
 
@@ -26,12 +31,12 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_db(state: StateDep) -> Iterator[Session]:
-    db = state.sessions()
+async def get_db(state: StateDep) -> AsyncIterator[Session]:
+    db = state.sessions()  # no connection yet: it is taken on first use, in a worker thread
     try:
         yield db
     finally:
-        db.close()
+        await run_in_threadpool(db.close)  # returns the connection (a rollback: I/O)
 
 
 SessionDep = Annotated[Session, Depends(get_db)]
@@ -94,9 +99,10 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 def require_roles(*roles: Role) -> object:
     allowed = {r.value for r in roles}
 
-    def check(request: Request, user: CurrentUser, db: SessionDep) -> User:
+    async def check(request: Request, user: CurrentUser, db: SessionDep) -> User:
         if user.role not in allowed:
-            raise _deny(
+            raise await run_in_threadpool(
+                _deny,
                 db,
                 request,
                 403,
