@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import CursorResult, Table, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from clearscan.audit.models import AuditEvent, AuditHead
@@ -106,12 +106,14 @@ def append(db: Session, ctx: RequestContext, *entries: Entry) -> list[AuditEvent
         rows.append(row)
     if rows:
         db.execute(insert(_EVENTS), rows)  # Core: no ORM unit of work for append-only rows
-    db.execute(
+    moved = db.execute(
         update(AuditHead)
         .where(AuditHead.id == 1, AuditHead.seq == first)
         .values(seq=seq, hash=prev)
         .execution_options(synchronize_session=False)
     )
+    if cast(CursorResult[Any], moved).rowcount != 1:  # the head is locked: cannot happen
+        raise RuntimeError("audit chain head moved while it was locked")
     db.flush()  # the caller's pending rows, in the same transaction
     return [AuditEvent(**row) for row in rows]
 

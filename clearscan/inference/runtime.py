@@ -69,7 +69,7 @@ class Model:
         self.manifest = manifest
         self.threads = threads
         self.device = device
-        self.parallel_runs = max(1, parallel_runs)  # a wish: runtimes that cannot keep 1
+        self.parallel_runs = max(1, parallel_runs)  # a wish: other runtimes run one at a time
         self.cam_error: str | None = None
         self.ood: OodReference | None = None
         self._batchers: dict[str, MicroBatcher] = {}
@@ -214,7 +214,7 @@ def cpu_cores() -> int:
 
 def auto_parallel_runs(device: str) -> int:
     """CLEARSCAN_PARALLEL_RUNS=0: two parallel runs per model version on a CPU with two or more
-    cores (measured on 2 cores: +7 % req/s under 8 clients, same single-request latency), one
+    cores (measured on 2 cores: +4-7 % req/s under 8 clients, same single-request latency), one
     on a GPU (there the micro-batcher's larger batches pay instead)."""
     return 2 if device == "cpu" and cpu_cores() >= 2 else 1
 
