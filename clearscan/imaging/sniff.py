@@ -138,9 +138,7 @@ def inflate_chunks(data: bytes, *, wbits: int, step: int = _INFLATE_CHUNK) -> It
     tail: bytes | memoryview = b""  # input given to zlib, not used yet (at most one piece)
     try:
         while True:
-            if not tail:
-                if pos >= len(view):
-                    return  # input used up: the stream ends here (possibly truncated)
+            if not tail:  # the next piece; past the end, b"" drains what zlib still holds
                 tail = view[pos : pos + _INFLATE_INPUT]
                 pos += len(tail)
             chunk = decomp.decompress(tail, step)
@@ -154,6 +152,8 @@ def inflate_chunks(data: bytes, *, wbits: int, step: int = _INFLATE_CHUNK) -> It
                 decomp = zlib.decompressobj(wbits=wbits)
                 continue
             tail = decomp.unconsumed_tail
+            if not chunk and not tail and pos >= len(view):
+                return  # input used up, nothing pending: the stream ends (possibly truncated)
     except zlib.error as exc:
         raise CorruptImage(f"corrupt compressed data ({exc})") from exc
 

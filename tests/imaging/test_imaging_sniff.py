@@ -3,6 +3,7 @@ from __future__ import annotations
 import gzip
 import io
 import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
@@ -147,3 +148,22 @@ def test_gunzip_prefix_follows_members_and_stops_at_end():
     partial = gunzip_prefix(packed[: len(packed) // 2], len(original))
     assert 0 < len(partial) < len(original)
     assert original.startswith(partial)
+
+
+@pytest.mark.parametrize("step", [1000, 1 << 16, 1 << 20])
+def test_inflate_chunks_yields_everything_in_bounded_chunks(step):
+    """Members are followed, trailing junk ignored, every chunk at most `step` bytes, and the
+    output equals zlib's own one-shot inflate (also for highly compressible data, where one
+    input piece inflates to far more than `step`)."""
+    import os
+
+    from clearscan.imaging.sniff import inflate_chunks
+
+    parts = [os.urandom(70_000), bytes(3_000_000), b"tail" * 1000]
+    data = b"".join(gzip.compress(p, mtime=0) for p in parts) + b"not a member"
+    chunks = list(inflate_chunks(data, wbits=16 + zlib.MAX_WBITS, step=step))
+    assert max(len(c) for c in chunks) <= step
+    assert b"".join(chunks) == b"".join(parts)
+    truncated = gzip.compress(parts[1], mtime=0)[:-20]
+    got = b"".join(inflate_chunks(truncated, wbits=16 + zlib.MAX_WBITS, step=step))
+    assert 0 < len(got) <= len(parts[1]) and got == parts[1][: len(got)]
