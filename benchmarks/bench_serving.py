@@ -171,6 +171,11 @@ def bench_raw_ort(raw: RawOrt, seconds: float) -> dict[str, Any]:
 # --- 2. in process: explained vs unexplained vs Captum ----------------------------------------
 
 
+def bench_input() -> np.ndarray:
+    """The in-process benchmarks' input (1 x 3 x 224 x 224, fixed seed)."""
+    return np.random.default_rng(1).standard_normal((1, 3, SIZE, SIZE), dtype=np.float32)
+
+
 def bench_in_process(pkg: Path, model: Any, n: int) -> dict[str, Any]:
     import torch
     from captum.attr import LayerGradCam
@@ -182,7 +187,7 @@ def bench_in_process(pkg: Path, model: Any, n: int) -> dict[str, Any]:
     om.load()
     if not om.explainable:
         raise SystemExit(f"the package is not explainable by OnnxModel: {om.cam_error}")
-    x = np.random.default_rng(1).standard_normal((1, 3, SIZE, SIZE), dtype=np.float32)
+    x = bench_input()
     xt = torch.from_numpy(x)
     with torch.no_grad():
         logits = model(xt)
@@ -719,7 +724,7 @@ def main() -> None:
         inproc = bench_in_process(pkg, model, args.inproc_n)
         inproc["compute_bound"] = compute_bound(model, inproc)
         if args.gradcam_python:
-            x = np.random.default_rng(1).standard_normal((1, 3, SIZE, SIZE), dtype=np.float32)
+            x = bench_input()  # the input the in-process runs used
             gc_out = bench_pytorch_grad_cam(
                 args.gradcam_python, model, x, inproc["target"], args.inproc_n, workdir
             )

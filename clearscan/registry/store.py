@@ -60,7 +60,7 @@ class OnnxFlags:
     modality: str | None = None
 
 
-PICKLE_SNIFF_BYTES = 4096  # enough for a protocol 0/1 pickle to reach an import or a call
+PICKLE_SNIFF_BYTES = 4096  # how much of each file the protocol 0/1 opcode parse judges
 
 
 def _looks_like_pickle(head: bytes) -> bool:

@@ -67,7 +67,7 @@ def test_lean_sessions_made_counted_and_answering_the_same():
         np.testing.assert_array_equal(got.top, ref.top)
         assert got.cams is not None and ref.cams is not None
         np.testing.assert_allclose(got.cams, ref.cams, atol=1e-5)
-        assert two.batcher().stats is not None and len(two.batcher()._threads) == 2
+        assert len(two.batcher()._threads) == 2  # the batcher runs two batches at once
     finally:
         one.close()
         two.close()
