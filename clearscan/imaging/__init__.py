@@ -6,10 +6,15 @@ Typical use::
 
     img = decode(upload_bytes)          # raises ImagingError subclasses only
     png = render_png(img, preset="lung")
+
+Layout: :mod:`~clearscan.imaging.sniff` (type from content), :mod:`~clearscan.imaging.inflate`
+(bounded decompression), :mod:`~clearscan.imaging.limits`, :mod:`~clearscan.imaging.formats`
+(one decoder per format behind :func:`decode`), :mod:`~clearscan.imaging.render`.
 """
 
-from clearscan.imaging.decode import DecodedImage, Limits, decode
 from clearscan.imaging.errors import CorruptImage, ImageTooLarge, ImagingError, UnsupportedFormat
+from clearscan.imaging.formats import DecodedImage, decode
+from clearscan.imaging.limits import Limits
 from clearscan.imaging.render import WINDOW_PRESETS, available_presets, render_png
 from clearscan.imaging.sniff import ImageFormat, sniff
 

@@ -21,8 +21,8 @@ from io import BytesIO
 
 import numpy as np
 
-from clearscan.imaging.decode import DecodedImage
 from clearscan.imaging.errors import ImagingError
+from clearscan.imaging.formats.base import DecodedImage
 
 __all__ = [
     "DEFAULT_PRESET",

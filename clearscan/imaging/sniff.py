@@ -1,27 +1,24 @@
 """Content-based detection of upload types.
 
 The type of an upload is decided from its bytes only (magic numbers and header structure), never
-from a filename or a client-supplied content type.
+from a filename or a client-supplied content type. Gzip data is looked into through the bounded
+decompressor of :mod:`clearscan.imaging.inflate`, never inflated whole.
 """
 
 from __future__ import annotations
 
 import struct
-import zlib
-from collections.abc import Iterator
 from typing import Literal
 
 from clearscan.imaging.errors import CorruptImage, UnsupportedFormat
+from clearscan.imaging.inflate import GZIP_MAGIC, gunzip_prefix
 
-__all__ = ["ImageFormat", "gunzip_prefix", "inflate_chunks", "inflate_prefix", "sniff"]
+__all__ = ["ImageFormat", "sniff"]
 
 ImageFormat = Literal["png", "jpeg", "dicom", "nifti"]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SOI = b"\xff\xd8\xff"
-GZIP_MAGIC = b"\x1f\x8b"
-_INFLATE_CHUNK = 1 << 20
-_INFLATE_INPUT = 1 << 16
 
 NIFTI1_HEADER_SIZE = 348
 NIFTI2_HEADER_SIZE = 540
@@ -100,62 +97,6 @@ def sniff(data: bytes) -> ImageFormat:
             "(convert it to a single-file .nii or .nii.gz)"
         )
     raise UnsupportedFormat(f"unsupported file type: {_describe(head)}")
-
-
-def gunzip_prefix(data: bytes, limit: int) -> bytes:
-    """Decompress at most ``limit`` bytes of the gzip stream ``data``.
-
-    Decompression is streaming and stops as soon as ``limit`` bytes have been produced, so a gzip
-    bomb cannot make this allocate more than ``limit`` bytes of output. Concatenated gzip members
-    are followed. A stream that ends early simply yields fewer bytes; callers check the length.
-    Raises :class:`CorruptImage` when the stream is not valid gzip.
-    """
-    return inflate_prefix(data, limit, wbits=16 + zlib.MAX_WBITS)
-
-
-def inflate_prefix(data: bytes, limit: int, *, wbits: int) -> bytes:
-    """Bounded streaming zlib decompression (``wbits`` as for :func:`zlib.decompressobj`).
-
-    Returns at most ``limit`` bytes. For gzip (``wbits`` > 16) concatenated members are followed.
-    """
-    out = bytearray()
-    for chunk in inflate_chunks(data, wbits=wbits, step=min(_INFLATE_CHUNK, max(limit, 1))):
-        out += chunk[: limit - len(out)]
-        if len(out) >= limit:
-            break
-    return bytes(out)
-
-
-def inflate_chunks(data: bytes, *, wbits: int, step: int = _INFLATE_CHUNK) -> Iterator[bytes]:
-    """Inflate ``data`` lazily, in output chunks of at most ``step`` bytes; for gzip (``wbits``
-    > 16) concatenated members are followed, and trailing bytes that are not a member are
-    ignored. The input goes in 64 KiB pieces, so no call copies the rest of a large input
-    (zlib's ``unconsumed_tail`` would: quadratic time on a 100 MB upload). A truncated stream
-    simply ends; raises :class:`CorruptImage` when the data is not valid zlib/gzip."""
-    view = memoryview(data)
-    pos = 0
-    decomp = zlib.decompressobj(wbits=wbits)
-    tail: bytes | memoryview = b""  # input given to zlib, not used yet (at most one piece)
-    try:
-        while True:
-            if not tail:  # the next piece; past the end, b"" drains what zlib still holds
-                tail = view[pos : pos + _INFLATE_INPUT]
-                pos += len(tail)
-            chunk = decomp.decompress(tail, step)
-            if chunk:
-                yield chunk
-            if decomp.eof:
-                rest = decomp.unused_data + bytes(view[pos : pos + 2])
-                if wbits <= 16 or not rest.startswith(GZIP_MAGIC):
-                    return  # end of the (last) stream; trailing bytes are ignored
-                tail = decomp.unused_data
-                decomp = zlib.decompressobj(wbits=wbits)
-                continue
-            tail = decomp.unconsumed_tail
-            if not chunk and not tail and pos >= len(view):
-                return  # input used up, nothing pending: the stream ends (possibly truncated)
-    except zlib.error as exc:
-        raise CorruptImage(f"corrupt compressed data ({exc})") from exc
 
 
 def _sniff_gzip(data: bytes) -> ImageFormat:

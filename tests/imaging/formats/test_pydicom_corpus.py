@@ -40,6 +40,7 @@ WELL_KNOWN = [
     "JPEGLSNearLossless_08.dcm",
     "JPEGLSNearLossless_16.dcm",
     "JPGExtended.dcm",
+    "JPEG-lossy.dcm",  # 12-bit JPEG Extended that libjpeg refuses: read by the GDCM fallback
     "SC_rgb_rle.dcm",
     "SC_rgb_rle_16bit_2frame.dcm",
     "SC_rgb_jpeg_dcmtk.dcm",
@@ -60,7 +61,6 @@ WELL_KNOWN = [
 # Deliberately broken or not images: must be refused with a clear ImagingError.
 KNOWN_REJECTED: dict[str, type[ImagingError]] = {
     "MR_truncated.dcm": CorruptImage,  # pixel data cut short
-    "JPEG-lossy.dcm": CorruptImage,  # JPEG Extended with invalid SOS parameters
     "JPEG2000-embedded-sequence-delimiter.dcm": CorruptImage,  # delimiter inside codestream
     "rtplan.dcm": CorruptImage,  # no pixel data
     "rtstruct.dcm": CorruptImage,
@@ -117,7 +117,9 @@ def test_every_local_file_decodes_or_raises_imaging_error():
     for name, why in sorted(dicom_rejected.items()):
         print(f"  rejected {name}: {why}")
     assert not unexpected, f"non-ImagingError exceptions: {unexpected}"
-    assert len(decoded) >= 80
+    # 89 of the 176 files pydicom 3.0 ships decoded with pylibjpeg alone; 90 with the GDCM
+    # fallback (JPEG-lossy.dcm).
+    assert len(decoded) >= 90
 
 
 @pytest.mark.parametrize("name", WELL_KNOWN)
