@@ -21,7 +21,7 @@ whichever comes first:
 * `close()` drains everything already submitted (no more waiting for company), then stops the
   worker; later `submit` calls raise RuntimeError.
 
-Only stdlib + numpy: `run` is any callable shaped like `Model.run`.
+Only stdlib, numpy and `clearscan.inference.types`: `run` is any callable shaped like `Model.run`.
 """
 
 from __future__ import annotations
@@ -35,12 +35,11 @@ from collections import deque
 from collections.abc import Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from clearscan.inference.runtime import BatchOutput
+from clearscan.inference.types import BatchOutput, ItemOutput
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +50,6 @@ class RunBatch(Protocol):
     """`Model.run`'s shape: N x C x H x W batch in, BatchOutput out."""
 
     def __call__(self, batch: np.ndarray, *, explain: bool) -> BatchOutput: ...
-
-
-@dataclass(frozen=True)
-class ItemOutput:
-    probabilities: np.ndarray  # C
-    top: int  # class index chosen (threshold applied by the model)
-    cam: np.ndarray | None  # h x w in [0, 1]; None unless asked for and the model can explain
-    run_ms: float  # model run time of the whole batch this item was in
-    batch_size: int  # number of items in that batch
-    queue_ms: float  # time from submit() until the batch started
-    ood_score: float | None = None  # distance from the training inputs (None: no reference)
 
 
 @dataclass(frozen=True)

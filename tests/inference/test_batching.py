@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from clearscan.inference.batching import ItemOutput, MicroBatcher
-from clearscan.inference.runtime import BatchOutput, OnnxModel
+from clearscan.inference.runtimes.onnx import OnnxModel
+from clearscan.inference.types import BatchOutput
 from clearscan.registry.manifest import load_manifest
 from tests.conftest import chest_like
 

@@ -5,7 +5,9 @@ refused by name before anything is constructed, so a package cannot smuggle in a
 
 The estimator gets the preprocessed image flattened to one row of C*H*W values (in the package's
 normalisation) and must implement `predict_proba`; its `classes_` order is the label order.
-These models have no convolutional activation: no heatmaps."""
+These models have no convolutional activation: no heatmaps. Tabular models (the manifest lists
+`features`) take rows of raw feature values instead, and explain a prediction by per-feature
+contributions (`explain.contributions`)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from clearscan.inference.runtime import BatchOutput, Model, ModelLoadError
+from clearscan.inference.base import Model
+from clearscan.inference.explain.contributions import feature_contributions
+from clearscan.inference.ood import TableOodReference
+from clearscan.inference.types import BatchOutput, ModelLoadError
+
+__all__ = ["SKLEARN_DATA_CLASSES", "SklearnModel", "load_skops", "trusted_type"]
 
 # scikit-learn's own data classes that are not estimators but appear inside fitted models
 SKLEARN_DATA_CLASSES = {
@@ -84,6 +91,7 @@ class SklearnModel(Model):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._estimator: Any = None
+        self.table_ood: TableOodReference | None = None  # tabular out-of-domain reference
         self.cam_error = "scikit-learn models have no convolutional activation to explain"
         if self.manifest.features is not None:
             self.cam_error = None  # tabular: per-feature contributions instead of heatmaps
@@ -129,15 +137,13 @@ class SklearnModel(Model):
             )
         self._estimator = est
         if m.features is not None and m.ood is not None:
-            from clearscan.inference.ood import TableOodReference
-
             try:
                 ref = TableOodReference.load(self.package_dir / m.ood.file)
             except (OSError, ValueError, KeyError) as exc:
                 raise ModelLoadError(f"{m.ref}: ood.file {m.ood.file}: {exc}") from None
             if max(ref.columns, default=-1) >= len(m.features):
                 raise ModelLoadError(f"{m.ref}: ood reference columns exceed the features")
-            self.table_ood: Any = ref
+            self.table_ood = ref
         if m.features is not None:
             probs = self.predict_rows(self.baseline_row()[None, :])
             self._check_width(probs)
@@ -167,7 +173,7 @@ class SklearnModel(Model):
 
     def ood_score(self, row: np.ndarray) -> float | None:
         """Distance of one row from the training rows (> 1: out of domain); None: no reference."""
-        ref = getattr(self, "table_ood", None)
+        ref = self.table_ood
         return None if ref is None else round(float(ref.scores(row[None, :])[0]), 4)
 
     def explain_row(self, row: np.ndarray) -> tuple[np.ndarray, int, list[float]]:
@@ -175,17 +181,7 @@ class SklearnModel(Model):
         the log-odds of the decided class drop when that feature alone is replaced by its
         training baseline (one predict_proba call for all features; log-odds, so features
         still count when the probability is saturated near 0 or 1)."""
-        base = self.baseline_row()
-        n = len(base)
-        rows = np.repeat(row[None, :], n + 1, axis=0)
-        for i in range(n):
-            rows[i + 1, i] = base[i]
-        probs = self.predict_rows(rows)
-        top = int(self._decide(probs[:1])[0])
-        p = np.clip(probs[:, top], 1e-15, 1 - 1e-15)
-        logodds = np.log(p) - np.log1p(-p)
-        contrib = logodds[0] - logodds[1:]
-        return probs[0], top, [round(float(c), 4) for c in contrib]
+        return feature_contributions(row, self.baseline_row(), self.predict_rows, self._decide)
 
     def run(self, batch: np.ndarray, *, explain: bool, method: str = "gradcam") -> BatchOutput:
         est = self._estimator

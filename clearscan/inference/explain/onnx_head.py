@@ -1,13 +1,7 @@
-"""Grad-CAM in the same ONNX Runtime run as the prediction.
-
-For a network whose head is global-average-pool followed by one linear layer, the gradient of
-class score y_c w.r.t. the target activation A (K x h x w) is W[c, k] / (h*w) at every position,
-so Grad-CAM's channel weights are W[c, :] / (h*w) and
-
-    Grad-CAM_c = ReLU(sum_k W[c, k] * A_k) / (h*w)
-
-We find A and W in the graph, expose A as an extra output, and compute the map with one small
-matrix product: no backward pass, no second forward pass. The map is normalised to [0, 1]."""
+"""Locate the Grad-CAM head of an ONNX graph: the target activation A feeding
+global-average-pool -> (flatten) -> Gemm/MatMul(+Add), and the linear layer's weights, so that the
+class-weighted activation map (`gradcam.class_activation_maps`) gives Grad-CAM from the same
+ONNX Runtime run as the prediction. `expose_output` makes A an output of the graph."""
 
 from __future__ import annotations
 
@@ -17,12 +11,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from clearscan.inference.types import CamUnsupported
+
+__all__ = ["CamHead", "CamUnsupported", "expose_output", "find_cam_head"]
+
 _POOL_OPS = {"GlobalAveragePool", "ReduceMean"}
 _PASS_OPS = {"Flatten", "Reshape", "Squeeze", "Identity"}
-
-
-class CamUnsupported(ValueError):
-    """The graph's head is not GAP + linear; the class-weighted activation map does not apply."""
 
 
 @dataclass(frozen=True)
@@ -137,29 +131,3 @@ def expose_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     if name not in {o.name for o in out.graph.output}:
         out.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     return out
-
-
-def class_activation_maps(
-    activation: np.ndarray, weight: np.ndarray, classes: np.ndarray
-) -> np.ndarray:
-    """Grad-CAM maps (N x h x w) in [0, 1] for `classes[i]` of each sample i.
-
-    activation: N x K x h x w; weight: C x K."""
-    return weighted_maps(weight[classes], activation)
-
-
-def weighted_maps(channel_weights: np.ndarray, activation: np.ndarray) -> np.ndarray:
-    """ReLU(sum_k w[n, k] * A[n, k]) per sample, normalised by its peak to [0, 1] (a zero map
-    stays zero). channel_weights: N x K; activation: N x K x h x w."""
-    cam = np.einsum("nk,nkhw->nhw", channel_weights, activation, optimize=True)
-    np.maximum(cam, 0, out=cam)
-    peak = cam.reshape(cam.shape[0], -1).max(axis=1)
-    peak[peak == 0] = 1.0
-    cam /= peak[:, None, None]
-    return cam.astype(np.float32, copy=False)
-
-
-def gradcam_maps_from_gradients(activation: np.ndarray, gradients: np.ndarray) -> np.ndarray:
-    """Grad-CAM (Selvaraju et al.) from the gradient of each sample's class score w.r.t. its
-    activation (both N x K x h x w): channel weights are the spatial means of the gradient."""
-    return weighted_maps(gradients.mean(axis=(2, 3)), activation)

@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clearscan.inference import runtime
-from clearscan.inference.runtime import OnnxModel, auto_parallel_runs
+from clearscan.inference import base
+from clearscan.inference.base import auto_parallel_runs
+from clearscan.inference.runtimes import onnx as onnx_runtime
+from clearscan.inference.runtimes.onnx import OnnxModel
 from clearscan.registry.manifest import load_manifest
 
-BUNDLED = Path(__file__).resolve().parents[2] / "clearscan" / "bundled_models" / "pneumonia-cxr"
+BUNDLED = Path(__file__).resolve().parents[3] / "clearscan" / "bundled_models" / "pneumonia-cxr"
 WAIT = 10.0
 
 
@@ -136,7 +138,7 @@ def test_no_lean_sessions_on_a_gpu_for_big_weights_or_one_core(monkeypatch):
     assert OnnxModel(BUNDLED, manifest, threads=1, parallel_runs=2)._lean_sessions() == 0
     assert OnnxModel(BUNDLED, manifest, threads=8, parallel_runs=2)._lean_sessions() == 2
     assert OnnxModel(BUNDLED, manifest, threads=2, parallel_runs=5)._lean_sessions() == 2
-    monkeypatch.setattr(runtime, "PARALLEL_MAX_WEIGHTS_BYTES", 1000)
+    monkeypatch.setattr(onnx_runtime, "PARALLEL_MAX_WEIGHTS_BYTES", 1000)
     assert OnnxModel(BUNDLED, manifest, threads=8, parallel_runs=2)._lean_sessions() == 0
 
 
@@ -144,7 +146,7 @@ def test_no_lean_sessions_on_a_gpu_for_big_weights_or_one_core(monkeypatch):
     ("cores", "device", "want"), [(1, "cpu", 1), (2, "cpu", 2), (16, "cpu", 2), (16, "cuda", 1)]
 )
 def test_auto_parallel_runs(monkeypatch, cores, device, want):
-    monkeypatch.setattr(runtime, "cpu_cores", lambda: cores)
+    monkeypatch.setattr(base, "cpu_cores", lambda: cores)
     assert auto_parallel_runs(device) == want
 
 

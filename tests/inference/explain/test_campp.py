@@ -16,11 +16,12 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from clearscan.inference.cam import class_activation_maps, expose_output, find_cam_head  # noqa: E402
-from clearscan.inference.campp import (  # noqa: E402
+from clearscan.inference.explain.campp import (  # noqa: E402
     gradcam_plus_plus_maps,
     gradcam_plus_plus_weights,
 )
+from clearscan.inference.explain.gradcam import class_activation_maps  # noqa: E402
+from clearscan.inference.explain.onnx_head import expose_output, find_cam_head  # noqa: E402
 from clearscan.training.architectures import build_model  # noqa: E402
 from tests.conftest import chest_like  # noqa: E402
 

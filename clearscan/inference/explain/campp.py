@@ -14,7 +14,7 @@ the score) then has closed-form coefficients, constant over positions:
 
 This is exactly pytorch-grad-cam's ``GradCAMPlusPlus.get_cam_weights`` (eps = 1e-7) evaluated
 with these gradients. The map is normalised by its peak to [0, 1], like
-``clearscan.inference.cam.class_activation_maps`` (a zero map stays zero).
+``clearscan.inference.explain.gradcam.class_activation_maps`` (a zero map stays zero).
 
 Unlike plain Grad-CAM, the result is not just a rescaling of the class-weighted activation map:
 each channel's weight is damped by its total activation (the sum_ab A_k term)."""
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clearscan.inference.cam import weighted_maps
+from clearscan.inference.explain.gradcam import weighted_maps
 
 EPS = 1e-7  # as in pytorch-grad-cam's GradCAMPlusPlus
 

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 captum_attr = pytest.importorskip("captum.attr")
 
-from clearscan.inference.runtime import OnnxModel  # noqa: E402
+from clearscan.inference.runtimes.onnx import OnnxModel  # noqa: E402
 from clearscan.registry.manifest import load_manifest  # noqa: E402
 from clearscan.training.architectures import build_model  # noqa: E402
 from tests.conftest import chest_like  # noqa: E402
@@ -87,7 +87,7 @@ def test_gradcam_for_every_class_choice(tmp_path):
     model = build_model()
     runner = _package(tmp_path, model)
     x = _inputs(1)[0]
-    from clearscan.inference.cam import class_activation_maps
+    from clearscan.inference.explain.gradcam import class_activation_maps
 
     act = runner._session.run([runner.cam_head.target], {"image": x})[0]  # type: ignore[union-attr]
     for cls in (0, 1):

@@ -22,8 +22,9 @@ from sklearn.svm import SVC, LinearSVC
 
 from clearscan.imaging import decode
 from clearscan.inference.preprocess import preprocess
-from clearscan.inference.runtime import ModelLoadError, create_model
-from clearscan.inference.sklearn_model import SklearnModel
+from clearscan.inference.runtimes import create_model
+from clearscan.inference.runtimes.sklearn import SklearnModel
+from clearscan.inference.types import ModelLoadError
 from clearscan.registry.manifest import load_manifest
 from clearscan.registry.store import ImportRejected, ModelStore
 from tests.conftest import chest_like, png_bytes
@@ -512,7 +513,7 @@ def test_trusted_prefix_functions_cannot_run_on_load(tmp_path):
 
 
 def test_testing_helpers_and_memmap_are_never_trusted():
-    from clearscan.inference.sklearn_model import trusted_type
+    from clearscan.inference.runtimes.sklearn import trusted_type
 
     assert trusted_type("sklearn.linear_model._logistic.LogisticRegression")
     assert trusted_type("sklearn.tree._tree.Tree")
