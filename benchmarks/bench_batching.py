@@ -38,8 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.make_resnet_package import build_package  # noqa: E402
+from clearscan.inference.base import Model  # noqa: E402
 from clearscan.inference.batching import MicroBatcher  # noqa: E402
-from clearscan.inference.runtime import Model, create_model  # noqa: E402
+from clearscan.inference.runtimes import create_model  # noqa: E402
 from clearscan.registry.manifest import load_manifest  # noqa: E402
 
 

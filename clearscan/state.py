@@ -13,7 +13,8 @@ from clearscan.config import Settings
 from clearscan.imaging import Limits
 from clearscan.jobs.service import InProcessWorker
 from clearscan.observability.metrics import Metrics
-from clearscan.registry.service import ModelRegistry
+from clearscan.registry.cache import ModelCache
+from clearscan.registry.routing import ModelRegistry
 from clearscan.registry.store import ModelStore
 from clearscan.storage import BlobStore
 
@@ -25,6 +26,7 @@ class AppState:
     sessions: sessionmaker[Session]
     blobs: BlobStore
     registry: ModelRegistry
+    model_cache: ModelCache  # the registry's loaded versions (capped by the settings)
     store: ModelStore
     metrics: Metrics
     limiter: LoginLimiter

@@ -36,12 +36,11 @@ import torch  # noqa: E402
 
 from clearscan.training.architectures import PneumoniaNet  # noqa: E402
 from clearscan.training.export import export_onnx as export  # noqa: E402
-from clearscan.training.image import (  # noqa: E402
-    ImageRecipe,
-    choose_threshold,
+from clearscan.training.metrics import choose_threshold, roc_auc  # noqa: E402
+from clearscan.training.recipes import ImageRecipe  # noqa: E402
+from clearscan.training.trainers.image import (  # noqa: E402
     fold_threshold,
     predict_proba,
-    roc_auc,
     train_image_classifier,
 )
 

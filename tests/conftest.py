@@ -9,12 +9,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
+from sqlalchemy import Engine, event
+from sqlalchemy.orm import Session
 
 from clearscan.app import create_app
 from clearscan.config import Settings
@@ -175,3 +178,49 @@ def pg_database(settings: Settings) -> Iterator[Settings]:
     finally:
         with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --- service tests: one migrated database, a rolled-back transaction per test -----------------
+
+
+@pytest.fixture(scope="session")
+def migrated_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """A SQLite database migrated to head once for the whole run (service tests share it; each
+    test's writes are rolled back by `db`)."""
+    from clearscan.db import create_db_engine
+    from clearscan.db.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('service-db') / 'clearscan.db'}"
+    upgrade(url)
+    engine = create_db_engine(url)
+
+    # pysqlite opens transactions lazily and would end one at a RELEASE SAVEPOINT; let SQLAlchemy
+    # emit BEGIN itself so that savepoints nest inside the test's transaction.
+    @event.listens_for(engine, "connect")
+    def _no_implicit_transactions(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def db(migrated_engine: Engine) -> Iterator[Session]:
+    """A session inside a transaction that is rolled back after the test: what the code under
+    test commits is a savepoint (``join_transaction_mode="create_savepoint"``), so nothing
+    outlives the test and every test starts from the freshly migrated database."""
+    conn = migrated_engine.connect()
+    outer = conn.begin()
+    session = Session(
+        bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False, autoflush=False
+    )
+    try:
+        yield session
+    finally:
+        session.close()
+        outer.rollback()
+        conn.close()

@@ -16,6 +16,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Table, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from clearscan.audit.actions import Action
 from clearscan.audit.models import AuditEvent, AuditHead
 
 GENESIS = "0" * 64
@@ -32,7 +33,9 @@ class RequestContext:
 
 @dataclass
 class Entry:
-    action: str
+    """One event to append. ``action`` is an :class:`Action`; it is stored as its string value."""
+
+    action: Action
     outcome: str = "success"
     object_type: str | None = None
     object_id: str | None = None
@@ -93,7 +96,7 @@ def append(db: Session, ctx: RequestContext, *entries: Entry) -> list[AuditEvent
             "seq": seq,
             "at": now,
             "actor": e.actor if e.actor is not None else ctx.actor,
-            "action": e.action,
+            "action": str(e.action),
             "object_type": e.object_type,
             "object_id": e.object_id,
             "outcome": e.outcome,

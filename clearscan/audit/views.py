@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from clearscan.api.deps import AdminUser, SessionDep
 from clearscan.audit import service
 from clearscan.audit.schemas import AuditEventPublic, AuditList, ChainStatus
-from clearscan.deps import AdminUser, SessionDep
 
 router = APIRouter(tags=["audit"])
 

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from clearscan.audit import service as audit
+from clearscan.audit.actions import Action
 from clearscan.auth.models import Role, User, UserSession
 from clearscan.auth.security import (
     hash_password,
@@ -21,26 +22,67 @@ from clearscan.auth.security import (
     session_id,
     verify_password,
 )
+from clearscan.errors import ClearScanError, Conflict, Forbidden, NotFound
 
 
-class AuthError(Exception):
-    """Domain errors of the auth package."""
+class AuthError(ClearScanError):
+    """Domain errors of the auth package (400 unless a subclass says otherwise)."""
+
+    headers: dict[str, str] | None = None  # extra reply headers (WWW-Authenticate, Retry-After)
 
 
-class UserExists(AuthError):
+class NotAuthenticated(AuthError):
+    """No valid credentials came with the request (401)."""
+
+    status_code = 401
+    title = "Sign-in required"
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class NotPermitted(Forbidden, AuthError):
+    """The signed-in user's role may not do this (403)."""
+
+
+class UserExists(Conflict, AuthError):
     pass
 
 
-class UserNotFound(AuthError):
+class UserNotFound(NotFound, AuthError):
     pass
 
 
-class LastAdmin(AuthError):
+class LastAdmin(Conflict, AuthError):
     pass
+
+
+class LoginFailed(NotAuthenticated):
+    """Wrong username or password, or a disabled account (401)."""
+
+    title = "Sign-in failed"
+
+
+class LoginThrottled(AuthError):
+    """Too many failed logins from this address or for this username (429)."""
+
+    status_code = 429
+    title = "Too many attempts"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many failed logins; try again in {retry_after} s")
+        self.retry_after = retry_after
+        self.headers = {"Retry-After": str(retry_after)}
 
 
 def get(*, db: Session, user_id: int) -> User | None:
     return db.get(User, user_id)
+
+
+def require(*, db: Session, user_id: int) -> User:
+    """The user with this id; UserNotFound (404) when there is none."""
+    user = db.get(User, user_id)
+    if user is None:
+        raise UserNotFound(f"user {user_id} not found")
+    return user
 
 
 def get_by_username(*, db: Session, username: str) -> User | None:
@@ -65,7 +107,7 @@ def create(
         db,
         ctx,
         audit.Entry(
-            "user.create",
+            Action.USER_CREATE,
             object_type="user",
             object_id=str(user.id),
             details={"username": username, "role": role.value},
@@ -106,7 +148,7 @@ def update(
         db,
         ctx,
         audit.Entry(
-            "user.update",
+            Action.USER_UPDATE,
             object_type="user",
             object_id=str(user.id),
             details={"username": user.username, **changes},
@@ -133,16 +175,6 @@ def authenticate(*, db: Session, username: str, password: str) -> User | None:
     return user
 
 
-class LoginThrottled(AuthError):
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"too many failed logins; try again in {retry_after} s")
-        self.retry_after = retry_after
-
-
-class LoginFailed(AuthError):
-    pass
-
-
 def login(
     *,
     db: Session,
@@ -152,8 +184,65 @@ def login(
     password: str,
     via: str,
 ) -> User:
-    """Check throttling and the password, audit the attempt. On success the audit event is added
-    to the open transaction (the caller adds its session/token work and commits)."""
+    """Check throttling and the password and audit the attempt (committed). LoginThrottled (429)
+    or LoginFailed (401) when refused."""
+    user = _check_login(
+        db=db, ctx=ctx, limiter=limiter, username=username, password=password, via=via
+    )
+    db.commit()
+    return user
+
+
+def sign_in(
+    *,
+    db: Session,
+    ctx: audit.RequestContext,
+    limiter: LoginLimiter,
+    username: str,
+    password: str,
+    minutes: int,
+    previous_token: str | None = None,
+) -> tuple[User, str]:
+    """A browser sign-in: check the password as :func:`login` does, end the previous session
+    (a new sign-in replaces it) and start one of `minutes`; the login event and the session are
+    committed together. Returns the user and the new session token."""
+    user = _check_login(
+        db=db, ctx=ctx, limiter=limiter, username=username, password=password, via="web"
+    )
+    if previous_token:
+        end_session(db=db, token=previous_token)
+    token, _ = start_session(db=db, user=user, minutes=minutes)
+    db.commit()
+    return user, token
+
+
+def sign_out(*, db: Session, ctx: audit.RequestContext, user: User, token: str) -> None:
+    """End a browser session and audit the logout."""
+    end_session(db=db, token=token)
+    audit.append(
+        db,
+        ctx,
+        audit.Entry(
+            Action.AUTH_LOGOUT,
+            object_type="user",
+            object_id=str(user.id),
+            details={"via": "web"},
+        ),
+    )
+    db.commit()
+
+
+def _check_login(
+    *,
+    db: Session,
+    ctx: audit.RequestContext,
+    limiter: LoginLimiter,
+    username: str,
+    password: str,
+    via: str,
+) -> User:
+    """Throttling and password check; a refusal is audited and committed at once, a success is
+    added to the open transaction for the caller to commit."""
     keys = (f"ip:{ctx.client_addr}", f"user:{username.lower()}")
     wait = limiter.blocked(*keys)
     if wait > 0:
@@ -161,7 +250,7 @@ def login(
             db,
             ctx,
             audit.Entry(
-                "auth.login", outcome="throttled", actor=username[:64], details={"via": via}
+                Action.AUTH_LOGIN, outcome="throttled", actor=username[:64], details={"via": via}
             ),
         )
         raise LoginThrottled(int(wait) + 1)
@@ -171,7 +260,9 @@ def login(
         audit.record(
             db,
             ctx,
-            audit.Entry("auth.login", outcome="failure", actor=username[:64], details={"via": via}),
+            audit.Entry(
+                Action.AUTH_LOGIN, outcome="failure", actor=username[:64], details={"via": via}
+            ),
         )
         raise LoginFailed("incorrect username or password")
     limiter.succeeded(*keys)
@@ -179,7 +270,7 @@ def login(
         db,
         ctx,
         audit.Entry(
-            "auth.login",
+            Action.AUTH_LOGIN,
             actor=user.username,
             object_type="user",
             object_id=str(user.id),
@@ -203,7 +294,7 @@ def ensure_admin(*, db: Session, password: str | None) -> str | None:
         db,
         audit.RequestContext(actor="system"),
         audit.Entry(
-            "user.create",
+            Action.USER_CREATE,
             object_type="user",
             object_id=str(user.id),
             details={"username": "admin", "role": "admin", "bootstrap": True},

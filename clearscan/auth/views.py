@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.security import OAuth2PasswordRequestForm
 
+from clearscan.api.deps import AdminUser, SessionDep, StateDep, request_context
 from clearscan.auth import service
 from clearscan.auth.schemas import Token, UserCreate, UserList, UserPublic, UserUpdate
 from clearscan.auth.security import create_access_token
-from clearscan.deps import AdminUser, SessionDep, StateDep, request_context
 
 router = APIRouter(tags=["auth"])
 
@@ -22,20 +22,14 @@ def token(
     db: SessionDep,
     state: StateDep,
 ) -> Token:
-    try:
-        user = service.login(
-            db=db,
-            ctx=request_context(request),
-            limiter=state.limiter,
-            username=form.username,
-            password=form.password,
-            via="api",
-        )
-    except service.LoginThrottled as exc:
-        raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
-    except service.LoginFailed as exc:
-        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
-    db.commit()
+    user = service.login(
+        db=db,
+        ctx=request_context(request),
+        limiter=state.limiter,
+        username=form.username,
+        password=form.password,
+        via="api",
+    )
     minutes = state.settings.access_token_minutes
     return Token(
         access_token=create_access_token(secret=state.secret, user_id=user.id, minutes=minutes),
@@ -45,16 +39,13 @@ def token(
 
 @router.post("/users", response_model=UserPublic, status_code=201, tags=["users"])
 def create_user(body: UserCreate, request: Request, db: SessionDep, admin: AdminUser) -> UserPublic:
-    try:
-        user = service.create(
-            db=db,
-            ctx=request_context(request, admin.username),
-            username=body.username,
-            password=body.password,
-            role=body.role,
-        )
-    except service.UserExists as exc:
-        raise HTTPException(409, str(exc)) from None
+    user = service.create(
+        db=db,
+        ctx=request_context(request, admin.username),
+        username=body.username,
+        password=body.password,
+        role=body.role,
+    )
     return UserPublic.model_validate(user)
 
 
@@ -73,18 +64,12 @@ def list_users(
 def update_user(
     user_id: int, body: UserUpdate, request: Request, db: SessionDep, admin: AdminUser
 ) -> UserPublic:
-    user = service.get(db=db, user_id=user_id)
-    if user is None:
-        raise HTTPException(404, f"user {user_id} not found")
-    try:
-        user = service.update(
-            db=db,
-            ctx=request_context(request, admin.username),
-            user=user,
-            role=body.role,
-            disabled=body.disabled,
-            password=body.password,
-        )
-    except service.LastAdmin as exc:
-        raise HTTPException(409, str(exc)) from None
+    user = service.update(
+        db=db,
+        ctx=request_context(request, admin.username),
+        user=service.require(db=db, user_id=user_id),
+        role=body.role,
+        disabled=body.disabled,
+        password=body.password,
+    )
     return UserPublic.model_validate(user)

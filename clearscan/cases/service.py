@@ -1,132 +1,39 @@
-"""Analyses and cases: decode uploads, run the model, persist case / image / prediction rows with
-their blobs and audit events in one transaction; list, read and review them."""
+"""Cases: persist an analysis (case / image / prediction rows with their blobs and audit events in
+one transaction); list, read and review them. The analysis itself is an inference task
+(`clearscan.inference.tasks`)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-import numpy as np
 from sqlalchemy import Table, exists, func, insert, select
 from sqlalchemy.orm import Session, selectinload
 
+from clearscan import errors
 from clearscan.audit import service as audit
+from clearscan.audit.actions import Action
 from clearscan.auth.models import User
 from clearscan.cases.models import Case, Image, Prediction, Review, new_id
+from clearscan.cases.schemas import CaseDetail, CaseSummary
 from clearscan.db.base import Base, utcnow
-from clearscan.imaging import DecodedImage, ImagingError, Limits, decode
-from clearscan.inference.heatmap import encode_heatmap
-from clearscan.inference.preprocess import preprocess
-from clearscan.inference.runtime import Model
+from clearscan.inference.tasks import ClassifiedImage, TabularResponse
 from clearscan.registry.manifest import ModelManifest
 from clearscan.storage import BlobStore
 
 
-class CaseError(Exception):
-    status_code = 400
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
+class CaseError(errors.Invalid):
+    """Domain errors of cases (400 unless a subclass says otherwise)."""
 
 
-class NotFound(CaseError):
-    status_code = 404
+class NotFound(errors.NotFound, CaseError):
+    pass
 
 
-class IncompatibleImage(CaseError):
-    status_code = 422
-
-
-class InvalidReview(CaseError):
-    status_code = 422
-
-
-@dataclass
-class Analysis:
-    data: bytes
-    image: DecodedImage
-    probabilities: list[float]
-    top_index: int
-    box: tuple[int, int, int, int]
-    heatmap_png: bytes | None
-    inference_ms: float
-    tensor: np.ndarray  # the model input, kept for a shadow version to see the same thing
-    ood_score: float | None = None  # > 1: outside the model's training inputs
-
-
-def check_compatible(img: DecodedImage, manifest: ModelManifest) -> None:
-    accepted = manifest.dicom_modalities
-    if img.format == "dicom" and accepted and img.modality and img.modality not in accepted:
-        raise IncompatibleImage(
-            f"model {manifest.name} accepts DICOM modalities {', '.join(accepted)}; "
-            f"this image is {img.modality}"
-        )
-    min_side = min(16, manifest.image.height, manifest.image.width)
-    if min(img.width, img.height) < min_side:
-        raise IncompatibleImage(
-            f"image is {img.width}x{img.height}; model {manifest.name} needs at least "
-            f"{min_side} pixels on each side"
-        )
-
-
-def decode_uploads(
-    uploads: Sequence[bytes], manifest: ModelManifest, limits: Limits
-) -> list[DecodedImage]:
-    """Decode and check every upload before anything runs or is stored. Errors name the file."""
-    images = []
-    for i, data in enumerate(uploads, 1):
-        try:
-            img = decode(data, limits=limits)
-        except ImagingError as exc:
-            raise type(exc)(f"file {i}: {exc.detail}") from None
-        try:
-            check_compatible(img, manifest)
-        except IncompatibleImage as exc:
-            raise IncompatibleImage(f"file {i}: {exc.detail}") from None
-        images.append(img)
-    return images
-
-
-def analyze(
-    uploads: Sequence[bytes],
-    images: Sequence[DecodedImage],
-    model: Model,
-    *,
-    explain: bool,
-    method: str = "gradcam",
-) -> list[Analysis]:
-    """Preprocess every image and run them through the version's micro-batcher (concurrent
-    requests share model runs; probabilities and the heatmap come from one pass)."""
-    spec = model.manifest.image
-    prep_ms, prepared = [], []
-    for img in images:
-        t0 = time.perf_counter()
-        prepared.append(preprocess(img.pixels, spec))
-        prep_ms.append((time.perf_counter() - t0) * 1000)
-    outs = model.batcher(method).predict([p.tensor for p in prepared], explain=explain)
-    results = []
-    for i, (data, img, prep, out) in enumerate(zip(uploads, images, prepared, outs, strict=True)):
-        t0 = time.perf_counter()
-        png = encode_heatmap(out.cam) if out.cam is not None else None
-        enc_ms = (time.perf_counter() - t0) * 1000
-        results.append(
-            Analysis(
-                data=data,
-                image=img,
-                probabilities=[round(float(p), 6) for p in out.probabilities],
-                top_index=int(out.top),
-                box=prep.box,
-                heatmap_png=png,
-                inference_ms=round(prep_ms[i] + out.run_ms / out.batch_size + enc_ms, 3),
-                tensor=prep.tensor,
-                ood_score=None if out.ood_score is None else round(out.ood_score, 4),
-            )
-        )
-    return results
+class InvalidReview(errors.Unprocessable, CaseError):
+    pass
 
 
 def save_case(
@@ -137,11 +44,14 @@ def save_case(
     ctx: audit.RequestContext,
     user: User,
     manifest: ModelManifest,
-    analyses: Sequence[Analysis],
+    uploads: Sequence[bytes],
+    results: Sequence[ClassifiedImage],
     patient_ref: str | None,
     note: str | None,
     explain_method: str | None = None,
 ) -> tuple[Case, list[Prediction]]:
+    """Store the uploads and heatmaps, then write the case, one image and one prediction row per
+    upload (`results[i]` is the analysis of `uploads[i]`) and their audit events; commit."""
     now = utcnow()
     case_row: dict[str, Any] = {
         "id": case_id or new_id(),
@@ -151,14 +61,16 @@ def save_case(
         "note": note or None,
     }
     case_id = case_row["id"]
-    entries = [audit.Entry("case.create", object_type="case", object_id=case_id)]
-    payloads = [a.data for a in analyses] + [a.heatmap_png for a in analyses if a.heatmap_png]
+    entries = [audit.Entry(Action.CASE_CREATE, object_type="case", object_id=case_id)]
+    if len(uploads) != len(results):
+        raise ValueError(f"{len(uploads)} uploads but {len(results)} results")
+    payloads = [*uploads, *(a.heatmap_png for a in results if a.heatmap_png)]
     stored = iter(blobs.put_many(payloads))
-    digests = [next(stored) for _ in analyses]
-    heats = [next(stored) if a.heatmap_png else None for a in analyses]
+    digests = [next(stored) for _ in results]
+    heats = [next(stored) if a.heatmap_png else None for a in results]
     image_rows: list[dict[str, Any]] = []
     pred_rows: list[dict[str, Any]] = []
-    for pos, a in enumerate(analyses):
+    for pos, (data, a) in enumerate(zip(uploads, results, strict=True)):
         digest, heat = digests[pos], heats[pos]
         img = a.image
         image_rows.append(
@@ -167,7 +79,7 @@ def save_case(
                 "case_id": case_id,
                 "position": pos,
                 "sha256": digest,
-                "size_bytes": len(a.data),
+                "size_bytes": len(data),
                 "format": img.format,
                 "modality": img.modality,
                 "width": img.width,
@@ -191,7 +103,7 @@ def save_case(
                 "model_version": manifest.version,
                 "labels": list(manifest.labels),
                 "probabilities": a.probabilities,
-                "top_label": manifest.labels[a.top_index],
+                "top_label": a.top_label,
                 "heatmap_sha256": heat,
                 "heatmap_box": list(a.box) if heat else None,
                 "inference_ms": a.inference_ms,
@@ -204,15 +116,15 @@ def save_case(
         )
         entries.append(
             audit.Entry(
-                "image.upload",
+                Action.IMAGE_UPLOAD,
                 object_type="image",
                 object_id=image_rows[-1]["id"],
-                details={"format": img.format, "bytes": len(a.data)},
+                details={"format": img.format, "bytes": len(data)},
             )
         )
         entries.append(
             audit.Entry(
-                "prediction.create",
+                Action.PREDICTION_CREATE,
                 object_type="prediction",
                 object_id=pred_rows[-1]["id"],
                 details={"model": manifest.ref, "top_label": pred_rows[-1]["top_label"]},
@@ -227,6 +139,95 @@ def save_case(
     audit.append(db, ctx, *entries)
     db.commit()
     return case, predictions
+
+
+def save_tabular_case(
+    *,
+    case_id: str | None = None,
+    db: Session,
+    blobs: BlobStore,
+    ctx: audit.RequestContext,
+    user: User,
+    manifest: ModelManifest,
+    values: Mapping[str, Any],
+    window: Any = None,
+    result: TabularResponse,
+    patient_ref: str | None,
+    note: str | None,
+) -> tuple[Case, Prediction]:
+    """Store the submitted values (and sensor window) as a JSON blob, then write the case, its
+    `features` image row and the prediction with per-feature contributions; commit."""
+    m = manifest
+    feats = m.features or []
+    payload = json.dumps(
+        {
+            "model": m.ref,
+            "features": {f.name: values.get(f.name) for f in feats},
+            **({"window": window} if window is not None else {}),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+    digest = blobs.put(payload)
+    case = Case(
+        id=case_id or new_id(), created_by_id=user.id, patient_ref=patient_ref or None, note=note
+    )
+    db.add(case)
+    db.flush()
+    image = Image(
+        case_id=case.id,
+        position=0,
+        sha256=digest,
+        size_bytes=len(payload),
+        format="features",
+        width=len(feats),
+        height=1,
+        channels=1,
+        bit_depth=0,
+    )
+    db.add(image)
+    db.flush()
+    contributions = [
+        {"feature": c.feature, "value": c.value, "contribution": c.contribution}
+        for c in result.contributions
+    ]
+    pred = Prediction(
+        image_id=image.id,
+        case_id=case.id,
+        model_name=m.name,
+        model_version=m.version,
+        labels=list(m.labels),
+        probabilities=list(result.probabilities),
+        top_label=result.top_label,
+        heatmap_sha256=None,
+        heatmap_box=None,
+        inference_ms=result.inference_ms,
+        details={
+            "contributions": contributions,
+            **({"ood_score": result.ood_score} if result.ood_score is not None else {}),
+        },
+    )
+    db.add(pred)
+    db.flush()
+    audit.append(
+        db,
+        ctx,
+        audit.Entry(Action.CASE_CREATE, object_type="case", object_id=case.id),
+        audit.Entry(
+            Action.FEATURES_UPLOAD,
+            object_type="image",
+            object_id=image.id,
+            details={"features": len(feats), "bytes": len(payload)},
+        ),
+        audit.Entry(
+            Action.PREDICTION_CREATE,
+            object_type="prediction",
+            object_id=pred.id,
+            details={"model": m.ref, "top_label": pred.top_label},
+        ),
+    )
+    db.commit()
+    return case, pred
 
 
 def _table(model: type[Base]) -> Table:
@@ -325,7 +326,7 @@ def add_review(
         db,
         ctx,
         audit.Entry(
-            "review.create",
+            Action.REVIEW_CREATE,
             object_type="prediction",
             object_id=prediction.id,
             details={"review_id": review.id, "agree": agree},
@@ -340,3 +341,39 @@ def usernames(*, db: Session, ids: set[int]) -> dict[int, str]:
         return {}
     rows = db.execute(select(User.id, User.username).where(User.id.in_(ids))).all()
     return {uid: name for uid, name in rows}
+
+
+def list_case_summaries(
+    *,
+    db: Session,
+    limit: int = 20,
+    offset: int = 0,
+    label: str | None = None,
+    username: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> tuple[list[CaseSummary], int]:
+    """One page of :func:`list_cases` as summaries naming their creators, and the total."""
+    rows, total = list_cases(
+        db=db,
+        limit=limit,
+        offset=offset,
+        label=label,
+        username=username,
+        since=since,
+        until=until,
+    )
+    names = usernames(db=db, ids={c.created_by_id for c in rows})
+    return [CaseSummary.of(c, names) for c in rows], total
+
+
+def view_case(*, db: Session, ctx: audit.RequestContext, case_id: str) -> CaseDetail:
+    """A case with its images, predictions and reviews, naming who made them (NotFound
+    otherwise); the view is audited and committed."""
+    case = get_case(db=db, case_id=case_id)
+    ids = {case.created_by_id} | {
+        r.user_id for im in case.images for p in im.predictions for r in p.reviews
+    }
+    detail = CaseDetail.of_detail(case, usernames(db=db, ids=ids))
+    audit.record(db, ctx, audit.Entry(Action.CASE_VIEW, object_type="case", object_id=case.id))
+    return detail

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
+from clearscan.api.deps import AnyUser, ClinicianUser, SessionDep, StateDep, request_context
 from clearscan.audit import service as audit
+from clearscan.audit.actions import Action
 from clearscan.cases import service
 from clearscan.cases.features import predict_features
 from clearscan.cases.schemas import (
@@ -21,13 +22,10 @@ from clearscan.cases.schemas import (
     ReviewCreate,
     ReviewPublic,
 )
-from clearscan.cases.workflow import PredictRejected, predict
-from clearscan.deps import AnyUser, ClinicianUser, SessionDep, StateDep, request_context
-from clearscan.imaging import ImagingError, decode, render_png
-from clearscan.storage import BlobError, BlobIntegrityError, BlobNotFound
+from clearscan.cases.workflow import PredictRejected, predict_images
+from clearscan.imaging import decode, render_png
 
 router = APIRouter(tags=["cases"])
-T = TypeVar("T")
 PRIVATE = {"Cache-Control": "private, max-age=3600"}
 
 
@@ -54,32 +52,43 @@ async def predict_endpoint(
     note: Annotated[str | None, Form(max_length=4000)] = None,
 ) -> PredictResponse:
     ctx = request_context(request, user.username)
-    try:
-        if request.headers.get("content-type", "").startswith("application/json"):
-            try:
-                body = await request.json()
-            except ValueError:
-                raise PredictRejected(422, "the body is not valid JSON") from None
-            case, preds = await run_in_threadpool(
-                predict_features, state=state, db=db, ctx=ctx, user=user, body=body
-            )
-        else:
-            uploads = [await f.read() for f in file or []]
-            case, preds = await run_in_threadpool(
-                predict,
-                state=state,
-                db=db,
-                ctx=ctx,
-                user=user,
-                uploads=uploads,
-                model_name=model,
-                explain=explain,
-                explain_method=explain_method,
-                patient_ref=patient_ref,
-                note=note,
-            )
-    except PredictRejected as exc:
-        raise HTTPException(exc.status_code, exc.detail) from None
+    if request.headers.get("content-type", "").startswith("application/json"):
+        try:
+            body = await request.json()
+        except ValueError:
+            raise PredictRejected(422, "the body is not valid JSON") from None
+        case, preds = await run_in_threadpool(
+            predict_features,
+            db=db,
+            ctx=ctx,
+            user=user,
+            registry=state.registry,
+            blobs=state.blobs,
+            default_model=state.settings.default_model,
+            metrics=state.metrics,
+            body=body,
+        )
+    else:
+        uploads = [await f.read() for f in file or []]
+        case, preds = await run_in_threadpool(
+            predict_images,
+            db=db,
+            ctx=ctx,
+            user=user,
+            registry=state.registry,
+            blobs=state.blobs,
+            limits=state.limits,
+            max_files=state.settings.max_files_per_request,
+            default_model=state.settings.default_model,
+            sessions=state.sessions,
+            metrics=state.metrics,
+            uploads=uploads,
+            model_name=model,
+            explain=explain,
+            explain_method=explain_method,
+            patient_ref=patient_ref,
+            note=note,
+        )
     return PredictResponse(case_id=case.id, predictions=[PredictionPublic.of(p) for p in preds])
 
 
@@ -103,7 +112,7 @@ def list_cases(
 
 @router.get("/cases/{case_id}", response_model=CaseDetail)
 def get_case(case_id: str, request: Request, db: SessionDep, user: AnyUser) -> CaseDetail:
-    case = _or_404(service.get_case, db=db, case_id=case_id)
+    case = service.get_case(db=db, case_id=case_id)
     ids = {case.created_by_id} | {
         r.user_id for im in case.images for p in im.predictions for r in p.reviews
     }
@@ -111,7 +120,7 @@ def get_case(case_id: str, request: Request, db: SessionDep, user: AnyUser) -> C
     audit.record(
         db,
         request_context(request, user.username),
-        audit.Entry("case.view", object_type="case", object_id=case.id),
+        audit.Entry(Action.CASE_VIEW, object_type="case", object_id=case.id),
     )
     return detail
 
@@ -120,19 +129,15 @@ def get_case(case_id: str, request: Request, db: SessionDep, user: AnyUser) -> C
 def review(
     prediction_id: str, body: ReviewCreate, request: Request, db: SessionDep, user: ClinicianUser
 ) -> ReviewPublic:
-    pred = _or_404(service.get_prediction, db=db, prediction_id=prediction_id)
-    try:
-        r = service.add_review(
-            db=db,
-            ctx=request_context(request, user.username),
-            user=user,
-            prediction=pred,
-            agree=body.agree,
-            correct_label=body.correct_label,
-            comment=body.comment,
-        )
-    except service.InvalidReview as exc:
-        raise HTTPException(422, exc.detail) from None
+    r = service.add_review(
+        db=db,
+        ctx=request_context(request, user.username),
+        user=user,
+        prediction=service.get_prediction(db=db, prediction_id=prediction_id),
+        agree=body.agree,
+        correct_label=body.correct_label,
+        comment=body.comment,
+    )
     return ReviewPublic.of(r, {user.id: user.username})
 
 
@@ -140,12 +145,14 @@ def review(
 def image_file(
     image_id: str, request: Request, db: SessionDep, state: StateDep, user: AnyUser
 ) -> Response:
-    image = _or_404(service.get_image, db=db, image_id=image_id)
-    data = _blob(state, image.sha256)
+    image = service.get_image(db=db, image_id=image_id)
+    data = state.blobs.get(image.sha256)
     audit.record(
         db,
         request_context(request, user.username),
-        audit.Entry("image.view", object_type="image", object_id=image.id, details={"as": "file"}),
+        audit.Entry(
+            Action.IMAGE_VIEW, object_type="image", object_id=image.id, details={"as": "file"}
+        ),
     )
     media = {"png": "image/png", "jpeg": "image/jpeg", "dicom": "application/dicom"}
     ext = {"png": "png", "jpeg": "jpg", "dicom": "dcm", "nifti": "nii"}
@@ -173,20 +180,15 @@ def image_preview(
     preset: Annotated[str | None, Query(max_length=32)] = None,
     max_side: Annotated[int, Query(ge=64, le=4096)] = 1024,
 ) -> Response:
-    image = _or_404(service.get_image, db=db, image_id=image_id)
-    data = _blob(state, image.sha256)
-    try:
-        img = decode(
-            data, limits=state.limits, frame=image.frame_index if image.frames > 1 else None
-        )
-        png = render_png(img, preset=preset, max_side=max_side)
-    except ImagingError as exc:
-        raise HTTPException(exc.status_code, exc.detail) from None
+    image = service.get_image(db=db, image_id=image_id)
+    data = state.blobs.get(image.sha256)
+    img = decode(data, limits=state.limits, frame=image.frame_index if image.frames > 1 else None)
+    png = render_png(img, preset=preset, max_side=max_side)
     audit.record(
         db,
         request_context(request, user.username),
         audit.Entry(
-            "image.view",
+            Action.IMAGE_VIEW,
             object_type="image",
             object_id=image.id,
             details={"as": "preview", "preset": preset},
@@ -201,25 +203,7 @@ def image_preview(
     summary="Grad-CAM heatmap (RGBA PNG at the model's native resolution)",
 )
 def heatmap(prediction_id: str, db: SessionDep, state: StateDep, user: AnyUser) -> Response:
-    pred = _or_404(service.get_prediction, db=db, prediction_id=prediction_id)
+    pred = service.get_prediction(db=db, prediction_id=prediction_id)
     if not pred.heatmap_sha256:
-        raise HTTPException(404, f"prediction {prediction_id} has no heatmap (explain was off)")
-    return Response(_blob(state, pred.heatmap_sha256), media_type="image/png", headers=PRIVATE)
-
-
-def _or_404(fn: Callable[..., T], **kwargs: Any) -> T:
-    try:
-        return fn(**kwargs)
-    except service.NotFound as exc:
-        raise HTTPException(404, exc.detail) from None
-
-
-def _blob(state: StateDep, digest: str) -> bytes:
-    try:
-        return state.blobs.get(digest)
-    except BlobIntegrityError as exc:
-        raise HTTPException(500, f"stored data failed its integrity check: {exc}") from None
-    except BlobNotFound as exc:
-        raise HTTPException(410, f"stored data is missing: {exc}") from None
-    except BlobError as exc:
-        raise HTTPException(503, str(exc)) from None
+        raise service.NotFound(f"prediction {prediction_id} has no heatmap (explain was off)")
+    return Response(state.blobs.get(pred.heatmap_sha256), media_type="image/png", headers=PRIVATE)

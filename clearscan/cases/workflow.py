@@ -1,42 +1,92 @@
-"""The analysis workflow shared by the API, the web pages and the CLI: resolve the model, decode
-and check every upload, run the model once for the batch, persist, count, audit. A rejection
-stores nothing and is audited."""
+"""The analysis workflow shared by the API, the web pages and the CLI: resolve the model version,
+run its inference task on the uploads (decode, check, preprocess, one model run for the batch),
+persist, count, audit. A rejection stores nothing and is audited.
+
+The workflow receives what it needs (the registry, the blob store, the limits) as parameters,
+never the whole application state."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from clearscan.audit import service as audit
+from clearscan.audit.actions import Action
 from clearscan.auth.models import User
 from clearscan.cases import service
 from clearscan.cases.models import Case, Prediction, new_id
-from clearscan.imaging import ImagingError
-from clearscan.inference.runtime import EXPLAIN_METHODS
+from clearscan.errors import ClearScanError
+from clearscan.imaging import Limits
+from clearscan.inference.base import Model
+from clearscan.inference.tasks import (
+    ClassifiedImage,
+    ImageClassificationTask,
+    ImageRequest,
+    PreparedImages,
+    TaskKind,
+    task_kind,
+)
+from clearscan.inference.types import ExplainMethod
+from clearscan.registry.errors import RegistryError
+from clearscan.registry.manifest import ModelManifest
 from clearscan.registry.models import ShadowResult
-from clearscan.registry.service import ModelEntry, RegistryError
-from clearscan.state import AppState
+from clearscan.storage import BlobStore
+
+if TYPE_CHECKING:
+    from clearscan.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
-class PredictRejected(Exception):
+class PredictRejected(ClearScanError):
+    """An analysis refused (and audited); carries the status of the error that refused it."""
+
     def __init__(self, status_code: int, detail: str) -> None:
         super().__init__(detail)
         self.status_code = status_code
-        self.detail = detail
 
 
-def predict(
+class ServedVersion(Protocol):
+    """A model version as the registry lists it."""
+
+    @property
+    def manifest(self) -> ModelManifest: ...
+
+
+V = TypeVar("V", bound=ServedVersion)
+
+
+class ModelServing(Protocol[V]):
+    """What an analysis needs from the model registry: the version serving a request (canary
+    share decided by `key`, held loaded while in use), the shadow version of a name, and a loaded
+    version by its entry."""
+
+    def serve(self, name: str, key: str) -> AbstractContextManager[tuple[V, Model]]: ...
+
+    def shadow_of(self, name: str) -> V | None: ...
+
+    def lease(self, entry: V) -> AbstractContextManager[Model]: ...
+
+
+def predict_images(
     *,
-    state: AppState,
     db: Session,
     ctx: audit.RequestContext,
     user: User,
+    registry: ModelServing[V],
+    blobs: BlobStore,
+    limits: Limits,
+    max_files: int,
+    default_model: str,
+    sessions: sessionmaker[Session],
+    metrics: Metrics | None = None,
     uploads: Sequence[bytes],
     model_name: str | None,
     explain: bool,
@@ -44,57 +94,66 @@ def predict(
     patient_ref: str | None,
     note: str | None,
 ) -> tuple[Case, list[Prediction]]:
+    """Analyse uploaded images with `model_name` (default: `default_model`) and store the case.
+    PredictRejected (audited, nothing stored) when the request or an image is refused. A shadow
+    version, if the name has one, then runs on the same inputs in the background (`sessions`
+    opens the session that stores its comparison)."""
     try:
         if not uploads:
             raise PredictRejected(422, "no file uploaded: send one or more 'file' parts")
-        if len(uploads) > state.settings.max_files_per_request:
-            raise PredictRejected(
-                413, f"too many files: at most {state.settings.max_files_per_request} per request"
-            )
-        name = model_name or state.settings.default_model
+        if len(uploads) > max_files:
+            raise PredictRejected(413, f"too many files: at most {max_files} per request")
+        name = model_name or default_model
         case_id = new_id()
-        if explain_method not in EXPLAIN_METHODS:
-            raise PredictRejected(
-                422, f"explain_method must be one of {', '.join(EXPLAIN_METHODS)}"
-            )
+        method = ExplainMethod.parse(explain_method)
         # the canary share is decided per case; the version stays loaded while it is used
-        with state.registry.serve(name, case_id) as (entry, model):
-            if entry.manifest.tabular:
+        with registry.serve(name, case_id) as (entry, model):
+            if task_kind(entry.manifest) is not TaskKind.IMAGE_CLASSIFICATION:
                 raise PredictRejected(
                     422,
                     f"model {entry.manifest.ref} takes feature values: POST JSON "
                     '{"model": ..., "features": {...}} with Content-Type application/json',
                 )
-            images = service.decode_uploads(uploads, entry.manifest, state.limits)
-            analyses = service.analyze(
-                uploads, images, model, explain=explain, method=explain_method
+            task = ImageClassificationTask(model)
+            result = task(
+                ImageRequest(uploads=uploads, limits=limits, explain=explain, method=method)
             )
-    except (ImagingError, service.CaseError, RegistryError) as exc:
-        detail = getattr(exc, "detail", None) or str(exc)
-        _reject(state, db, ctx, exc.status_code, detail)
-        raise PredictRejected(exc.status_code, detail) from None
     except PredictRejected as exc:
-        _reject(state, db, ctx, exc.status_code, exc.detail)
+        reject(metrics, db, ctx, exc.status_code, exc.detail)
         raise
+    except (ClearScanError, RegistryError) as exc:
+        detail = getattr(exc, "detail", None) or str(exc)
+        reject(metrics, db, ctx, exc.status_code, detail)
+        raise PredictRejected(exc.status_code, detail) from None
     case, preds = service.save_case(
         case_id=case_id,
         db=db,
-        blobs=state.blobs,
+        blobs=blobs,
         ctx=ctx,
         user=user,
         manifest=entry.manifest,
-        analyses=analyses,
+        uploads=uploads,
+        results=result.items,
         patient_ref=patient_ref,
         note=note,
-        explain_method=explain_method if explain else None,
+        explain_method=method.value if explain else None,
     )
-    m = state.metrics
-    for p in preds:
-        m.predictions.labels(p.model_name, p.model_version, p.top_label).inc()
-        m.inference.labels(p.model_name, p.model_version).observe(p.inference_ms / 1000)
-    shadow = state.registry.shadow_of(name)
+    if metrics is not None:
+        for p in preds:
+            metrics.predictions.labels(p.model_name, p.model_version, p.top_label).inc()
+            metrics.inference.labels(p.model_name, p.model_version).observe(p.inference_ms / 1000)
+    shadow = registry.shadow_of(name)
     if shadow is not None and shadow.manifest.version != entry.manifest.version:
-        _shadow_pool().submit(_run_shadow, state, shadow, entry.manifest.version, analyses, preds)
+        _shadow_pool().submit(
+            _run_shadow,
+            registry,
+            sessions,
+            shadow,
+            entry.manifest.version,
+            result.prepared,
+            result.items,
+            preds,
+        )
     return case, preds
 
 
@@ -106,20 +165,24 @@ def _shadow_pool() -> ThreadPoolExecutor:
 
 
 def _run_shadow(
-    state: AppState,
-    shadow: ModelEntry,
+    registry: ModelServing[V],
+    sessions: sessionmaker[Session],
+    shadow: V,
     served_version: str,
-    analyses: Sequence[service.Analysis],
+    prepared: PreparedImages,
+    served: Sequence[ClassifiedImage],
     preds: Sequence[Prediction],
 ) -> None:
     """Run the shadow version on the inputs the served version answered; store the comparison.
     Best effort: a failure is logged, never surfaced to the clinician."""
     try:
-        with state.registry.lease(shadow) as model:
-            outs = model.batcher().predict([a.tensor for a in analyses], explain=False)
+        with registry.lease(shadow) as model:
+            outs = ImageClassificationTask(model).run(
+                dataclasses.replace(prepared, explain=False, method=ExplainMethod.GRADCAM)
+            )
         labels = shadow.manifest.labels
-        with state.sessions() as db:
-            for a, p, out in zip(analyses, preds, outs, strict=True):
+        with sessions() as db:
+            for a, p, out in zip(served, preds, outs, strict=True):
                 db.add(
                     ShadowResult(
                         model_name=shadow.manifest.name,
@@ -137,14 +200,16 @@ def _run_shadow(
         log.exception("shadow run of %s failed", shadow.manifest.ref)
 
 
-def _reject(
-    state: AppState, db: Session, ctx: audit.RequestContext, status: int, detail: str
+def reject(
+    metrics: Metrics | None, db: Session, ctx: audit.RequestContext, status: int, detail: str
 ) -> None:
-    state.metrics.rejected.labels(str(status)).inc()
+    """Count and audit a refused analysis."""
+    if metrics is not None:
+        metrics.rejected.labels(str(status)).inc()
     audit.record(
         db,
         ctx,
         audit.Entry(
-            "predict", outcome="rejected", details={"status": status, "reason": detail[:500]}
+            Action.PREDICT, outcome="rejected", details={"status": status, "reason": detail[:500]}
         ),
     )

@@ -43,7 +43,7 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 @contextmanager
 def db_session(settings: Settings) -> Iterator[Session]:
-    from clearscan.app import initialise
+    from clearscan.bootstrap import initialise
 
     try:
         initialise(settings)

@@ -38,9 +38,11 @@ def evaluate(
     per-class precision/recall/F1, confusion matrix, ROC and calibration (ECE)."""
     from sqlalchemy.orm import sessionmaker
 
-    from clearscan.app import build_registry
+    from clearscan.bootstrap import build_registry
+    from clearscan.errors import ClearScanError
     from clearscan.jobs import service as jobs
     from clearscan.storage.local import LocalBlobStore
+    from clearscan.training import service
     from clearscan.training.evaluation import (
         EVAL_KIND,
         EvalRequest,
@@ -62,20 +64,13 @@ def evaluate(
             req = EvalRequest(model=ref, dataset=dataset, split=split)
             try:
                 entry, ds, _ = resolve(db, registry, req)
-            except jobs.JobError as exc:
+            except ClearScanError as exc:
                 raise fail(exc.detail) from None
             resolved.append((req, entry, ds))
         for req, entry, ds in resolved:
-            params = {**req.to_params(), "model": entry.manifest.ref}
-            job = jobs.submit_audited(
-                db,
-                cli_context(),
-                kind=EVAL_KIND,
-                action="evaluation.submit",
-                params=params,
-                details={**params, "dataset_hash": ds.content_hash},
+            job = service.submit_evaluation(
+                db=db, ctx=cli_context(), registry=registry, request=req
             )
-            db.commit()
             if not jobs.claim(sessions, job.id, jobs.worker_name()):
                 raise fail(f"job {job.id} was claimed by a running server")
 

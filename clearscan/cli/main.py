@@ -55,7 +55,8 @@ def serve(
     """Initialise the data dir (schema, secret, first admin) and serve the UI + API."""
     import uvicorn
 
-    from clearscan.app import create_app, initialise
+    from clearscan.app import create_app
+    from clearscan.bootstrap import initialise
     from clearscan.observability.logging import configure_logging
 
     settings = load_settings(data_dir)

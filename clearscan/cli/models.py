@@ -13,9 +13,11 @@ from rich.table import Table
 from sqlalchemy.orm import Session, sessionmaker
 
 from clearscan.cli.common import DataDirOpt, cli_context, console, db_session, fail, load_settings
-from clearscan.registry import rollout
-from clearscan.registry.service import ModelRegistry, RegistryError
-from clearscan.registry.store import ImportRejected, ModelStore, OnnxFlags
+from clearscan.errors import ClearScanError
+from clearscan.registry import service
+from clearscan.registry.packaging import OnnxFlags
+from clearscan.registry.routing import ModelRegistry
+from clearscan.registry.store import ModelStore
 
 app = typer.Typer(
     help="Manage model versions: import, activate, roll back, export, remove.", no_args_is_help=True
@@ -24,7 +26,7 @@ app = typer.Typer(
 
 @contextmanager
 def _registry(data_dir: Path | None) -> Iterator[tuple[Session, ModelRegistry, ModelStore]]:
-    from clearscan.app import build_registry, model_store
+    from clearscan.bootstrap import build_registry, model_store
 
     settings = load_settings(data_dir)
     with db_session(settings) as db:
@@ -83,11 +85,11 @@ def import_(
         raise fail("--mean/--std: comma-separated numbers expected", 2) from None
     with _registry(data_dir) as (db, registry, store):
         try:
-            m = rollout.import_path(
+            m = service.import_path(
                 db=db, ctx=cli_context(), store=store, registry=registry, source=path, flags=flags
             )
-        except ImportRejected as exc:
-            raise fail(str(exc)) from None
+        except ClearScanError as exc:
+            raise fail(exc.detail) from None
         serving = registry.is_active(m.name, m.version)
     if serving:
         console.print(f"imported [bold]{m.ref}[/bold]: the first version of {m.name}, serving now")
@@ -126,7 +128,7 @@ def show(
     with _registry(data_dir) as (_, registry, _s):
         try:
             e = registry.version(name, version) if version else registry.get(name)
-        except RegistryError as exc:
+        except ClearScanError as exc:
             raise fail(exc.detail) from None
         m = e.manifest
         console.print(f"[bold]{m.ref}[/bold]  {registry.status(e)}  ({e.source})")
@@ -149,7 +151,7 @@ def versions(name: str, data_dir: DataDirOpt = None) -> None:
     with _registry(data_dir) as (_, registry, _s):
         try:
             rows = registry.versions(name)
-        except RegistryError as exc:
+        except ClearScanError as exc:
             raise fail(exc.detail) from None
         table = Table("version", "status", "source", "weights sha256")
         for e in rows:
@@ -167,10 +169,10 @@ def activate(name: str, version: str, data_dir: DataDirOpt = None) -> None:
     """Make VERSION serve NAME (the previous one is kept for rollback)."""
     with _registry(data_dir) as (db, registry, _s):
         try:
-            rollout.activate(
+            service.activate(
                 db=db, ctx=cli_context(), registry=registry, name=name, version=version
             )
-        except RegistryError as exc:
+        except ClearScanError as exc:
             raise fail(exc.detail) from None
     console.print(f"{name}:{version} is now active")
 
@@ -180,8 +182,8 @@ def rollback(name: str, data_dir: DataDirOpt = None) -> None:
     """Re-activate the previously active version of NAME."""
     with _registry(data_dir) as (db, registry, _s):
         try:
-            old, new = rollout.rollback(db=db, ctx=cli_context(), registry=registry, name=name)
-        except RegistryError as exc:
+            old, new = service.rollback(db=db, ctx=cli_context(), registry=registry, name=name)
+        except ClearScanError as exc:
             raise fail(exc.detail) from None
     console.print(f"{name}: rolled back from {old} to {new}")
 
@@ -197,7 +199,7 @@ def export(
     with _registry(data_dir) as (_, registry, store):
         try:
             e = registry.version(name, version) if version else registry.get(name)
-        except RegistryError as exc:
+        except ClearScanError as exc:
             raise fail(exc.detail) from None
         out = store.export(e.package_dir, path)
     console.print(f"wrote {out}")
@@ -213,9 +215,9 @@ def remove(
         raise fail("give NAME:VERSION", 2)
     with _registry(data_dir) as (db, registry, store):
         try:
-            rollout.remove(
+            service.remove(
                 db=db, ctx=cli_context(), store=store, registry=registry, name=name, version=version
             )
-        except (RegistryError, ImportRejected) as exc:
-            raise fail(getattr(exc, "detail", str(exc))) from None
+        except ClearScanError as exc:
+            raise fail(exc.detail) from None
     console.print(f"removed {name}:{version}")

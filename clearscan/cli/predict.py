@@ -12,7 +12,6 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from clearscan.cases.service import CaseError, analyze, decode_uploads
 from clearscan.cli.common import (
     DataDirOpt,
     console,
@@ -21,8 +20,9 @@ from clearscan.cli.common import (
     fail,
     load_settings,
 )
-from clearscan.imaging import ImagingError
-from clearscan.registry.service import RegistryError
+from clearscan.errors import ClearScanError
+from clearscan.inference.tasks import ImageClassificationTask, ImageRequest
+from clearscan.registry.errors import RegistryError
 
 
 def _safe_stem(path: Path, index: int) -> str:
@@ -49,7 +49,7 @@ def predict(
     """Analyse images offline and print the probabilities (and write heatmaps with --out)."""
     from sqlalchemy.orm import sessionmaker
 
-    from clearscan.app import build_registry
+    from clearscan.bootstrap import build_registry
 
     settings = load_settings(data_dir)
     stack = ExitStack()
@@ -59,7 +59,8 @@ def predict(
     try:
         entry = registry.get(model or settings.default_model)
         runner = stack.enter_context(registry.lease(entry))  # loaded while the files run
-    except RegistryError as exc:
+        classify = ImageClassificationTask(runner)
+    except (RegistryError, ClearScanError) as exc:
         raise fail(str(exc)) from None
     limits = settings.image_limits()
     if out:
@@ -83,11 +84,11 @@ def predict(
             result: dict[str, Any] = {"file": str(path)}
             try:
                 data = path.read_bytes()
-                decoded = decode_uploads([data], entry.manifest, limits)
-                a = analyze([data], decoded, runner, explain=not no_explain)[0]
+                request = ImageRequest(uploads=[data], limits=limits, explain=not no_explain)
+                a = classify(request).items[0]
             except OSError as exc:
                 result.update(error=f"cannot read file: {exc.strerror}", status=400)
-            except (ImagingError, CaseError) as exc:
+            except ClearScanError as exc:
                 result.update(error=exc.detail, status=exc.status_code)
             else:
                 m = entry.manifest
@@ -101,7 +102,7 @@ def predict(
                     model={"name": m.name, "version": m.version},
                     labels=m.labels,
                     probabilities=a.probabilities,
-                    top_label=m.labels[a.top_index],
+                    top_label=a.top_label,
                     out_of_domain=None if a.ood_score is None else a.ood_score > 1.0,
                     ood_score=a.ood_score,
                     heatmap_url=heat_path.resolve().as_uri() if heat_path else None,

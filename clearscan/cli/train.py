@@ -45,10 +45,13 @@ def train(
     (a new, inactive version: activate it with `clearscan models activate`)."""
     from sqlalchemy.orm import sessionmaker
 
-    from clearscan.app import model_store
+    from clearscan.bootstrap import model_store
+    from clearscan.errors import ClearScanError
     from clearscan.jobs import service as jobs
     from clearscan.storage.local import LocalBlobStore
-    from clearscan.training.runs import TRAIN_KIND, TrainRequest, check_request, run_training
+    from clearscan.training import service
+    from clearscan.training.runs import TRAIN_KIND, TrainRequest, run_training
+    from clearscan.training.trainers import TrainResult
 
     settings = load_settings(data_dir)
     req = TrainRequest(
@@ -62,18 +65,9 @@ def train(
     )
     with db_session(settings) as db:
         try:
-            ds = check_request(db, req)
-        except jobs.JobError as exc:
+            job = service.submit_run(db=db, ctx=cli_context(), request=req)
+        except ClearScanError as exc:
             raise fail(exc.detail) from None
-        job = jobs.submit_audited(
-            db,
-            cli_context(),
-            kind=TRAIN_KIND,
-            action="training.submit",
-            params=req.to_params(),
-            details={**req.to_params(), "dataset": ds.name, "dataset_hash": ds.content_hash},
-        )
-        db.commit()
         job_id = job.id
         sessions = sessionmaker(bind=db.get_bind(), expire_on_commit=False)
     if not jobs.claim(sessions, job_id, jobs.worker_name()):
@@ -121,9 +115,15 @@ def train(
     if as_json:
         sys.stdout.write(json.dumps({"run": job_id, **result}) + "\n")
         return
-    v = result["val_metrics"]
+    trained = TrainResult.from_json(result)
+    v = trained.val_metrics
+    how = (
+        f"{trained.recipe}, chosen by cross-validation"
+        if trained.kind == "table"
+        else f"{trained.epochs_run} epochs, {trained.wall_s} s"
+    )
     err_console.print(
         f"validation: ACC {v['accuracy']:.4f}  AUC {v['auc']:.4f}  balanced ACC "
-        f"{v['balanced_accuracy']:.4f}  ({result['epochs_run']} epochs, {result['wall_s']} s)"
+        f"{v['balanced_accuracy']:.4f}  ({how})"
     )
-    sys.stdout.write(result["model"] + "\n")
+    sys.stdout.write(trained.model + "\n")

@@ -20,6 +20,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from clearscan.errors import Unprocessable
 from clearscan.imaging import ImagingError, Limits, decode
 
 SPLITS = ("train", "val", "test")
@@ -36,14 +37,9 @@ MAX_ITEMS = 2_000_000
 MAX_IMAGE_BYTES = 64 * 2**20
 
 
-class DatasetError(Exception):
-    """A dataset cannot be imported; the message names the file, array or column."""
-
-    status_code = 422
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
+class DatasetError(Unprocessable):
+    """A dataset cannot be imported; the message names the file, array or column (422 unless a
+    subclass says otherwise)."""
 
 
 @dataclass

@@ -11,17 +11,18 @@ import shutil
 import tempfile
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal, NamedTuple
 
 import numpy as np
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from clearscan.audit import service as audit
+from clearscan.audit.actions import Action
 from clearscan.datasets.importers import (
     SPLITS,
     DatasetError,
@@ -32,6 +33,7 @@ from clearscan.datasets.importers import (
     read_npz,
 )
 from clearscan.datasets.models import Dataset, DatasetItem
+from clearscan.errors import Conflict, NotFound
 from clearscan.imaging import Limits
 from clearscan.storage.base import BlobStore
 
@@ -42,12 +44,19 @@ TINY_CLASS = 10  # fewer items of a class in a split than this: warned
 BLOB_BATCH = 256
 
 
-class DatasetExists(DatasetError):
-    status_code = 409
+class DatasetExists(Conflict, DatasetError):
+    """A dataset of this name exists; datasets are immutable (409)."""
 
 
-class DatasetNotFound(DatasetError):
-    status_code = 404
+class DatasetNotFound(NotFound, DatasetError):
+    pass
+
+
+class DatasetStorageError(DatasetError):
+    """The disk, not the data: the import could not be written (507)."""
+
+    status_code = 507
+    title = "Storage full or failing"
 
 
 @dataclass(frozen=True)
@@ -150,20 +159,22 @@ def import_dataset(
         db.rollback()
         detail = f"a dataset named {options.name!r} exists; datasets are immutable"
         audit.record(
-            db, ctx, audit.Entry("dataset.import", outcome="rejected", details={"reason": detail})
+            db,
+            ctx,
+            audit.Entry(Action.DATASET_IMPORT, outcome="rejected", details={"reason": detail}),
         )
         db.commit()
         raise DatasetExists(detail) from None
     except OSError as exc:  # the disk, not the data: nothing is committed
         db.rollback()
-        err = DatasetError(f"storage error while importing: {exc.strerror or exc}")
-        err.status_code = 507
-        raise err from None
+        raise DatasetStorageError(f"storage error while importing: {exc.strerror or exc}") from None
     except DatasetError as exc:
         audit.record(
             db,
             ctx,
-            audit.Entry("dataset.import", outcome="rejected", details={"reason": exc.detail[:500]}),
+            audit.Entry(
+                Action.DATASET_IMPORT, outcome="rejected", details={"reason": exc.detail[:500]}
+            ),
         )
         db.commit()
         raise
@@ -174,7 +185,7 @@ def import_dataset(
         db,
         ctx,
         audit.Entry(
-            "dataset.import",
+            Action.DATASET_IMPORT,
             object_type="dataset",
             object_id=ds.id,
             details={"name": ds.name, "hash": ds.content_hash, "items": ds.n_items},
@@ -446,3 +457,45 @@ def item(db: Session, ds: Dataset, idx: int) -> DatasetItem:
     if row is None:
         raise DatasetNotFound(f"dataset {ds.name!r} has no item {idx}")
     return row
+
+
+class DatasetBrief(NamedTuple):
+    """What a list or a form shows of a dataset, without its items or column summaries."""
+
+    id: str
+    name: str
+    kind: str
+    n_items: int
+    classes: list[str]
+    splits: list[str]
+
+
+_BRIEF = (Dataset.id, Dataset.name, Dataset.kind, Dataset.n_items, Dataset.classes, Dataset.counts)
+
+
+def _brief(row: Any) -> DatasetBrief:
+    return DatasetBrief(
+        row.id, row.name, row.kind, row.n_items, list(row.classes or []), list(row.counts or {})
+    )
+
+
+def briefs(*, db: Session, refs: Iterable[str]) -> dict[str, DatasetBrief]:
+    """The datasets these ids or names name, keyed by both id and name (a training run or an
+    evaluation names its dataset either way); references to no dataset are left out."""
+    wanted = {r for r in refs if r}
+    if not wanted:
+        return {}
+    rows = db.execute(select(*_BRIEF).where(or_(Dataset.id.in_(wanted), Dataset.name.in_(wanted))))
+    out: dict[str, DatasetBrief] = {}
+    for row in rows:
+        brief = _brief(row)
+        out[brief.id] = out[brief.name] = brief
+    return out
+
+
+def choices(
+    *, db: Session, order: Literal["name", "newest"] = "name", limit: int = 1000
+) -> list[DatasetBrief]:
+    """Datasets to pick from in a form, by name or newest first."""
+    by = Dataset.name if order == "name" else Dataset.created_at.desc()
+    return [_brief(row) for row in db.execute(select(*_BRIEF).order_by(by).limit(limit))]

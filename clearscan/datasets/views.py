@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from clearscan.api.deps import AdminUser, AnyUser, SessionDep, StateDep, request_context
 from clearscan.datasets import service
 from clearscan.datasets.importers import DatasetError
 from clearscan.datasets.schemas import DatasetDetail, DatasetList, DatasetPublic
-from clearscan.deps import AdminUser, AnyUser, SessionDep, StateDep, request_context
-from clearscan.imaging import ImagingError, decode, render_png
-from clearscan.storage.base import BlobError
+from clearscan.imaging import decode, render_png
 
 router = APIRouter(tags=["datasets"])
 
@@ -49,19 +48,16 @@ def import_dataset(
         labels=[x.strip() for x in labels.split(",") if x.strip()] if labels else None,
         license=license or None,
     )
-    try:
-        ds = service.import_upload(
-            db=db,
-            blobs=state.blobs,
-            ctx=request_context(request, admin.username),
-            upload=file.file,
-            tmp_dir=state.settings.data_dir,
-            options=options,
-            limits=state.limits,
-            max_bytes=int(state.settings.max_dataset_upload_mb * 2**20),
-        )
-    except DatasetError as exc:
-        raise HTTPException(exc.status_code, exc.detail) from None
+    ds = service.import_upload(
+        db=db,
+        blobs=state.blobs,
+        ctx=request_context(request, admin.username),
+        upload=file.file,
+        tmp_dir=state.settings.data_dir,
+        options=options,
+        limits=state.limits,
+        max_bytes=int(state.settings.max_dataset_upload_mb * 2**20),
+    )
     return DatasetDetail.of_detail(ds, service.samples(db, ds))
 
 
@@ -78,10 +74,7 @@ def list_datasets(
 
 @router.get("/datasets/{dataset_id}", response_model=DatasetDetail)
 def get_dataset(dataset_id: str, db: SessionDep, user: AnyUser) -> DatasetDetail:
-    try:
-        ds = service.get(db, dataset_id)
-    except DatasetError as exc:
-        raise HTTPException(exc.status_code, exc.detail) from None
+    ds = service.get(db, dataset_id)
     return DatasetDetail.of_detail(ds, service.samples(db, ds))
 
 
@@ -93,19 +86,13 @@ def get_dataset(dataset_id: str, db: SessionDep, user: AnyUser) -> DatasetDetail
 async def item_image(
     dataset_id: str, idx: int, db: SessionDep, state: StateDep, user: AnyUser
 ) -> Response:
-    try:
-        ds = service.get(db, dataset_id)
-        row = service.item(db, ds, idx)
-    except DatasetError as exc:
-        raise HTTPException(exc.status_code, exc.detail) from None
+    ds = service.get(db, dataset_id)
+    row = service.item(db, ds, idx)
 
     def render() -> bytes:
         return render_png(decode(state.blobs.get(row.blob), limits=state.limits))
 
-    try:
-        png = await run_in_threadpool(render)
-    except (BlobError, ImagingError) as exc:
-        raise HTTPException(500 if isinstance(exc, BlobError) else 422, str(exc)) from None
+    png = await run_in_threadpool(render)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
@@ -123,15 +110,9 @@ def features_preview(
     step: Annotated[int | None, Query(ge=1, le=100_000)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
 ) -> dict[str, Any]:
-    from clearscan.training.tabular import TabularError, preview
+    from clearscan.training.tabular import preview
 
-    try:
-        ds = service.get(db, dataset_id)
-    except DatasetError as exc:
-        raise HTTPException(exc.status_code, exc.detail) from None
+    ds = service.get(db, dataset_id)
     if ds.kind != "table":
-        raise HTTPException(422, f"dataset {ds.name!r} holds images: features are for tables")
-    try:
-        return preview(db, state.blobs, ds, length=window, step=step, limit=limit)
-    except TabularError as exc:
-        raise HTTPException(422, str(exc)) from None
+        raise DatasetError(f"dataset {ds.name!r} holds images: features are for tables")
+    return preview(db, state.blobs, ds, length=window, step=step, limit=limit)

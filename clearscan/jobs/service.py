@@ -23,6 +23,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from clearscan.audit import service as audit
+from clearscan.audit.actions import Action
+from clearscan.errors import Conflict, Invalid, NotFound
 from clearscan.jobs.models import Job
 
 log = logging.getLogger(__name__)
@@ -31,16 +33,16 @@ STALE_AFTER_S = 60.0
 PROGRESS_EVERY_S = 1.0
 
 
-class JobError(Exception):
-    status_code = 400
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
+class JobError(Invalid):
+    """A job cannot be submitted or run as asked (400 unless a subclass says otherwise)."""
 
 
-class JobNotFound(JobError):
-    status_code = 404
+class JobNotFound(NotFound, JobError):
+    """No job of this id (and kind)."""
+
+
+class JobConflict(Conflict, JobError):
+    """The job is in the wrong state for this action (e.g. cancelling a finished job)."""
 
 
 class JobCancelled(Exception):
@@ -112,7 +114,7 @@ def submit_audited(
     ctx: audit.RequestContext,
     *,
     kind: str,
-    action: str,
+    action: Action,
     params: dict[str, Any],
     details: dict[str, Any],
 ) -> Job:
@@ -149,7 +151,7 @@ def cancel(db: Session, job_id: str, *, kind: str | None = None) -> Job:
     db.flush()
     db.refresh(job)
     if getattr(res, "rowcount", 0) != 1:
-        raise JobError(f"job {job_id} already {job.status}")
+        raise JobConflict(f"job {job_id} already {job.status}")
     return job
 
 

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from clearscan import __version__
-from clearscan.deps import StateDep
+from clearscan.api.deps import StateDep
 from clearscan.state import AppState
 from clearscan.storage import BlobError
 
@@ -53,11 +53,23 @@ def readyz(state: StateDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-@router.get("/api/v1/health", summary="Version, uptime, models, database and storage status")
+@router.get(
+    "/api/v1/health",
+    summary="Version, uptime, status (ok or degraded), models, database and storage status",
+)
 def health(state: StateDep) -> dict[str, object]:
+    """`status` is "degraded" while the database or storage fails, a model package was rejected
+    or a model version cannot load; `unavailable_models` names each such version and why, and
+    `model_problems` says the same in words (with the rejected packages)."""
     db_ok, db_err = _db_ok(state)
     st_ok, st_err = _storage_ok(state)
+    models = state.registry.entries()  # loads what serves first: a failure shows below
+    unavailable = state.registry.unavailable()
+    problems = state.registry.problems + [
+        f"{e.manifest.ref} is unavailable: {e.error}" for e in unavailable
+    ]
     return {
+        "status": "ok" if db_ok and st_ok and not problems else "degraded",
         "version": __version__,
         "uptime_s": round(time.time() - state.started_at, 1),
         "database": {"ok": db_ok, "backend": state.engine.dialect.name, "error": db_err},
@@ -71,9 +83,13 @@ def health(state: StateDep) -> dict[str, object]:
                 "explainable": e.explainable,
                 "error": e.error,
             }
-            for e in state.registry.entries()
+            for e in models
         ],
-        "model_problems": state.registry.problems,
+        "unavailable_models": [
+            {"name": e.manifest.name, "version": e.manifest.version, "error": e.error}
+            for e in unavailable
+        ],
+        "model_problems": problems,
         "default_model": state.settings.default_model,
     }
 
@@ -90,7 +106,7 @@ def metrics(request: Request, state: StateDep) -> Response:
                 status_code=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
-    for e in state.registry.entries():
+    for e in [*state.registry.entries(), *state.registry.unavailable()]:
         state.metrics.models_available.labels(e.manifest.name, e.manifest.version).set(
             1 if e.available else 0
         )

@@ -1,5 +1,5 @@
-"""Model package manifest (manifest.json beside the weights). Validated on load; errors name the
-field. The registry issue grows this into an import/versioning store; the format stays."""
+"""Model package manifest (manifest.json beside the weights). Validated on load; errors
+(ManifestError, 422) name the field."""
 
 from __future__ import annotations
 
@@ -11,13 +11,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
-NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+from clearscan.registry.errors import ManifestError
+from clearscan.registry.ref import NAME_PATTERN, VERSION_PATTERN, ModelRef
+
 MANIFEST_FILE = "manifest.json"
-
-
-class ManifestError(ValueError):
-    """The package's manifest or files are invalid; the message names the field or file."""
 
 
 class InputSpec(BaseModel):
@@ -102,8 +99,8 @@ class ModelManifest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     schema_version: Literal[1] = 1
-    name: str = Field(pattern=NAME)
-    version: str = Field(pattern=SEMVER)
+    name: str = Field(pattern=NAME_PATTERN)
+    version: str = Field(pattern=VERSION_PATTERN)
     task: Literal["classification"] = "classification"
     # onnx: ONNX Runtime; torchscript: PyTorch (torch.jit.load; never torch.load's pickles);
     # sklearn: a scikit-learn estimator saved with skops (never pickle/joblib)
@@ -159,7 +156,12 @@ class ModelManifest(BaseModel):
 
     @property
     def ref(self) -> str:
+        """``name:version``."""
         return f"{self.name}:{self.version}"
+
+    @property
+    def model_ref(self) -> ModelRef:
+        return ModelRef(self.name, self.version)
 
     @property
     def tabular(self) -> bool:

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from clearscan.registry.service import ModelEntry
+from clearscan.registry.catalog import ModelEntry
 
 
 class ModelPublic(BaseModel):

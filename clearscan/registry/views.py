@@ -1,14 +1,17 @@
-"""Model registry endpoints: list, detail, import, versions, activate, roll back."""
+"""Model registry endpoints: list, detail, import, versions, activate, roll back, canary and
+shadow. Registry errors answer with their own status through the application's one handler."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
-from clearscan.deps import AdminUser, AnyUser, SessionDep, StateDep, request_context
-from clearscan.registry import rollout
+from clearscan.api.deps import AdminUser, AnyUser, SessionDep, StateDep, request_context
+from clearscan.errors import Unprocessable
+from clearscan.registry import service
+from clearscan.registry.packaging import OnnxFlags
 from clearscan.registry.schemas import (
     ModelDetail,
     ModelList,
@@ -17,8 +20,6 @@ from clearscan.registry.schemas import (
     ModelVersionPublic,
     RollbackResult,
 )
-from clearscan.registry.service import RegistryError
-from clearscan.registry.store import ImportRejected, OnnxFlags
 
 router = APIRouter(tags=["models"])
 
@@ -29,7 +30,7 @@ def _floats(text: str | None, field: str) -> list[float] | None:
     try:
         return [float(x) for x in text.split(",")]
     except ValueError:
-        raise HTTPException(422, f"{field}: comma-separated numbers expected") from None
+        raise Unprocessable(f"{field}: comma-separated numbers expected") from None
 
 
 @router.get("/models", response_model=ModelList)
@@ -73,37 +74,28 @@ def import_model(
         std=_floats(std, "std"),
         modality=modality,
     )
-    try:
-        manifest = rollout.import_upload(
-            db=db,
-            ctx=request_context(request, admin.username),
-            store=state.store,
-            registry=state.registry,
-            upload=file.file,
-            flags=flags,
-        )
-        entry = state.registry.version(manifest.name, manifest.version)
-        return ModelVersionPublic.of(entry, state.registry.status(entry))
-    except ImportRejected as exc:
-        raise HTTPException(exc.status_code, str(exc)) from None
+    manifest = service.import_upload(
+        db=db,
+        ctx=request_context(request, admin.username),
+        store=state.store,
+        registry=state.registry,
+        upload=file.file,
+        flags=flags,
+    )
+    entry = state.registry.version(manifest.name, manifest.version)
+    return ModelVersionPublic.of(entry, state.registry.status(entry))
 
 
 @router.get("/models/{name}", response_model=ModelDetail)
 def get_model(name: str, state: StateDep, user: AnyUser) -> ModelDetail:
-    try:
-        entry = state.registry.describe(name)
-        return ModelDetail.of_detail(entry, state.registry.status(entry))
-    except RegistryError as exc:
-        raise HTTPException(exc.status_code, exc.detail) from None
+    entry = state.registry.describe(name)
+    return ModelDetail.of_detail(entry, state.registry.status(entry))
 
 
 @router.get("/models/{name}/versions", response_model=ModelVersionList)
 def list_versions(name: str, state: StateDep, user: AnyUser) -> ModelVersionList:
-    try:
-        reg = state.registry
-        items = [ModelVersionPublic.of(e, reg.status(e)) for e in reg.versions(name)]
-    except RegistryError as exc:
-        raise HTTPException(exc.status_code, exc.detail) from None
+    reg = state.registry
+    items = [ModelVersionPublic.of(e, reg.status(e)) for e in reg.versions(name)]
     return ModelVersionList(items=items, total=len(items))
 
 
@@ -111,16 +103,13 @@ def list_versions(name: str, state: StateDep, user: AnyUser) -> ModelVersionList
 def activate(
     name: str, version: str, request: Request, db: SessionDep, state: StateDep, admin: AdminUser
 ) -> ModelVersionPublic:
-    try:
-        entry = rollout.activate(
-            db=db,
-            ctx=request_context(request, admin.username),
-            registry=state.registry,
-            name=name,
-            version=version,
-        )
-    except RegistryError as exc:
-        raise HTTPException(exc.status_code, exc.detail) from None
+    entry = service.activate(
+        db=db,
+        ctx=request_context(request, admin.username),
+        registry=state.registry,
+        name=name,
+        version=version,
+    )
     return ModelVersionPublic.of(entry, state.registry.status(entry))
 
 
@@ -128,12 +117,9 @@ def activate(
 def rollback(
     name: str, request: Request, db: SessionDep, state: StateDep, admin: AdminUser
 ) -> RollbackResult:
-    try:
-        old, new = rollout.rollback(
-            db=db, ctx=request_context(request, admin.username), registry=state.registry, name=name
-        )
-    except RegistryError as exc:
-        raise HTTPException(exc.status_code, exc.detail) from None
+    old, new = service.rollback(
+        db=db, ctx=request_context(request, admin.username), registry=state.registry, name=name
+    )
     return RollbackResult(name=name, previous_version=old, active_version=new)
 
 
@@ -156,10 +142,7 @@ class RolloutUpdate(BaseModel):
 
 @router.get("/models/{name}/rollout", summary="Active version, history, canary and shadow")
 def get_rollout(name: str, state: StateDep, user: AnyUser) -> dict[str, object]:
-    try:
-        return state.registry.rollout(name)
-    except RegistryError as exc:
-        raise HTTPException(exc.status_code, exc.detail) from None
+    return state.registry.rollout(name)
 
 
 @router.put("/models/{name}/rollout", summary="Set (or clear, with null) the canary and shadow")
@@ -171,17 +154,14 @@ def put_rollout(
     state: StateDep,
     admin: AdminUser,
 ) -> dict[str, object]:
-    try:
-        return rollout.set_rollout(
-            db=db,
-            ctx=request_context(request, admin.username),
-            registry=state.registry,
-            name=name,
-            canary=(body.canary.version, body.canary.percent) if body.canary else None,
-            shadow=body.shadow.version if body.shadow else None,
-        )
-    except RegistryError as exc:
-        raise HTTPException(exc.status_code, exc.detail) from None
+    return service.set_rollout(
+        db=db,
+        ctx=request_context(request, admin.username),
+        registry=state.registry,
+        name=name,
+        canary=(body.canary.version, body.canary.percent) if body.canary else None,
+        shadow=body.shadow.version if body.shadow else None,
+    )
 
 
 @router.get(
@@ -194,7 +174,4 @@ def rollout_report(
     admin: AdminUser,
     version: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, object]:
-    try:
-        return rollout.shadow_report(db=db, registry=state.registry, name=name, version=version)
-    except RegistryError as exc:
-        raise HTTPException(exc.status_code, exc.detail) from None
+    return service.shadow_report(db=db, registry=state.registry, name=name, version=version)

@@ -5,17 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from clearscan.errors import Unavailable
 
-class BlobError(Exception):
-    """Base error of blob stores."""
+
+class BlobError(Unavailable):
+    """Base error of blob stores: the store cannot serve now (503)."""
+
+    title = "Stored data unavailable"
 
 
 class BlobNotFound(BlobError):
-    pass
+    """No blob has this address: stored data went missing (410)."""
+
+    status_code = 410
+    title = "Stored data missing"
 
 
 class BlobIntegrityError(BlobError):
-    """The stored bytes no longer hash to their address: corruption or tampering."""
+    """The stored bytes no longer hash to their address: corruption or tampering (500)."""
+
+    status_code = 500
+    title = "Stored data damaged"
 
 
 class BlobStore(Protocol):

@@ -104,7 +104,7 @@ class LocalBlobStore:
         try:
             return path.open("rb")
         except FileNotFoundError:
-            raise BlobNotFound(f"blob {digest} not found") from None
+            raise BlobNotFound(f"stored data is missing: blob {digest} not found") from None
 
     def put_many(self, items: list[bytes]) -> list[str]:
         """Each put waits on two fsyncs; doing them side by side halves a request's wait."""
@@ -117,9 +117,9 @@ class LocalBlobStore:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise BlobNotFound(f"blob {digest} not found") from None
+            raise BlobNotFound(f"stored data is missing: blob {digest} not found") from None
         if hashlib.sha256(data).hexdigest() != digest:
-            raise BlobIntegrityError(f"blob {digest} failed its integrity check")
+            raise BlobIntegrityError(f"stored data failed its integrity check: blob {digest}")
         return data
 
     def exists(self, digest: str) -> bool:

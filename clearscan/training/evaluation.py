@@ -8,47 +8,32 @@ from __future__ import annotations
 import html
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
-from sqlalchemy import func, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from clearscan.datasets import service as datasets
 from clearscan.datasets.importers import DatasetError
 from clearscan.datasets.models import Dataset, DatasetItem
+from clearscan.errors import Unprocessable
 from clearscan.imaging import Limits, decode
 from clearscan.inference.preprocess import preprocess
-from clearscan.jobs.models import Job
 from clearscan.jobs.service import JobContext, JobError
-from clearscan.registry.service import ModelEntry, ModelRegistry, RegistryError
+from clearscan.registry.catalog import ModelEntry
+from clearscan.registry.errors import RegistryError
+from clearscan.registry.routing import ModelRegistry
 from clearscan.storage.base import BlobStore
 from clearscan.training.metrics import evaluate_predictions
 
-EVAL_KIND = "evaluate"
+EVAL_KIND: Final = "evaluate"
 BATCH = 64
 
 
-def list_evaluations(
-    db: Session, *, model: str | None = None, limit: int = 50, offset: int = 0
-) -> tuple[list[Job], int]:
-    """Evaluation jobs, newest first, filtered and paged in SQL, and how many match. `model` is
-    NAME:VERSION (that version) or NAME (every version of it); names compare case-sensitively
-    (a prefix compare, not LIKE, which SQLite folds to lower case)."""
-    q = select(Job).where(Job.kind == EVAL_KIND)
-    if model:
-        ref = Job.params["model"].as_string()
-        same = ref == model
-        if ":" not in model:
-            prefix = model + ":"
-            same = or_(same, func.substr(ref, 1, len(prefix)) == prefix)
-        q = q.where(same)
-    total = db.scalar(select(func.count()).select_from(q.subquery())) or 0
-    rows = db.scalars(q.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset))
-    return list(rows.all()), total
+class EvaluationError(JobError, Unprocessable):
+    """An evaluation that does not fit its model, dataset or split (422)."""
 
-
-class EvaluationError(JobError):
     status_code = 422
 
 

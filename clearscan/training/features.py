@@ -12,13 +12,15 @@ from typing import Any
 
 import numpy as np
 
+from clearscan.errors import Unprocessable
+
 STATS = ("mean", "std", "min", "max", "rms", "skew", "kurtosis", "energy", "dominant_freq")
 DEFAULT_LENGTH = 64
 DEFAULT_STEP = 32
 
 
-class WindowError(ValueError):
-    pass
+class WindowError(Unprocessable, ValueError):
+    """A sensor-stream window that cannot become features (422)."""
 
 
 def window_stats(window: np.ndarray, sample_rate: float) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""Image training recipes: plain data, importable without PyTorch (the server lists and checks
-recipe names; only the trainer in clearscan.training.image needs torch)."""
+"""Training recipes: plain data, importable without PyTorch or scikit-learn (the server lists
+and checks recipe names; only the trainers in clearscan.training.trainers need those)."""
 
 from __future__ import annotations
 
@@ -54,3 +54,7 @@ RECIPES: dict[str, ImageRecipe] = {
         eval_batch=64,
     ),
 }
+
+
+# table datasets: "auto" cross-validates the three and keeps the best (see trainers.tabular)
+TABULAR_RECIPES = ("auto", "logistic-regression", "random-forest", "gradient-boosting")

@@ -1,5 +1,5 @@
 """Small parsers for the pages' query strings and forms, kept out of the handlers: redirect
-targets, dates, page numbers and the login CSRF token."""
+targets, dates, page numbers, pagination links, the login CSRF token and the field types."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Annotated
 from urllib.parse import urlencode, urlsplit
+
+from fastapi import Form, Query
 
 LOGIN_CSRF_COOKIE = "clearscan_login_csrf"
 
@@ -105,3 +108,10 @@ def check_login_csrf(secret: str, cookie: str | None, field: str | None) -> bool
 
 def _sign(secret: str, nonce: str) -> str:
     return hmac.new(secret.encode(), f"login-csrf:{nonce}".encode(), hashlib.sha256).hexdigest()
+
+
+# --- form and query fields --------------------------------------------------------------------
+# Every field is optional text: the handler checks it and shows the form again with a message,
+# rather than FastAPI answering a browser with a JSON validation error.
+FormStr = Annotated[str | None, Form()]
+QueryStr = Annotated[str | None, Query()]

@@ -1,5 +1,6 @@
-"""Browser sessions for the pages: who is signed in, role checks, CSRF checks, and the two
-exceptions the page handlers raise (turned into a redirect or an HTML error page by `mount`)."""
+"""Browser sessions for the pages: who is signed in, role checks and CSRF checks. Without a
+session a page raises LoginRequired (a redirect to sign in); a refused role or token raises the
+403 PageError, audited as `access.denied` like the API's refusals."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from clearscan.api.deps import SESSION_COOKIE, SessionDep, StateDep, request_context
 from clearscan.audit import service as audit
+from clearscan.audit.actions import Action
 from clearscan.auth import service as users
 from clearscan.auth.models import Role, User
 from clearscan.auth.security import check_csrf, csrf_token
-from clearscan.deps import SESSION_COOKIE, SessionDep, StateDep, request_context
 from clearscan.state import AppState
+from clearscan.web.errors import LoginRequired, PageError
 from clearscan.web.forms import safe_next
 
 
@@ -36,25 +39,6 @@ class WebSession:
         return self.role in (Role.admin.value, Role.clinician.value)
 
 
-class LoginRequired(Exception):
-    """No valid session: the page redirects to /login?next=..."""
-
-    def __init__(self, next_url: str | None) -> None:
-        super().__init__("login required")
-        self.next_url = next_url
-
-
-class PageError(Exception):
-    """Render the error page with this status (403, 404, 409, ...)."""
-
-    def __init__(self, status_code: int, title: str, message: str, ws: WebSession | None) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.title = title
-        self.message = message
-        self.ws = ws
-
-
 def current_session(request: Request, db: SessionDep, state: StateDep) -> WebSession:
     token = request.cookies.get(SESSION_COOKIE)
     found = users.resolve_session(db=db, token=token) if token else None
@@ -66,7 +50,7 @@ def current_session(request: Request, db: SessionDep, state: StateDep) -> WebSes
         raise LoginRequired(target)
     user, row = found
     request.state.user = user
-    return WebSession(
+    ws = WebSession(
         user=user,
         session_id=row.id,
         token=token,
@@ -74,6 +58,8 @@ def current_session(request: Request, db: SessionDep, state: StateDep) -> WebSes
         username=user.username,
         role=user.role,
     )
+    request.state.web_session = ws  # for the error page's top bar
+    return ws
 
 
 WebSessionDep = Annotated[WebSession, Depends(current_session)]
@@ -87,7 +73,7 @@ def deny(
         db,
         request_context(request, ws.username),
         audit.Entry(
-            "access.denied",
+            Action.ACCESS_DENIED,
             outcome="denied",
             details={
                 "method": request.method,
@@ -98,7 +84,7 @@ def deny(
             },
         ),
     )
-    return PageError(403, "Access denied", message, ws)
+    return PageError(403, "Access denied", message)
 
 
 def _roles(*roles: Role) -> object:

@@ -1,4 +1,5 @@
-"""Jinja2 environment (autoescaping on, strict undefined), display filters and `render`.
+"""Jinja2 environment (autoescaping on, strict undefined), display filters, `render_page` and
+`redirect`.
 
 Pages may show patient references and images, so every page is sent with `Cache-Control:
 no-store`. Templates contain no inline scripts or styles: the CSP is `script-src 'self';
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markdown_it import MarkdownIt
 from markupsafe import Markup
@@ -21,6 +22,7 @@ from markupsafe import Markup
 from clearscan import __version__
 
 if TYPE_CHECKING:
+    from clearscan.web.present.page import Page
     from clearscan.web.session import WebSession
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
@@ -123,3 +125,20 @@ def render(
     response = HTMLResponse(html, status_code=status, headers=headers)
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def render_page(
+    request: Request,
+    page: Page,
+    *,
+    ws: WebSession | None = None,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> HTMLResponse:
+    """Render a page context with its template."""
+    return render(request, page.template, ws=ws, status=status, headers=headers, **page.context())
+
+
+def redirect(url: str) -> RedirectResponse:
+    """303 See Other: where a page goes after a form changed something (or to sign in)."""
+    return RedirectResponse(url, status_code=303)

@@ -120,7 +120,7 @@ def test_models_commands(tmp_path, monkeypatch):
     import json
     import shutil
 
-    from clearscan.registry.service import BUNDLED_DIR
+    from clearscan.registry.catalog import BUNDLED_DIR
 
     monkeypatch.setenv("CLEARSCAN_ADMIN_PASSWORD", "admin-password-123")
     d = ["--data-dir", str(tmp_path / "data")]

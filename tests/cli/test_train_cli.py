@@ -149,3 +149,33 @@ def test_train_then_activate_then_predict(tmp_path, data_dir, dataset):
     # the other trained model is still inactive
     r = runner.invoke(app, ["predict", str(img), "--model", "blobs-json", *data_dir])
     assert r.exit_code != 0 and "no active version" in norm(r.output)
+
+
+def test_train_a_table_prints_its_summary_and_version(tmp_path, data_dir):
+    """A table run has no epochs: the summary names the recipe cross-validation chose."""
+    rng = np.random.default_rng(1)
+    lines = ["a,b,label"]
+    for i in range(120):
+        sick = i % 2 == 1
+        lines.append(f"{rng.normal(1.5 if sick else 0, 1):.4f},{rng.normal():.4f},{int(sick)}")
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    r = runner.invoke(
+        app,
+        [
+            "datasets",
+            "import",
+            str(tmp_path / "t.csv"),
+            "--name",
+            "tab",
+            "--target",
+            "label",
+            *data_dir,
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(
+        app, ["train", "--dataset", "tab", "--recipe", "logistic-regression", *data_dir]
+    )
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert r.stdout.strip().splitlines()[-1] == "tab:1.0.0"
+    assert "validation" in r.stderr and "logistic-regression" in norm(r.stderr)

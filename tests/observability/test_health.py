@@ -12,6 +12,7 @@ def test_healthz_readyz_health(client):
     h = client.get("/api/v1/health").json()
     assert h["database"]["ok"] and h["storage"]["ok"] and h["version"]
     assert any(m["name"] == "pneumonia-cxr" and m["available"] for m in h["models"])
+    assert h["status"] == "ok" and h["unavailable_models"] == [] and h["model_problems"] == []
 
 
 def test_readyz_503_when_default_model_missing(settings):
@@ -90,3 +91,59 @@ def test_metrics_token_must_not_be_trivially_short(tmp_path):
 
     with pytest.raises(ValidationError, match="metrics_token"):
         Settings(data_dir=tmp_path, metrics_token="short")
+
+
+def test_health_names_every_unavailable_version_and_says_degraded(client, admin_headers, settings):
+    """A version whose weights fail their sha256 check at start-up: the last good version
+    serves, and health says which version cannot load, why, and that the service is degraded."""
+    from fastapi.testclient import TestClient
+
+    from clearscan.app import create_app
+    from tests.registry.test_versions_api import _import, package_zip
+
+    assert client.get("/api/v1/health").json()["status"] == "ok"
+    for version in ("5.0.0", "5.1.0"):
+        assert _import(client, admin_headers, package_zip(version)).status_code == 201
+    for version in ("5.0.0", "5.1.0"):
+        r = client.post(
+            f"/api/v1/models/pneumonia-cxr/versions/{version}/activate", headers=admin_headers
+        )
+        assert r.status_code == 200, r.text
+    for version in ("5.0.0", "5.1.0"):  # the active version, and the first it falls back to
+        weights = settings.data_dir / "models" / "pneumonia-cxr" / version / "model.onnx"
+        weights.chmod(0o644)
+        raw = bytearray(weights.read_bytes())
+        raw[1000] ^= 0xFF
+        weights.write_bytes(bytes(raw))
+    with TestClient(create_app(settings)) as c:  # a restart
+        h = c.get("/api/v1/health").json()
+        assert h["status"] == "degraded"
+        assert [m["version"] for m in h["models"] if m["name"] == "pneumonia-cxr"] == ["1.0.0"]
+        unavailable = {(m["name"], m["version"]): m["error"] for m in h["unavailable_models"]}
+        assert set(unavailable) == {("pneumonia-cxr", "5.1.0"), ("pneumonia-cxr", "5.0.0")}
+        assert all("sha256" in error for error in unavailable.values())
+        assert any(
+            p.startswith("pneumonia-cxr:5.1.0 is unavailable") and "sha256" in p
+            for p in h["model_problems"]
+        )
+        metrics = c.get("/metrics").text
+        assert 'clearscan_model_available{model="pneumonia-cxr",version="5.1.0"} 0.0' in metrics
+        assert 'clearscan_model_available{model="pneumonia-cxr",version="1.0.0"} 1.0' in metrics
+
+
+def test_health_degraded_by_a_rejected_package(tmp_path, settings):
+    import json
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from clearscan.app import create_app
+    from clearscan.registry.catalog import BUNDLED_DIR
+
+    models = tmp_path / "models"
+    shutil.copytree(BUNDLED_DIR / "pneumonia-cxr", models / "broken")
+    (models / "broken" / "manifest.json").write_text(json.dumps({"name": "broken"}))
+    with TestClient(create_app(settings.model_copy(update={"models_dir": models}))) as c:
+        h = c.get("/api/v1/health").json()
+        assert h["status"] == "degraded" and h["unavailable_models"] == []
+        assert len(h["model_problems"]) == 1 and "broken" in h["model_problems"][0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from clearscan.registry.service import bucket
+from clearscan.registry.routing import bucket
 from tests.conftest import png_bytes
 from tests.registry.test_versions_api import _import, package_zip
 

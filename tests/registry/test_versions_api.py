@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from clearscan.registry.service import BUNDLED_DIR
+from clearscan.registry.catalog import BUNDLED_DIR
 from tests.conftest import png_bytes
 
 BUNDLED = BUNDLED_DIR / "pneumonia-cxr"
@@ -267,7 +267,6 @@ def test_corrupt_active_version_falls_back_to_last_good(client, admin_headers, s
     from fastapi.testclient import TestClient
 
     from clearscan.app import create_app
-    from clearscan.registry import service
     from tests.conftest import ADMIN_PASSWORD, login
 
     _import(client, admin_headers, package_zip("5.0.0"))
@@ -277,13 +276,16 @@ def test_corrupt_active_version_falls_back_to_last_good(client, admin_headers, s
     raw = bytearray(weights.read_bytes())
     raw[1000] ^= 0xFF
     weights.write_bytes(bytes(raw))
-    service.clear_cache()  # a restart: nothing loaded yet
-    with TestClient(create_app(settings)) as c2:
+    with TestClient(create_app(settings)) as c2:  # a restart: its model cache starts empty
         h = login(c2, "admin", ADMIN_PASSWORD)
         assert c2.get("/readyz").status_code == 200
         assert _predict_version(c2, h) == "1.0.0"  # last good version keeps serving
         health = c2.get("/api/v1/health").json()
         assert health["models"][0]["version"] == "1.0.0"
+        assert health["status"] == "degraded"
+        assert [(m["name"], m["version"]) for m in health["unavailable_models"]] == [
+            ("pneumonia-cxr", "5.0.0")
+        ]
         vs = {
             v["version"]: v
             for v in c2.get("/api/v1/models/pneumonia-cxr/versions", headers=h).json()["items"]

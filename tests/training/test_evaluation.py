@@ -28,8 +28,8 @@ from clearscan.app import create_app
 from clearscan.config import Settings
 from clearscan.jobs.models import FINISHED
 from tests.conftest import ADMIN_PASSWORD, login, pg_available, pg_database, png_bytes
-from tests.training.test_tabular import breast_cancer_csv
 from tests.training.test_training_runs import SIZE, train, upload
+from tests.training.trainers.test_tabular import breast_cancer_csv
 
 EVALS = "/api/v1/evaluations"
 CLASSES = ("bright", "dark")
@@ -353,7 +353,10 @@ def test_evaluation_list_filters_and_pages_in_sql(client, admin_headers):
     """`model=NAME` matches every version of exactly that name (case-sensitive; `_` and `%` are
     not wildcards), `model=NAME:VERSION` one version; total counts all matches, not one page."""
     from clearscan.jobs import service as jobs
-    from clearscan.training.evaluation import EVAL_KIND, list_evaluations
+    from clearscan.training.service import EVAL_KIND, list_runs
+
+    def list_evaluations(db, model=None):
+        return list_runs(db=db, kind=EVAL_KIND, model=model)
 
     state = client.app.state.clearscan
     refs = ["m:1.0.0", "m:2.0.0", "m:1.0.0", "M:1.0.0", "mx:1.0.0", "m_:1.0.0", "m%:1.0.0"]

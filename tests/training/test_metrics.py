@@ -19,11 +19,14 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from clearscan.training.image import choose_threshold, classification_metrics, macro_auc, roc_auc
 from clearscan.training.metrics import (
     bootstrap_intervals,
     calibration,
+    choose_threshold,
+    classification_metrics,
     evaluate_predictions,
+    macro_auc,
+    roc_auc,
     roc_curve_points,
 )
 

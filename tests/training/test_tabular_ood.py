@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from clearscan.inference.ood import TableOodReference, fit_table_reference
-from tests.training.test_tabular import breast_cancer_csv, import_table, predict_features
 from tests.training.test_training_runs import train
+from tests.training.trainers.test_tabular import breast_cancer_csv, import_table, predict_features
 
 
 def test_reference_threshold_is_the_validation_quantile(tmp_path):

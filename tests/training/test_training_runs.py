@@ -19,7 +19,7 @@ from sqlalchemy import update
 
 from clearscan.jobs import service as jobs
 from clearscan.jobs.models import FINISHED, Job
-from clearscan.training.image import RECIPES
+from clearscan.training.recipes import RECIPES
 from clearscan.training.runs import TRAIN_KIND
 from tests.conftest import png_bytes
 
@@ -409,7 +409,7 @@ def test_restarted_worker_fails_the_dead_run_and_runs_the_queue(
     client, admin_headers, app, settings
 ):
     """On start-up the worker fails runs left running by a dead process, then trains queued ones."""
-    from clearscan.app import job_handlers
+    from clearscan.bootstrap import job_handlers
 
     state = app.state.clearscan
     state.jobs.stop()

@@ -246,7 +246,7 @@ def test_dataset_pages_need_sign_in(client):
 
 
 def test_dataset_list_pagination(sign_in, monkeypatch):
-    monkeypatch.setattr("clearscan.web.views.DATASETS_PAGE_SIZE", 1)
+    monkeypatch.setattr("clearscan.web.pages.datasets.PAGE_SIZE", 1)
     admin = sign_in("admin")
     for name in ("first", "second"):
         assert import_form(admin, table_csv(), name=name, target="label").status_code == 303

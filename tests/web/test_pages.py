@@ -431,7 +431,7 @@ def test_upload_png_and_dicom_shows_results(browser):
 
 
 def test_case_page_shows_ct_window_presets(browser):
-    from clearscan.web.present import presets_for
+    from clearscan.web.present.cases import presets_for
 
     assert presets_for("dicom", "CT", 1)[:3] == ["default", "lung", "mediastinum"]
     assert {"bone", "brain", "abdomen"} <= set(presets_for("dicom", "CT", 1))

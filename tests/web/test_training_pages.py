@@ -18,8 +18,8 @@ from sqlalchemy import update
 
 from clearscan.jobs import service as jobs
 from clearscan.jobs.models import Job
-from clearscan.training.image import RECIPES
-from clearscan.web import views
+from clearscan.training.recipes import RECIPES
+from clearscan.web.pages import training as training_pages
 from clearscan.web.templating import STATIC_DIR
 from tests.training.test_training_runs import blob_zip, get_run, total_runs, upload, wait_run
 from tests.web.test_dataset_pages import assert_no_inline_code
@@ -385,7 +385,7 @@ def test_training_pages_need_sign_in(client):
 
 
 def test_run_list_pagination(sign_in, client, admin_headers, no_worker, monkeypatch):
-    monkeypatch.setattr(views, "TRAINING_PAGE_SIZE", 1)
+    monkeypatch.setattr(training_pages, "PAGE_SIZE", 1)
     upload(client, admin_headers, "blobs", blob_zip(per_class=4))
     admin = sign_in("admin")
     first = run_id_of(start_form(admin, dataset="blobs", epochs="1", model_name="first"))
@@ -396,25 +396,6 @@ def test_run_list_pagination(sign_in, client, admin_headers, no_worker, monkeypa
     assert f"1{DASH}1 of 2 runs" in page1.text and 'href="?page=2"' in page1.text
     page2 = admin.get("/training?page=2")
     assert f'data-run="{first}"' in page2.text and f"2{DASH}2 of 2 runs" in page2.text
-
-
-def test_chart_geometry():
-    history = [{"epoch": e, "loss": 1.0 / e, "val_auc": 0.5 + 0.1 * e} for e in (1, 2, 3)]
-    chart = views._chart(history, 10, best_epoch=3)
-    g = views.CHART
-    xs = [float(p.split(",")[0]) for p in chart["auc_points"].split()]
-    assert xs[0] == g["left"] and xs == sorted(xs) and xs[-1] < g["right"]
-    aucs = [float(p.split(",")[1]) for p in chart["auc_points"].split()]
-    assert aucs == sorted(aucs, reverse=True)  # a rising AUC goes up the chart
-    assert [t["label"] for t in chart["xticks"]] == ["1", "2", "4", "6", "8", "10"]
-    assert [line["loss"] for line in chart["grid"]] == ["0", "0.3", "0.6", "0.9", "1.2"]
-    assert chart["best"] == {"x": xs[-1].__format__(".1f"), "epoch": 3}
-    assert len(chart["markers"]) == 3 and not chart["empty"]
-    empty = views._chart([], 0, best_epoch=None)
-    assert empty["empty"] and empty["span"] == 1 and empty["loss_points"] == ""
-    assert views._epoch_ticks(203)[-2:] == [150, 203]  # no label crowding the last one
-    assert views._duration(45) == "45 s" and views._duration(185) == "3 min 05 s"
-    assert views._duration(3720) == "1 h 02 min" and views._duration(None) == "—"
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")

@@ -152,7 +152,9 @@ def test_auto_parallel_runs(monkeypatch, cores, device, want):
 
 def test_the_server_passes_the_setting_to_its_models(settings):
     from clearscan.app import create_app
-    from clearscan.registry.service import BUNDLED_DIR, ModelCache, ModelRegistry
+    from clearscan.registry.cache import ModelCache
+    from clearscan.registry.catalog import BUNDLED_DIR
+    from clearscan.registry.routing import ModelRegistry
 
     app = create_app(settings.model_copy(update={"parallel_runs": 3}))
     assert app.state.clearscan.registry.parallel_runs == 3

@@ -1,0 +1,86 @@
+"""The API's error replies. Every error body is ``{"detail": ...}``:
+
+- a :class:`~clearscan.errors.ClearScanError` raised anywhere below a route answers with its own
+  status and detail (and headers such as ``WWW-Authenticate`` or ``Retry-After`` when it has
+  them): this is the one translation from domain errors to HTTP;
+- FastAPI/Starlette's own HTTP errors (an unknown path, a wrong method) keep their status;
+- a request that fails validation answers 422 naming the fields;
+- anything else is logged and answers 500 without internals.
+
+The web pages render the same errors as HTML; the app passes their renderer in as ``page``, so
+this module knows nothing of the web package.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from clearscan.errors import ClearScanError
+
+log = logging.getLogger(__name__)
+
+ErrorPage = Callable[[Request, ClearScanError], Response | None]
+"""Renders an error as a web page for a browser's page request; None to answer with JSON."""
+NotFoundPage = Callable[[Request], Response | None]
+"""Renders "no page here" for a browser asking for an unknown page path; None for JSON."""
+
+INTERNAL_ERROR = "internal error; see the server log"
+
+
+def error_response(exc: ClearScanError) -> JSONResponse:
+    """The API's reply to a domain error: its status, ``{"detail": ...}`` and its headers."""
+    headers: dict[str, str] | None = getattr(exc, "headers", None)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+
+def install(
+    app: FastAPI, *, page: ErrorPage | None = None, not_found_page: NotFoundPage | None = None
+) -> None:
+    """Register the error handlers on `app`."""
+
+    @app.exception_handler(ClearScanError)
+    async def domain_error(request: Request, exc: ClearScanError) -> Response:
+        if page is not None and (rendered := page(request, exc)) is not None:
+            return rendered
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if (
+            exc.status_code == 404
+            and not_found_page is not None
+            and (rendered := not_found_page(request)) is not None
+        ):
+            return rendered
+        return JSONResponse(
+            {"detail": exc.detail},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": describe_validation(exc.errors())}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unhandled(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse({"detail": INTERNAL_ERROR}, status_code=500)
+
+
+def describe_validation(errors: Any) -> str:
+    """The first few validation errors as one line: ``field: message; ...``."""
+    parts = []
+    for e in list(errors)[:5]:
+        loc = ".".join(
+            str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "form")
+        )
+        parts.append(f"{loc or 'request'}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts)

@@ -1,0 +1,170 @@
+"""One pure-ASGI middleware for every request: request id, upload size limit (413 before the body
+is read), security headers, Prometheus metrics and a one-line access log without query strings."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from clearscan.errors import TooLarge
+from clearscan.observability.logging import request_id_var
+from clearscan.observability.metrics import Metrics
+
+log = logging.getLogger("clearscan.access")
+_RID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+# Swagger UI's bootstrap is an inline script; only /docs gets it.
+CSP_DOCS = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+    "script-src 'self' 'unsafe-inline'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+BASE_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
+]
+
+
+class BodyTooLarge(TooLarge):
+    """The request body is over the upload limit of its path (413)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body exceeds the upload limit of {limit / 2**20:g} MB")
+
+
+class CoreMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body: int,
+        hsts: bool = False,
+        large_bodies: dict[str, int] | None = None,
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body = max_body
+        self.large_bodies = large_bodies or {}  # exact paths (model uploads) with their own limit
+        self.hsts = hsts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        rid = given if _RID.match(given) else uuid.uuid4().hex
+        token = request_id_var.set(rid)
+        scope.setdefault("state", {})["request_id"] = rid
+        start = time.perf_counter()
+        status = 500
+        path: str = scope["path"]
+        csp = CSP_DOCS if path.startswith(("/docs", "/redoc")) else CSP
+
+        recorded = False
+
+        def record() -> None:
+            # Called just before the last body chunk goes out, so a client that has its reply
+            # already sees the request counted.
+            nonlocal recorded
+            if recorded:
+                return
+            recorded = True
+            elapsed = time.perf_counter() - start
+            route = _route_of(scope)
+            method = scope["method"]
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(method, route).observe(elapsed)
+            log.info(
+                "%s %s %s",
+                method,
+                route,
+                status,
+                extra={
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
+            )
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                extra = [
+                    (b"x-request-id", rid.encode()),
+                    (b"content-security-policy", csp.encode()),
+                ]
+                extra += BASE_HEADERS
+                if self.hsts:
+                    extra.append((b"strict-transport-security", b"max-age=31536000"))
+                message["headers"] = list(message.get("headers", [])) + extra
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                record()
+            await send(message)
+
+        try:
+            length = headers.get(b"content-length")
+            limit = self.large_bodies.get(path, self.max_body)
+            if length is not None and length.isdigit() and int(length) > limit:
+                await _json(send_wrapper, 413, BodyTooLarge(limit).detail)
+                return
+            await self.app(scope, self._limited(receive, limit), send_wrapper)
+        finally:
+            record()
+            request_id_var.reset(token)
+
+    def _limited(self, receive: Receive, limit: int) -> Receive:
+        seen = 0
+
+        async def wrapped() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        return wrapped
+
+
+def _route_of(scope: Scope) -> str:
+    """The matched route's template (e.g. /api/v1/cases/{case_id}): bounded metric labels."""
+    fastapi_scope = scope.get("fastapi")
+    if isinstance(fastapi_scope, dict):  # FastAPI records the full template of included routes
+        fmt = getattr(fastapi_scope.get("effective_route_context"), "path_format", None)
+        if isinstance(fmt, str) and fmt:
+            return fmt
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else "unmatched"
+
+
+async def _json(send: Send, status: int, detail: str) -> None:
+    import json
+
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

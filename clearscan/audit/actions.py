@@ -1,0 +1,39 @@
+"""Every action the audit trail records, in one enum.
+
+Values are the strings stored in ``audit_events.action`` (a ``StrEnum`` member compares equal to
+its value and is stored as it), so renaming a member is free but changing a value splits the
+trail's history: add a new member instead. ``tests/audit/test_actions.py`` fails when the code
+emits an action missing here, or when a member here is emitted nowhere.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["Action"]
+
+
+class Action(StrEnum):
+    ACCESS_DENIED = "access.denied"
+    AUTH_LOGIN = "auth.login"
+    AUTH_LOGOUT = "auth.logout"
+    CASE_CREATE = "case.create"
+    CASE_VIEW = "case.view"
+    DATASET_IMPORT = "dataset.import"
+    EVALUATION_SUBMIT = "evaluation.submit"
+    FEATURES_UPLOAD = "features.upload"
+    IMAGE_UPLOAD = "image.upload"
+    IMAGE_VIEW = "image.view"
+    MODEL_ACTIVATE = "model.activate"
+    MODEL_IMPORT = "model.import"
+    MODEL_REMOVE = "model.remove"
+    MODEL_ROLLBACK = "model.rollback"
+    MODEL_ROLLOUT = "model.rollout"
+    MODEL_UNAVAILABLE = "model.unavailable"
+    PREDICT = "predict"
+    PREDICTION_CREATE = "prediction.create"
+    REVIEW_CREATE = "review.create"
+    TRAINING_CANCEL = "training.cancel"
+    TRAINING_SUBMIT = "training.submit"
+    USER_CREATE = "user.create"
+    USER_UPDATE = "user.update"

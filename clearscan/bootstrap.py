@@ -1,0 +1,151 @@
+"""Build what a running ClearScan holds, for the app, the CLI and the job worker alike: the data
+directory and schema, the model store and registry, the application state and the job handlers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from clearscan.audit import service as audit
+from clearscan.audit.actions import Action
+from clearscan.auth import service as users
+from clearscan.auth.service import LoginLimiter
+from clearscan.config import ConfigError, Settings
+from clearscan.db import create_db_engine, make_session_factory
+from clearscan.db.migrate import upgrade
+from clearscan.inference.base import auto_parallel_runs
+from clearscan.inference.runtimes.onnx import onnx_providers
+from clearscan.inference.types import ModelLoadError
+from clearscan.jobs.service import Handler, InProcessWorker, JobContext
+from clearscan.observability.metrics import Metrics
+from clearscan.registry.cache import ModelCache
+from clearscan.registry.catalog import BUNDLED_DIR
+from clearscan.registry.routing import ModelRegistry
+from clearscan.registry.store import ModelStore
+from clearscan.state import AppState
+from clearscan.storage import LocalBlobStore
+
+
+def initialise(settings: Settings) -> str | None:
+    """Create the data dir, secret and schema; create `admin` on first start.
+    Returns the generated admin password when one was generated (print it once)."""
+    settings.check_production()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.sqlalchemy_url)
+    engine = create_db_engine(settings.sqlalchemy_url)
+    try:
+        with make_session_factory(engine)() as db:
+            return users.ensure_admin(db=db, password=settings.admin_password)
+    finally:
+        engine.dispose()
+
+
+def model_store(settings: Settings) -> ModelStore:
+    return ModelStore(
+        settings.models_dir or settings.data_dir / "models",
+        max_package_bytes=int(settings.max_model_upload_mb * 2**20),
+    )
+
+
+def check_device(device: str) -> None:
+    """CLEARSCAN_DEVICE=cuda on a machine without the CUDA execution provider stops start-up
+    (a quiet fall-back to the CPU would hide a tenfold slow-down)."""
+    try:
+        onnx_providers(device)
+    except ModelLoadError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def build_registry(
+    settings: Settings,
+    sessions: sessionmaker[Session] | None = None,
+    *,
+    cache: ModelCache | None = None,
+) -> ModelRegistry:
+    """The registry over the bundled models and the model store, loading into `cache` (a new
+    one, capped by CLEARSCAN_MODEL_CACHE_MB, when none is given)."""
+    dirs = [BUNDLED_DIR, model_store(settings).root]
+    check_device(settings.device)
+    if cache is None:
+        cache = ModelCache()
+    cache.resize(int(settings.model_cache_mb * 2**20))
+    registry = ModelRegistry(
+        dirs,
+        sessions=sessions,
+        threads=settings.intra_op_threads,
+        device=settings.device,
+        parallel_runs=settings.parallel_runs or auto_parallel_runs(settings.device),
+        cache=cache,
+    )
+    registry.load_all()
+    return registry
+
+
+def build_state(settings: Settings) -> AppState:
+    """The state of a serving process (schema already initialised): database, blobs, models,
+    metrics, the login limiter and the in-process job worker (not started)."""
+    engine = create_db_engine(settings.sqlalchemy_url)
+    sessions = make_session_factory(engine)
+    model_cache = ModelCache()  # the loaded versions of this application, and only of it
+    state = AppState(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        blobs=LocalBlobStore(settings.blob_dir),
+        registry=build_registry(settings, sessions, cache=model_cache),
+        model_cache=model_cache,
+        store=model_store(settings),
+        metrics=Metrics(),
+        limiter=LoginLimiter(
+            max_failures=settings.login_max_failures, window_seconds=settings.login_window_seconds
+        ),
+        secret=settings.resolved_secret_key,
+    )
+    audit_unavailable_models(state)
+    state.jobs = InProcessWorker(sessions, job_handlers(state))
+    return state
+
+
+def job_handlers(state: AppState) -> dict[str, Handler]:
+    """The job kinds this process runs (the in-process worker; Celery workers later)."""
+    from clearscan.training.evaluation import EVAL_KIND, run_evaluation
+    from clearscan.training.runs import TRAIN_KIND, run_training
+
+    def train(ctx: JobContext) -> dict[str, Any]:
+        return run_training(
+            ctx,
+            sessions=state.sessions,
+            blobs=state.blobs,
+            store=state.store,
+            on_registered=lambda name, version: state.registry.discover(),
+        )
+
+    def evaluate(ctx: JobContext) -> dict[str, Any]:
+        return run_evaluation(
+            ctx, sessions=state.sessions, blobs=state.blobs, registry=state.registry
+        )
+
+    return {TRAIN_KIND: train, EVAL_KIND: evaluate}
+
+
+def audit_unavailable_models(state: AppState) -> None:
+    """A version that failed to load at start-up is an audit event as well as a log line."""
+    failed = [e for n in state.registry.names() for e in state.registry.versions(n) if e.error]
+    if not failed:
+        return
+    with state.sessions() as db:
+        audit.record(
+            db,
+            audit.RequestContext(actor="system"),
+            *[
+                audit.Entry(
+                    Action.MODEL_UNAVAILABLE,
+                    outcome="failure",
+                    object_type="model",
+                    object_id=e.manifest.ref,
+                    details={"error": (e.error or "")[:500]},
+                )
+                for e in failed
+            ],
+        )
