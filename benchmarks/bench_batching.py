@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.make_resnet_package import build_package  # noqa: E402
 from clearscan.inference.base import Model  # noqa: E402
 from clearscan.inference.batching import MicroBatcher  # noqa: E402
+from clearscan.inference.manifest import load_manifest  # noqa: E402
 from clearscan.inference.runtimes import create_model  # noqa: E402
-from clearscan.registry.manifest import load_manifest  # noqa: E402
 
 
 def to_fp16(pkg: Path) -> Path:

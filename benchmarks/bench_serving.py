@@ -180,8 +180,8 @@ def bench_in_process(pkg: Path, model: Any, n: int) -> dict[str, Any]:
     import torch
     from captum.attr import LayerGradCam
 
+    from clearscan.inference.manifest import load_manifest
     from clearscan.inference.runtimes.onnx import OnnxModel
-    from clearscan.registry.manifest import load_manifest
 
     om = OnnxModel(pkg, load_manifest(pkg))
     om.load()

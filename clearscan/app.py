@@ -18,18 +18,25 @@ from clearscan.api.middleware import CoreMiddleware
 from clearscan.api.router import API_PREFIX, include_routers
 from clearscan.bootstrap import build_state, initialise
 from clearscan.config import Settings
+from clearscan.registry.cache import ModelCache
 
 log = logging.getLogger(__name__)
 
 __all__ = ["API_PREFIX", "create_app"]
 
 
-def create_app(settings: Settings | None = None, *, initialised: bool = False) -> FastAPI:
-    """Build the app. `initialised=True` when the caller already ran `initialise(settings)`."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    initialised: bool = False,
+    model_cache: ModelCache | None = None,
+) -> FastAPI:
+    """Build the app. `initialised=True` when the caller already ran `initialise(settings)`;
+    `model_cache` shares loaded model versions with other apps of the process (default: its own)."""
     settings = settings or Settings()
     if not initialised:
         initialise(settings)
-    state = build_state(settings)
+    state = build_state(settings, model_cache=model_cache)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -82,12 +82,17 @@ def build_registry(
     return registry
 
 
-def build_state(settings: Settings) -> AppState:
+def build_state(settings: Settings, *, model_cache: ModelCache | None = None) -> AppState:
     """The state of a serving process (schema already initialised): database, blobs, models,
-    metrics, the login limiter and the in-process job worker (not started)."""
+    metrics, the login limiter and the in-process job worker (not started).
+
+    `model_cache` holds the loaded versions; by default a new one, owned by this state alone.
+    Apps built side by side in one process (tests) may share one: it is keyed by the version's
+    folder and weights hash, so a shared cache never serves one app another's model."""
     engine = create_db_engine(settings.sqlalchemy_url)
     sessions = make_session_factory(engine)
-    model_cache = ModelCache()  # the loaded versions of this application, and only of it
+    if model_cache is None:
+        model_cache = ModelCache()
     state = AppState(
         settings=settings,
         engine=engine,

@@ -18,9 +18,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from clearscan.inference.manifest import load_manifest  # noqa: E402
 from clearscan.inference.ood import fit_reference  # noqa: E402
 from clearscan.inference.runtimes.onnx import OnnxModel  # noqa: E402
-from clearscan.registry.manifest import load_manifest  # noqa: E402
 
 OOD_FILE = "ood_reference.json"
 CARD_MARK = "## Out-of-domain guard"

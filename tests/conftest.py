@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from clearscan.app import create_app
 from clearscan.config import Settings
+from clearscan.registry.cache import ModelCache
 
 ADMIN_PASSWORD = "admin-password-123"
 PASSWORD = "correct-horse-battery"
@@ -36,10 +37,16 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
+@pytest.fixture(scope="session")
+def model_cache() -> ModelCache:
+    """One cache of loaded model versions for the apps of the whole run (keyed by folder and
+    weights hash, so apps never see each other's models): a fresh app per test stays cheap."""
+    return ModelCache()
+
+
 @pytest.fixture
-def app(settings: Settings) -> FastAPI:
-    # Loaded model versions are cached process-wide, so a fresh app per test is cheap.
-    return create_app(settings)
+def app(settings: Settings, model_cache: ModelCache) -> FastAPI:
+    return create_app(settings, model_cache=model_cache)
 
 
 @pytest.fixture

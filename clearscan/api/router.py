@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
 
-from clearscan.audit.views import router as audit_router
-from clearscan.auth.views import router as auth_router
-from clearscan.cases.views import router as cases_router
-from clearscan.datasets.views import router as datasets_router
-from clearscan.observability.views import router as health_router
-from clearscan.registry.views import router as models_router
-from clearscan.training.views import router as training_router
+from clearscan.api.routes.audit import router as audit_router
+from clearscan.api.routes.auth import router as auth_router
+from clearscan.api.routes.cases import router as cases_router
+from clearscan.api.routes.datasets import router as datasets_router
+from clearscan.api.routes.health import router as health_router
+from clearscan.api.routes.models import router as models_router
+from clearscan.api.routes.training import router as training_router
 
 API_PREFIX = "/api/v1"
 

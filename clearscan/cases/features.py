@@ -15,6 +15,7 @@ from clearscan.cases import service
 from clearscan.cases.models import Case, Prediction, new_id
 from clearscan.cases.workflow import ModelServing, PredictRejected, V, reject
 from clearscan.errors import ClearScanError
+from clearscan.inference.manifest import ModelManifest
 from clearscan.inference.tasks import (
     TabularClassificationTask,
     TabularRequest,
@@ -22,7 +23,6 @@ from clearscan.inference.tasks import (
     task_kind,
 )
 from clearscan.registry.errors import RegistryError
-from clearscan.registry.manifest import ModelManifest
 from clearscan.storage import BlobStore
 
 if TYPE_CHECKING:

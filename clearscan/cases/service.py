@@ -19,8 +19,8 @@ from clearscan.auth.models import User
 from clearscan.cases.models import Case, Image, Prediction, Review, new_id
 from clearscan.cases.schemas import CaseDetail, CaseSummary
 from clearscan.db.base import Base, utcnow
+from clearscan.inference.manifest import ModelManifest
 from clearscan.inference.tasks import ClassifiedImage, TabularResponse
-from clearscan.registry.manifest import ModelManifest
 from clearscan.storage import BlobStore
 
 

@@ -25,6 +25,7 @@ from clearscan.cases.models import Case, Prediction, new_id
 from clearscan.errors import ClearScanError
 from clearscan.imaging import Limits
 from clearscan.inference.base import Model
+from clearscan.inference.manifest import ModelManifest
 from clearscan.inference.tasks import (
     ClassifiedImage,
     ImageClassificationTask,
@@ -35,7 +36,6 @@ from clearscan.inference.tasks import (
 )
 from clearscan.inference.types import ExplainMethod
 from clearscan.registry.errors import RegistryError
-from clearscan.registry.manifest import ModelManifest
 from clearscan.registry.models import ShadowResult
 from clearscan.storage import BlobStore
 

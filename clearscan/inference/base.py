@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from clearscan.inference.batching import MicroBatcher
+from clearscan.inference.manifest import ModelManifest, verify_files
 from clearscan.inference.ood import OodReference
 from clearscan.inference.types import EXPLAIN_METHODS, BatchOutput, ModelLoadError
-from clearscan.registry.manifest import ModelManifest, verify_files
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image as PILImage
 
-from clearscan.registry.manifest import InputSpec
+from clearscan.inference.manifest import InputSpec
 
 _RESAMPLE = {
     "bicubic": PILImage.Resampling.BICUBIC,

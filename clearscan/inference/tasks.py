@@ -31,9 +31,9 @@ from clearscan.errors import Unprocessable
 from clearscan.imaging import DecodedImage, ImagingError, Limits, decode
 from clearscan.inference.base import Model
 from clearscan.inference.explain.heatmap import encode_heatmap
+from clearscan.inference.manifest import ModelManifest
 from clearscan.inference.preprocess import preprocess
 from clearscan.inference.types import ExplainMethod, ItemOutput, ModelLoadError
-from clearscan.registry.manifest import ModelManifest
 
 __all__ = [
     "TASKS",

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clearscan.inference.base import Model
+from clearscan.inference.manifest import ManifestError, ModelManifest, load_manifest
 from clearscan.inference.runtimes import create_model
 from clearscan.inference.types import ModelLoadError
 from clearscan.registry.cache import CacheKey, ModelCache
 from clearscan.registry.errors import ModelNotFound, ModelUnavailable
-from clearscan.registry.manifest import ManifestError, ModelManifest, load_manifest
 from clearscan.registry.ref import ModelRef, version_key
 
 __all__ = ["BUNDLED_DIR", "Catalog", "ModelEntry", "bundled_versions", "package_dirs"]
@@ -43,7 +43,7 @@ class ModelEntry:
 
     @property
     def ref(self) -> ModelRef:
-        return self.manifest.model_ref
+        return ModelRef.of(self.manifest)
 
     @property
     def key(self) -> CacheKey:

@@ -10,7 +10,6 @@ from clearscan.errors import ClearScanError, Conflict, NotFound, Unavailable, Un
 __all__ = [
     "ImportRejected",
     "InvalidModelRef",
-    "ManifestError",
     "ModelNotFound",
     "ModelUnavailable",
     "RegistryError",
@@ -43,10 +42,6 @@ class RolloutInvalid(RegistryError, Unprocessable):
 
 class InvalidModelRef(RegistryError, Unprocessable, ValueError):
     """A model name or version that does not follow the rules of :mod:`clearscan.registry.ref`."""
-
-
-class ManifestError(Unprocessable, ValueError):
-    """The package's manifest or files are invalid; the message names the field or file."""
 
 
 class ImportRejected(Unprocessable, ValueError):

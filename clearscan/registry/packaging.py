@@ -26,8 +26,8 @@ from typing import Literal
 
 import onnx
 
+from clearscan.inference.manifest import MANIFEST_FILE
 from clearscan.registry.errors import ImportRejected
-from clearscan.registry.manifest import MANIFEST_FILE
 from clearscan.registry.ref import FIRST_VERSION, name_from
 
 __all__ = [

@@ -6,7 +6,8 @@ version is a semantic version (https://semver.org): ``MAJOR.MINOR.PATCH``, optio
 pre-release (``-rc.1``) and build metadata (``+cpu``). Versions order by semantic-version
 precedence: numerically per field, a pre-release before its release, build metadata ignored.
 
-The patterns are also the manifest's JSON-schema patterns (``docs/manifest.schema.json``)."""
+The patterns are defined beside the manifest (:mod:`clearscan.inference.manifest`), whose
+JSON-schema patterns they are (``docs/manifest.schema.json``)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import total_ordering
 
+from clearscan.inference.manifest import NAME_PATTERN, VERSION_PATTERN, ModelManifest
 from clearscan.registry.errors import InvalidModelRef
 
 __all__ = [
-    "NAME_PATTERN",
-    "VERSION_PATTERN",
     "ModelRef",
     "name_from",
     "next_version",
@@ -28,10 +28,6 @@ __all__ = [
     "version_key",
 ]
 
-NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-VERSION_PATTERN = (
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
-)
 FIRST_VERSION = "1.0.0"
 _NAME = re.compile(NAME_PATTERN)
 _VERSION = re.compile(VERSION_PATTERN)
@@ -99,6 +95,11 @@ class ModelRef:
             raise InvalidModelRef(
                 f"invalid model version {self.version!r}: a semantic version such as 1.0.0"
             )
+
+    @classmethod
+    def of(cls, manifest: ModelManifest) -> ModelRef:
+        """The version a model package's manifest declares."""
+        return cls(manifest.name, manifest.version)
 
     @classmethod
     def parse(cls, text: str) -> ModelRef:

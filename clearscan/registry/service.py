@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 
 from clearscan.audit import service as audit
 from clearscan.audit.actions import Action
+from clearscan.inference.manifest import ManifestError, ModelManifest, load_manifest
 from clearscan.registry.catalog import ModelEntry, bundled_versions
 from clearscan.registry.errors import ImportRejected, ModelNotFound, RolloutConflict, RolloutInvalid
-from clearscan.registry.manifest import ManifestError, ModelManifest, load_manifest
 from clearscan.registry.models import ModelState, ShadowResult
 from clearscan.registry.packaging import OnnxFlags
 from clearscan.registry.ref import ModelRef
@@ -121,7 +121,7 @@ def publish(
         planned = load_manifest(package)
     except ManifestError:
         planned = None  # the import names the problem
-    if planned is not None and planned.model_ref != ref:
+    if planned is not None and ModelRef.of(planned) != ref:
         raise ImportRejected(f"the package is {planned.ref}, not {ref}")
     if db.get(ModelState, ref.name) is None:
         db.add(

@@ -15,16 +15,16 @@ import uuid
 import zipfile
 from pathlib import Path
 
-from clearscan.inference.runtimes import create_model
-from clearscan.inference.types import ModelLoadError
-from clearscan.registry.errors import ImportRejected, InvalidModelRef, VersionExists
-from clearscan.registry.manifest import (
+from clearscan.inference.manifest import (
     MANIFEST_FILE,
     ManifestError,
     ModelManifest,
     load_manifest,
     verify_files,
 )
+from clearscan.inference.runtimes import create_model
+from clearscan.inference.types import ModelLoadError
+from clearscan.registry.errors import ImportRejected, InvalidModelRef, VersionExists
 from clearscan.registry.packaging import MAX_FILES, OnnxFlags, check_files, unpack
 from clearscan.registry.ref import ModelRef
 

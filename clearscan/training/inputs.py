@@ -11,9 +11,9 @@ from sqlalchemy.orm import Session
 
 from clearscan.datasets.models import Dataset, DatasetItem
 from clearscan.imaging import Limits, decode
+from clearscan.inference.manifest import InputSpec
 from clearscan.inference.preprocess import preprocess
 from clearscan.jobs.service import JobContext
-from clearscan.registry.manifest import InputSpec
 from clearscan.storage.base import BlobStore
 
 __all__ = ["MAX_MEMORY_BYTES", "load_split"]

@@ -8,8 +8,9 @@ convolution (ResNet v1.5, as torchvision does).
 
 Grad-CAM target: ``model.layer4`` (N x 512*expansion x H/32 x W/32). The head is global average
 pooling (``avgpool``) followed by one ``nn.Linear`` (``fc``), which ONNX export turns into
-GlobalAveragePool -> Flatten -> Gemm: the shape `clearscan.inference.cam.find_cam_head` finds,
-so Grad-CAM comes out of the same ONNX Runtime run as the prediction. Inputs are expected
+GlobalAveragePool -> Flatten -> Gemm: the shape that
+`clearscan.inference.explain.onnx_head.find_cam_head` finds, so Grad-CAM comes out of the same
+ONNX Runtime run as the prediction. Inputs are expected
 already normalised (the manifest's ``mean``/``std``); no normalisation happens in the graph.
 
 This module (with ``architectures``) is the only place in the package that imports torch.

@@ -19,9 +19,9 @@ from clearscan.datasets import service as datasets
 from clearscan.datasets.importers import DatasetError
 from clearscan.datasets.models import Dataset
 from clearscan.errors import Unprocessable
+from clearscan.inference.manifest import ModelManifest
 from clearscan.jobs.service import JobCancelled, JobContext, JobError
 from clearscan.registry import service as registry_service
-from clearscan.registry.manifest import ModelManifest
 from clearscan.registry.ref import ModelRef, valid_name
 from clearscan.registry.store import ModelStore
 from clearscan.storage.base import BlobStore

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from clearscan.inference.batching import ItemOutput, MicroBatcher
+from clearscan.inference.manifest import load_manifest
 from clearscan.inference.runtimes.onnx import OnnxModel
 from clearscan.inference.types import BatchOutput
-from clearscan.registry.manifest import load_manifest
 from tests.conftest import chest_like
 
 BUNDLED = Path(__file__).resolve().parents[2] / "clearscan" / "bundled_models" / "pneumonia-cxr"

@@ -25,6 +25,7 @@ from sklearn.preprocessing import StandardScaler
 from clearscan.errors import ClearScanError, Unprocessable
 from clearscan.imaging import CorruptImage, Limits
 from clearscan.inference.base import Model
+from clearscan.inference.manifest import load_manifest
 from clearscan.inference.preprocess import preprocess
 from clearscan.inference.runtimes import create_model
 from clearscan.inference.tasks import (
@@ -44,7 +45,6 @@ from clearscan.inference.tasks import (
     task_kind,
 )
 from clearscan.inference.types import ExplainMethod
-from clearscan.registry.manifest import load_manifest
 from tests.conftest import chest_like, png_bytes
 
 BUNDLED = Path(__file__).resolve().parents[2] / "clearscan" / "bundled_models" / "pneumonia-cxr"

@@ -18,12 +18,12 @@ from pydantic import ValidationError
 
 from clearscan.config import ConfigError, Settings
 from clearscan.inference.base import Model
+from clearscan.inference.manifest import load_manifest
 from clearscan.inference.runtimes import create_model
 from clearscan.inference.types import ModelLoadError
 from clearscan.registry.cache import ModelCache
 from clearscan.registry.catalog import BUNDLED_DIR, ModelEntry
 from clearscan.registry.errors import ModelUnavailable
-from clearscan.registry.manifest import load_manifest
 from clearscan.registry.routing import ModelRegistry
 
 BUNDLED = BUNDLED_DIR / "pneumonia-cxr"

@@ -104,3 +104,11 @@ def test_next_version():
 def test_name_from_free_text():
     assert name_from("Chest X-Ray (v2)") == "chest-x-ray--v2-"
     assert valid_name(name_from("Breast_Cancer.Wisconsin"))
+
+
+def test_ref_of_a_manifest():
+    from clearscan.inference.manifest import load_manifest
+    from clearscan.registry.catalog import BUNDLED_DIR
+
+    m = load_manifest(BUNDLED_DIR / "pneumonia-cxr")
+    assert ModelRef.of(m) == ModelRef(m.name, m.version) and str(ModelRef.of(m)) == m.ref

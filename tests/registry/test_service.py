@@ -71,7 +71,7 @@ def test_publish_a_trained_version_that_waits_for_activation(db, store, registry
         package=_package(tmp_path, ref),
         details={"job": "j1"},
     )
-    assert manifest.model_ref == ref
+    assert ModelRef.of(manifest) == ref
     state = db.get(ModelState, "trained")
     assert state is not None and state.active_version == "" and state.updated_by == "tester"
     (event,) = _events(db, Action.MODEL_IMPORT)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from clearscan.datasets import service as datasets
-from clearscan.registry.manifest import InputSpec
+from clearscan.inference.manifest import InputSpec
 from clearscan.training import inputs
 from tests.training.test_training_runs import blob_zip, upload
 

@@ -13,8 +13,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 from torch import nn  # noqa: E402
 
+from clearscan.inference.manifest import load_manifest  # noqa: E402
 from clearscan.inference.runtimes.onnx import OnnxModel  # noqa: E402
-from clearscan.registry.manifest import load_manifest  # noqa: E402
 from clearscan.training.resnet import (  # noqa: E402
     BasicBlock,
     Bottleneck,

@@ -10,8 +10,8 @@ import importlib
 from pathlib import Path
 
 from clearscan.inference.base import Model
+from clearscan.inference.manifest import ModelManifest
 from clearscan.inference.types import ModelLoadError
-from clearscan.registry.manifest import ModelManifest
 
 __all__ = ["RUNTIMES", "create_model", "runtime_class"]
 

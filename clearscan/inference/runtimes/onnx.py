@@ -16,8 +16,8 @@ import onnxruntime as ort
 from clearscan.inference.base import Model, cpu_cores
 from clearscan.inference.explain import head_maps
 from clearscan.inference.explain.onnx_head import CamHead, expose_output, find_cam_head
+from clearscan.inference.manifest import ModelManifest
 from clearscan.inference.types import BatchOutput, CamUnsupported, ModelLoadError, softmax
-from clearscan.registry.manifest import ModelManifest
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from clearscan.datasets.models import Dataset
-from clearscan.registry.manifest import InputSpec
+from clearscan.inference.manifest import InputSpec
 from clearscan.training.architectures import build_model
 from clearscan.training.inputs import load_split
 from clearscan.training.metrics import (

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from clearscan.datasets.service import DatasetBrief
+from clearscan.inference.manifest import ModelManifest
 from clearscan.registry.catalog import ModelEntry
-from clearscan.registry.manifest import ModelManifest
 from clearscan.registry.schemas import ModelDetail, ModelVersionPublic
 from clearscan.training.schemas import TrainingRunPublic
 from clearscan.web.present.cases import ModelNote, model_note

@@ -12,8 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 captum_attr = pytest.importorskip("captum.attr")
 
+from clearscan.inference.manifest import load_manifest  # noqa: E402
 from clearscan.inference.runtimes.onnx import OnnxModel  # noqa: E402
-from clearscan.registry.manifest import load_manifest  # noqa: E402
 from clearscan.training.architectures import build_model  # noqa: E402
 from tests.conftest import chest_like  # noqa: E402
 

@@ -11,9 +11,9 @@ import pytest
 
 from clearscan.inference import base
 from clearscan.inference.base import auto_parallel_runs
+from clearscan.inference.manifest import load_manifest
 from clearscan.inference.runtimes import onnx as onnx_runtime
 from clearscan.inference.runtimes.onnx import OnnxModel
-from clearscan.registry.manifest import load_manifest
 
 BUNDLED = Path(__file__).resolve().parents[3] / "clearscan" / "bundled_models" / "pneumonia-cxr"
 WAIT = 10.0

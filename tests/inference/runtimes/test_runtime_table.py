@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from clearscan.inference.base import Model
+from clearscan.inference.manifest import ModelManifest
 from clearscan.inference.runtimes import RUNTIMES, runtime_class
 from clearscan.inference.types import ModelLoadError
-from clearscan.registry.manifest import ModelManifest
 
 ROOT = Path(__file__).resolve().parents[3]
 

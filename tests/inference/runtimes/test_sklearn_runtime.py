@@ -21,11 +21,11 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
 from clearscan.imaging import decode
+from clearscan.inference.manifest import load_manifest
 from clearscan.inference.preprocess import preprocess
 from clearscan.inference.runtimes import create_model
 from clearscan.inference.runtimes.sklearn import SklearnModel
 from clearscan.inference.types import ModelLoadError
-from clearscan.registry.manifest import load_manifest
 from clearscan.registry.store import ImportRejected, ModelStore
 from tests.conftest import chest_like, png_bytes
 

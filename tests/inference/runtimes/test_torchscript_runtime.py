@@ -19,10 +19,10 @@ import pytest
 torch = pytest.importorskip("torch")
 captum_attr = pytest.importorskip("captum.attr")
 
+from clearscan.inference.manifest import load_manifest  # noqa: E402
 from clearscan.inference.runtimes import create_model  # noqa: E402
 from clearscan.inference.runtimes.torchscript import TorchScriptModel  # noqa: E402
 from clearscan.inference.types import ModelLoadError  # noqa: E402
-from clearscan.registry.manifest import load_manifest  # noqa: E402
 from clearscan.registry.store import ImportRejected, ModelStore, OnnxFlags  # noqa: E402
 from tests.conftest import chest_like, png_bytes  # noqa: E402
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from clearscan.inference.manifest import ManifestError, load_manifest
 from clearscan.registry.catalog import BUNDLED_DIR
-from clearscan.registry.manifest import ManifestError, load_manifest
 
 BUNDLED = BUNDLED_DIR / "pneumonia-cxr"
 
@@ -65,7 +65,7 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "manifest.schema.js
 
 
 def current_schema() -> dict:
-    from clearscan.registry.manifest import ModelManifest
+    from clearscan.inference.manifest import ModelManifest
 
     schema = ModelManifest.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
@@ -78,7 +78,7 @@ def write_schema() -> None:
 
 
 def test_bundled_manifest_is_valid_and_schema_requires_core_fields():
-    from clearscan.registry.manifest import ModelManifest
+    from clearscan.inference.manifest import ModelManifest
 
     ModelManifest.model_validate(json.loads((BUNDLED / "manifest.json").read_text()))
     schema = json.loads(SCHEMA_PATH.read_text())
@@ -118,10 +118,3 @@ def test_manifest_names_and_versions_follow_the_ref_rules(tmp_path, changes, fie
         load_manifest(pkg)
     value = changes[field]
     assert not (valid_name(value) if field == "name" else valid_version(value))
-
-
-def test_manifest_gives_its_model_ref():
-    from clearscan.registry.ref import ModelRef
-
-    m = load_manifest(BUNDLED)
-    assert m.model_ref == ModelRef(m.name, m.version) and str(m.model_ref) == m.ref

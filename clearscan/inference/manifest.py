@@ -11,8 +11,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from clearscan.registry.errors import ManifestError
-from clearscan.registry.ref import NAME_PATTERN, VERSION_PATTERN, ModelRef
+from clearscan.errors import Unprocessable
+
+
+class ManifestError(Unprocessable, ValueError):
+    """The package's manifest or files are invalid; the message names the field or file."""
+
+
+# What a model name and version may be (see clearscan.registry.ref, which parses and orders
+# them); also the JSON-schema patterns of docs/manifest.schema.json.
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+VERSION_PATTERN = (
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
+)
 
 MANIFEST_FILE = "manifest.json"
 
@@ -158,10 +169,6 @@ class ModelManifest(BaseModel):
     def ref(self) -> str:
         """``name:version``."""
         return f"{self.name}:{self.version}"
-
-    @property
-    def model_ref(self) -> ModelRef:
-        return ModelRef(self.name, self.version)
 
     @property
     def tabular(self) -> bool:
