@@ -141,8 +141,6 @@ def audit_unavailable_models(state: AppState) -> None:
         return
     with state.sessions() as db:
         audit.record(
-            db,
-            audit.RequestContext(actor="system"),
             *[
                 audit.Entry(
                     Action.MODEL_UNAVAILABLE,
@@ -153,4 +151,6 @@ def audit_unavailable_models(state: AppState) -> None:
                 )
                 for e in failed
             ],
+            db=db,
+            ctx=audit.RequestContext(actor="system"),
         )

@@ -59,8 +59,6 @@ def request_context(request: Request, actor: str | None = None) -> audit.Request
 def _deny(db: Session, request: Request, error: AuthError, actor: str | None) -> AuthError:
     """Audit a refused request; return the error to raise."""
     audit.record(
-        db,
-        request_context(request, actor),
         audit.Entry(
             Action.ACCESS_DENIED,
             outcome="denied",
@@ -70,6 +68,8 @@ def _deny(db: Session, request: Request, error: AuthError, actor: str | None) ->
                 "status": error.status_code,
             },
         ),
+        db=db,
+        ctx=request_context(request, actor),
     )
     return error
 

@@ -76,7 +76,7 @@ def _payload(ev: AuditEvent) -> dict[str, Any]:
     return _payload_of({k: getattr(ev, k) for k in _PAYLOAD_FIELDS})
 
 
-def append(db: Session, ctx: RequestContext, *entries: Entry) -> list[AuditEvent]:
+def append(*entries: Entry, db: Session, ctx: RequestContext) -> list[AuditEvent]:
     """Add `entries` to the chain inside the session's current transaction (caller commits).
     The rows go out as one multi-row INSERT; the returned events are not attached to `db`."""
     # Lock the head row and read it in one statement (UPDATE ... RETURNING: SQLite >= 3.35 and
@@ -121,16 +121,16 @@ def append(db: Session, ctx: RequestContext, *entries: Entry) -> list[AuditEvent
     return [AuditEvent(**row) for row in rows]
 
 
-def record(db: Session, ctx: RequestContext, *entries: Entry) -> list[AuditEvent]:
+def record(*entries: Entry, db: Session, ctx: RequestContext) -> list[AuditEvent]:
     """Append and commit at once (for events that stand alone: denials, failed logins)."""
-    events = append(db, ctx, *entries)
+    events = append(*entries, db=db, ctx=ctx)
     db.commit()
     return events
 
 
 def list_events(
-    db: Session,
     *,
+    db: Session,
     limit: int = 50,
     offset: int = 0,
     actor: str | None = None,
@@ -154,7 +154,7 @@ class ChainReport:
     reason: str | None = None
 
 
-def verify_chain(db: Session, *, batch: int = 5000) -> ChainReport:
+def verify_chain(*, db: Session, batch: int = 5000) -> ChainReport:
     """Recompute every hash in order; report the first break (edit, deletion or reorder)."""
     prev, expected_seq, checked, last_id = GENESIS, 1, 0, -1
     while True:

@@ -104,14 +104,14 @@ def create(
     db.add(user)
     db.flush()
     audit.append(
-        db,
-        ctx,
         audit.Entry(
             Action.USER_CREATE,
             object_type="user",
             object_id=str(user.id),
             details={"username": username, "role": role.value},
         ),
+        db=db,
+        ctx=ctx,
     )
     db.commit()
     return user
@@ -145,14 +145,14 @@ def update(
         changes["password"] = "changed"  # noqa: S105 (audit note, not a password)
         revoke_sessions(db=db, user_id=user.id)
     audit.append(
-        db,
-        ctx,
         audit.Entry(
             Action.USER_UPDATE,
             object_type="user",
             object_id=str(user.id),
             details={"username": user.username, **changes},
         ),
+        db=db,
+        ctx=ctx,
     )
     db.commit()
     return user
@@ -220,14 +220,14 @@ def sign_out(*, db: Session, ctx: audit.RequestContext, user: User, token: str) 
     """End a browser session and audit the logout."""
     end_session(db=db, token=token)
     audit.append(
-        db,
-        ctx,
         audit.Entry(
             Action.AUTH_LOGOUT,
             object_type="user",
             object_id=str(user.id),
             details={"via": "web"},
         ),
+        db=db,
+        ctx=ctx,
     )
     db.commit()
 
@@ -247,28 +247,26 @@ def _check_login(
     wait = limiter.blocked(*keys)
     if wait > 0:
         audit.record(
-            db,
-            ctx,
             audit.Entry(
                 Action.AUTH_LOGIN, outcome="throttled", actor=username[:64], details={"via": via}
             ),
+            db=db,
+            ctx=ctx,
         )
         raise LoginThrottled(int(wait) + 1)
     user = authenticate(db=db, username=username, password=password)
     if user is None:
         limiter.failed(*keys)
         audit.record(
-            db,
-            ctx,
             audit.Entry(
                 Action.AUTH_LOGIN, outcome="failure", actor=username[:64], details={"via": via}
             ),
+            db=db,
+            ctx=ctx,
         )
         raise LoginFailed("incorrect username or password")
     limiter.succeeded(*keys)
     audit.append(
-        db,
-        ctx,
         audit.Entry(
             Action.AUTH_LOGIN,
             actor=user.username,
@@ -276,6 +274,8 @@ def _check_login(
             object_id=str(user.id),
             details={"via": via},
         ),
+        db=db,
+        ctx=ctx,
     )
     return user
 
@@ -291,14 +291,14 @@ def ensure_admin(*, db: Session, password: str | None) -> str | None:
     db.add(user)
     db.flush()
     audit.append(
-        db,
-        audit.RequestContext(actor="system"),
         audit.Entry(
             Action.USER_CREATE,
             object_type="user",
             object_id=str(user.id),
             details={"username": "admin", "role": "admin", "bootstrap": True},
         ),
+        db=db,
+        ctx=audit.RequestContext(actor="system"),
     )
     db.commit()
     return generated

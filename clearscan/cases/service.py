@@ -136,7 +136,7 @@ def save_case(
     db.execute(insert(_table(Prediction)), pred_rows)
     case = Case(**case_row)  # detached copies of what was written, for the reply
     predictions = [Prediction(**row) for row in pred_rows]
-    audit.append(db, ctx, *entries)
+    audit.append(*entries, db=db, ctx=ctx)
     db.commit()
     return case, predictions
 
@@ -170,7 +170,10 @@ def save_tabular_case(
     ).encode()
     digest = blobs.put(payload)
     case = Case(
-        id=case_id or new_id(), created_by_id=user.id, patient_ref=patient_ref or None, note=note
+        id=case_id or new_id(),
+        created_by_id=user.id,
+        patient_ref=patient_ref or None,
+        note=note or None,
     )
     db.add(case)
     db.flush()
@@ -210,8 +213,6 @@ def save_tabular_case(
     db.add(pred)
     db.flush()
     audit.append(
-        db,
-        ctx,
         audit.Entry(Action.CASE_CREATE, object_type="case", object_id=case.id),
         audit.Entry(
             Action.FEATURES_UPLOAD,
@@ -225,6 +226,8 @@ def save_tabular_case(
             object_id=pred.id,
             details={"model": m.ref, "top_label": pred.top_label},
         ),
+        db=db,
+        ctx=ctx,
     )
     db.commit()
     return case, pred
@@ -323,14 +326,14 @@ def add_review(
     db.add(review)
     db.flush()
     audit.append(
-        db,
-        ctx,
         audit.Entry(
             Action.REVIEW_CREATE,
             object_type="prediction",
             object_id=prediction.id,
             details={"review_id": review.id, "agree": agree},
         ),
+        db=db,
+        ctx=ctx,
     )
     db.commit()
     return review
@@ -375,5 +378,7 @@ def view_case(*, db: Session, ctx: audit.RequestContext, case_id: str) -> CaseDe
         r.user_id for im in case.images for p in im.predictions for r in p.reviews
     }
     detail = CaseDetail.of_detail(case, usernames(db=db, ids=ids))
-    audit.record(db, ctx, audit.Entry(Action.CASE_VIEW, object_type="case", object_id=case.id))
+    audit.record(
+        audit.Entry(Action.CASE_VIEW, object_type="case", object_id=case.id), db=db, ctx=ctx
+    )
     return detail

@@ -207,9 +207,9 @@ def reject(
     if metrics is not None:
         metrics.rejected.labels(str(status)).inc()
     audit.record(
-        db,
-        ctx,
         audit.Entry(
             Action.PREDICT, outcome="rejected", details={"status": status, "reason": detail[:500]}
         ),
+        db=db,
+        ctx=ctx,
     )

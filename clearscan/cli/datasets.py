@@ -84,7 +84,7 @@ def list_(data_dir: DataDirOpt = None) -> None:
     """List datasets, newest first."""
     settings = load_settings(data_dir)
     with db_session(settings) as db:
-        rows, _ = service.list_datasets(db, limit=1000, offset=0)
+        rows, _ = service.list_datasets(db=db, limit=1000, offset=0)
         table = Table("name", "kind", "items", "classes", "hash", "created")
         for d in rows:
             table.add_row(
@@ -108,7 +108,7 @@ def show(
     settings = load_settings(data_dir)
     with db_session(settings) as db:
         try:
-            ds = service.get(db, name)
+            ds = service.get(db=db, ref=name)
         except DatasetError as exc:
             raise fail(exc.detail) from None
         _print(DatasetPublic.of(ds), as_json)

@@ -71,14 +71,16 @@ def evaluate(
             job = service.submit_evaluation(
                 db=db, ctx=cli_context(), registry=registry, request=req
             )
-            if not jobs.claim(sessions, job.id, jobs.worker_name()):
+            if not jobs.claim(sessions=sessions, job_id=job.id, worker=jobs.worker_name()):
                 raise fail(f"job {job.id} was claimed by a running server")
 
             def handler(c: jobs.JobContext) -> dict[str, Any]:
                 return run_evaluation(c, sessions=sessions, blobs=blobs, registry=registry)
 
             with console.status(f"evaluating {entry.manifest.ref} on {ds.name} ({split})"):
-                done = jobs.run_claimed(sessions, job.id, {EVAL_KIND: handler})
+                done = jobs.run_claimed(
+                    sessions=sessions, job_id=job.id, handlers={EVAL_KIND: handler}
+                )
             if done.status != "succeeded" or not done.result:
                 raise fail(f"evaluation {job.id} {done.status}: {done.error}")
             results.append({"id": job.id, **done.result})

@@ -70,7 +70,7 @@ def train(
             raise fail(exc.detail) from None
         job_id = job.id
         sessions = sessionmaker(bind=db.get_bind(), expire_on_commit=False)
-    if not jobs.claim(sessions, job_id, jobs.worker_name()):
+    if not jobs.claim(sessions=sessions, job_id=job_id, worker=jobs.worker_name()):
         raise fail(f"job {job_id} was claimed by a running server; watch it there")
     blobs = LocalBlobStore(settings.blob_dir)
     store = model_store(settings)
@@ -106,7 +106,12 @@ def train(
                 bar.update(task, description=str(p["stage"]))
 
         try:
-            finished = jobs.run_claimed(sessions, job_id, {TRAIN_KIND: handler}, on_progress)
+            finished = jobs.run_claimed(
+                sessions=sessions,
+                job_id=job_id,
+                handlers={TRAIN_KIND: handler},
+                on_progress=on_progress,
+            )
         except KeyboardInterrupt:
             raise fail("interrupted; nothing was registered", 130) from None
     if finished.status != "succeeded" or not finished.result:

@@ -159,9 +159,9 @@ def import_dataset(
         db.rollback()
         detail = f"a dataset named {options.name!r} exists; datasets are immutable"
         audit.record(
-            db,
-            ctx,
             audit.Entry(Action.DATASET_IMPORT, outcome="rejected", details={"reason": detail}),
+            db=db,
+            ctx=ctx,
         )
         db.commit()
         raise DatasetExists(detail) from None
@@ -170,11 +170,11 @@ def import_dataset(
         raise DatasetStorageError(f"storage error while importing: {exc.strerror or exc}") from None
     except DatasetError as exc:
         audit.record(
-            db,
-            ctx,
             audit.Entry(
                 Action.DATASET_IMPORT, outcome="rejected", details={"reason": exc.detail[:500]}
             ),
+            db=db,
+            ctx=ctx,
         )
         db.commit()
         raise
@@ -182,14 +182,14 @@ def import_dataset(
     if options.license:
         ds.info = {**ds.info, "license": options.license[:2000]}
     audit.record(
-        db,
-        ctx,
         audit.Entry(
             Action.DATASET_IMPORT,
             object_type="dataset",
             object_id=ds.id,
             details={"name": ds.name, "hash": ds.content_hash, "items": ds.n_items},
         ),
+        db=db,
+        ctx=ctx,
     )
     db.commit()
     return ds
@@ -418,7 +418,7 @@ def _class_warnings(counts: dict[str, dict[str, int]], noun: str = "images") -> 
 # --- queries ------------------------------------------------------------------------------------
 
 
-def get(db: Session, ref: str) -> Dataset:
+def get(*, db: Session, ref: str) -> Dataset:
     """By id or by name."""
     ds = db.get(Dataset, ref) or db.scalar(select(Dataset).where(Dataset.name == ref))
     if ds is None:
@@ -426,7 +426,7 @@ def get(db: Session, ref: str) -> Dataset:
     return ds
 
 
-def list_datasets(db: Session, *, limit: int, offset: int) -> tuple[list[Dataset], int]:
+def list_datasets(*, db: Session, limit: int, offset: int) -> tuple[list[Dataset], int]:
     total = db.scalar(select(func.count()).select_from(Dataset)) or 0
     rows = db.scalars(
         select(Dataset).order_by(Dataset.created_at.desc()).limit(limit).offset(offset)
@@ -434,7 +434,7 @@ def list_datasets(db: Session, *, limit: int, offset: int) -> tuple[list[Dataset
     return list(rows), total
 
 
-def samples(db: Session, ds: Dataset, *, per_class: int = 4) -> list[DatasetItem]:
+def samples(*, db: Session, ds: Dataset, per_class: int = 4) -> list[DatasetItem]:
     """A few items per split and class (the first ones), for the sample grid."""
     out: list[DatasetItem] = []
     for split, per in ds.counts.items():
@@ -452,7 +452,7 @@ def samples(db: Session, ds: Dataset, *, per_class: int = 4) -> list[DatasetItem
     return out
 
 
-def item(db: Session, ds: Dataset, idx: int) -> DatasetItem:
+def item(*, db: Session, ds: Dataset, idx: int) -> DatasetItem:
     row = db.get(DatasetItem, (ds.id, idx))
     if row is None:
         raise DatasetNotFound(f"dataset {ds.name!r} has no item {idx}")

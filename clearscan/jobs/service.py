@@ -100,7 +100,7 @@ class JobContext:
 Handler = Callable[[JobContext], dict[str, Any]]
 
 
-def submit(db: Session, *, kind: str, params: dict[str, Any], actor: str | None) -> Job:
+def submit(*, db: Session, kind: str, params: dict[str, Any], actor: str | None) -> Job:
     """Queue a job (the caller audits and commits)."""
     job = Job(id=uuid.uuid4().hex, kind=kind, status="queued", params=params, created_by=actor)
     job.progress = {}
@@ -110,30 +110,32 @@ def submit(db: Session, *, kind: str, params: dict[str, Any], actor: str | None)
 
 
 def submit_audited(
+    *,
     db: Session,
     ctx: audit.RequestContext,
-    *,
     kind: str,
     action: Action,
     params: dict[str, Any],
     details: dict[str, Any],
 ) -> Job:
     """Queue a job and its audit event in the caller's transaction (the caller commits)."""
-    job = submit(db, kind=kind, params=params, actor=ctx.actor)
-    audit.append(db, ctx, audit.Entry(action, object_type="job", object_id=job.id, details=details))
+    job = submit(db=db, kind=kind, params=params, actor=ctx.actor)
+    audit.append(
+        audit.Entry(action, object_type="job", object_id=job.id, details=details), db=db, ctx=ctx
+    )
     return job
 
 
-def get(db: Session, job_id: str, *, kind: str | None = None) -> Job:
+def get(*, db: Session, job_id: str, kind: str | None = None) -> Job:
     job = db.get(Job, job_id)
     if job is None or (kind is not None and job.kind != kind):
         raise JobNotFound(f"job {job_id!r} not found")
     return job
 
 
-def cancel(db: Session, job_id: str, *, kind: str | None = None) -> Job:
+def cancel(*, db: Session, job_id: str, kind: str | None = None) -> Job:
     """Cancel a queued job at once; ask a running one to stop at its next progress report."""
-    job = get(db, job_id, kind=kind)
+    job = get(db=db, job_id=job_id, kind=kind)
     # conditional updates: a claim landing at the same moment is never overwritten
     res = db.execute(
         update(Job)
@@ -155,7 +157,7 @@ def cancel(db: Session, job_id: str, *, kind: str | None = None) -> Job:
     return job
 
 
-def fail_stale(sessions: sessionmaker[Session]) -> int:
+def fail_stale(*, sessions: sessionmaker[Session]) -> int:
     """Mark running jobs whose runner stopped heartbeating as failed. Returns how many."""
     cutoff = datetime.now(UTC) - timedelta(seconds=STALE_AFTER_S)
     with sessions() as db:
@@ -173,7 +175,7 @@ def fail_stale(sessions: sessionmaker[Session]) -> int:
         return len(stale)
 
 
-def claim(sessions: sessionmaker[Session], job_id: str, worker: str) -> bool:
+def claim(*, sessions: sessionmaker[Session], job_id: str, worker: str) -> bool:
     """queued -> running for exactly one claimant."""
     now = datetime.now(UTC)
     with sessions() as db:
@@ -193,6 +195,7 @@ def claim(sessions: sessionmaker[Session], job_id: str, worker: str) -> bool:
 
 
 def run_claimed(
+    *,
     sessions: sessionmaker[Session],
     job_id: str,
     handlers: dict[str, Handler],
@@ -200,7 +203,7 @@ def run_claimed(
 ) -> Job:
     """Run a job this runner claimed, with a heartbeat, and record how it ended."""
     with sessions() as db:
-        job = get(db, job_id)
+        job = get(db=db, job_id=job_id)
         kind, params = job.kind, dict(job.params)
     ctx = JobContext(sessions, job_id, params, on_progress)
     stop = threading.Event()
@@ -259,7 +262,7 @@ def _finish(
     error: str | None,
 ) -> Job:
     with sessions() as db:
-        job = get(db, job_id)
+        job = get(db=db, job_id=job_id)
         job.status, job.result, job.error = status, result, error
         job.finished_at = datetime.now(UTC)
         db.commit()
@@ -313,10 +316,12 @@ class InProcessWorker:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                fail_stale(self.sessions)
+                fail_stale(sessions=self.sessions)
                 job_id = self._next()
-                if job_id is not None and claim(self.sessions, job_id, self.name):
-                    run_claimed(self.sessions, job_id, self.handlers)
+                if job_id is not None and claim(
+                    sessions=self.sessions, job_id=job_id, worker=self.name
+                ):
+                    run_claimed(sessions=self.sessions, job_id=job_id, handlers=self.handlers)
                     continue
             except SQLAlchemyError as exc:
                 log.error("job worker: database error: %s", type(exc).__name__)

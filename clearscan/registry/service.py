@@ -76,24 +76,24 @@ def import_path(
         manifest = store.import_package(source, flags=flags)
     except ImportRejected as exc:
         audit.record(
-            db,
-            ctx,
             audit.Entry(
                 Action.MODEL_IMPORT, outcome="rejected", details={"reason": str(exc)[:500]}
             ),
+            db=db,
+            ctx=ctx,
         )
         raise
     registry.discover()
     registry.load_version(manifest.name, manifest.version)
     audit.record(
-        db,
-        ctx,
         audit.Entry(
             Action.MODEL_IMPORT,
             object_type="model",
             object_id=manifest.ref,
             details={"files": manifest.files},
         ),
+        db=db,
+        ctx=ctx,
     )
     return manifest
 
@@ -136,14 +136,14 @@ def publish(
         db.commit()
     manifest = store.import_package(package)
     audit.record(
-        db,
-        ctx,
         audit.Entry(
             Action.MODEL_IMPORT,
             object_type="model",
             object_id=manifest.ref,
             details={"files": manifest.files, **(details or {})},
         ),
+        db=db,
+        ctx=ctx,
     )
     return manifest
 
@@ -181,14 +181,14 @@ def activate(
     row.updated_at, row.updated_by = datetime.now(UTC), ctx.actor
     db.flush()
     audit.append(
-        db,
-        ctx,
         audit.Entry(
             Action.MODEL_ACTIVATE,
             object_type="model",
             object_id=f"{name}:{version}",
             details={"previous": previous},
         ),
+        db=db,
+        ctx=ctx,
     )
     db.commit()
     registry.apply_committed()
@@ -216,14 +216,14 @@ def rollback(
     row.updated_at, row.updated_by = datetime.now(UTC), ctx.actor
     db.flush()
     audit.append(
-        db,
-        ctx,
         audit.Entry(
             Action.MODEL_ROLLBACK,
             object_type="model",
             object_id=f"{name}:{candidate}",
             details={"from": old},
         ),
+        db=db,
+        ctx=ctx,
     )
     db.commit()
     registry.apply_committed()
@@ -248,9 +248,9 @@ def remove(
     store.remove(name, version)
     registry.forget(name, version)
     audit.record(
-        db,
-        ctx,
         audit.Entry(Action.MODEL_REMOVE, object_type="model", object_id=f"{name}:{version}"),
+        db=db,
+        ctx=ctx,
     )
 
 
@@ -282,14 +282,14 @@ def set_rollout(
     row.updated_at, row.updated_by = datetime.now(UTC), ctx.actor
     db.flush()
     audit.append(
-        db,
-        ctx,
         audit.Entry(
             Action.MODEL_ROLLOUT,
             object_type="model",
             object_id=name,
             details={"canary": list(canary) if canary else None, "shadow": shadow},
         ),
+        db=db,
+        ctx=ctx,
     )
     db.commit()
     registry.apply_committed()

@@ -55,7 +55,7 @@ def resolve(
     name, _, version = req.model.partition(":")
     try:
         entry = registry.version(name, version) if version else registry.get(name)
-        ds = datasets.get(db, req.dataset)
+        ds = datasets.get(db=db, ref=req.dataset)
     except (RegistryError, DatasetError) as exc:
         raise EvaluationError(exc.detail) from None
     if req.split not in ds.counts:

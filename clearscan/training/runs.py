@@ -41,7 +41,7 @@ class TrainingError(JobError, Unprocessable):
 def check_request(db: Session, req: TrainRequest) -> Dataset:
     """Refuse a request that cannot run, before it is queued (422 naming the problem)."""
     try:
-        ds = datasets.get(db, req.dataset)
+        ds = datasets.get(db=db, ref=req.dataset)
     except DatasetError as exc:
         raise TrainingError(exc.detail) from None
     trainer = TRAINERS.get(ds.kind)

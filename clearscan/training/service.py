@@ -100,7 +100,7 @@ def list_runs(
 
 def get_run(*, db: Session, run_id: str, kind: RunKind = TRAIN_KIND) -> Job:
     """The run of this id and kind (JobNotFound, 404, otherwise)."""
-    return jobs.get(db, run_id, kind=kind)
+    return jobs.get(db=db, job_id=run_id, kind=kind)
 
 
 def _via(details: dict[str, Any], via: str | None) -> dict[str, Any]:
@@ -115,8 +115,8 @@ def submit_run(
     ds = check_request(db, request)
     params = request.to_params()
     job = jobs.submit_audited(
-        db,
-        ctx,
+        db=db,
+        ctx=ctx,
         kind=TRAIN_KIND,
         action=Action.TRAINING_SUBMIT,
         params=params,
@@ -140,8 +140,8 @@ def submit_evaluation(
     entry, ds, _ = resolve(db, registry, request)
     params = {**request.to_params(), "model": entry.manifest.ref}
     job = jobs.submit_audited(
-        db,
-        ctx,
+        db=db,
+        ctx=ctx,
         kind=EVAL_KIND,
         action=Action.EVALUATION_SUBMIT,
         params=params,
@@ -156,10 +156,10 @@ def cancel_run(
 ) -> Job:
     """Cancel a queued training run at once, or ask a running one to stop at its next progress
     report; audited. JobNotFound (404), or JobConflict (409) when the run already ended."""
-    job = jobs.cancel(db, run_id, kind=TRAIN_KIND)
+    job = jobs.cancel(db=db, job_id=run_id, kind=TRAIN_KIND)
     entry = audit.Entry(Action.TRAINING_CANCEL, object_type="job", object_id=job.id)
     entry.details = _via({}, via)
-    audit.append(db, ctx, entry)
+    audit.append(entry, db=db, ctx=ctx)
     db.commit()
     return job
 

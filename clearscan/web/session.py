@@ -70,8 +70,6 @@ def deny(
 ) -> PageError:
     """Audit an `access.denied` event (like the API does) and return the 403 page error."""
     audit.record(
-        db,
-        request_context(request, ws.username),
         audit.Entry(
             Action.ACCESS_DENIED,
             outcome="denied",
@@ -83,6 +81,8 @@ def deny(
                 **details,
             },
         ),
+        db=db,
+        ctx=request_context(request, ws.username),
     )
     return PageError(403, "Access denied", message)
 

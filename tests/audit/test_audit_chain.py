@@ -54,7 +54,7 @@ def test_failed_login_is_audited_and_rate_limited(client, admin_headers, setting
 def test_chain_verifies_and_detects_tampering(app, client, admin_headers):
     client.get("/api/v1/users", headers=admin_headers)
     with _db(app) as db:
-        assert audit.verify_chain(db).ok
+        assert audit.verify_chain(db=db).ok
     v = client.get("/api/v1/audit/verify", headers=admin_headers).json()
     assert v["ok"] and v["checked"] >= 2
     # The database refuses updates and deletes of audit rows outright ...
@@ -67,7 +67,7 @@ def test_chain_verifies_and_detects_tampering(app, client, admin_headers):
         db.execute(text("DROP TRIGGER audit_events_no_update"))
         db.execute(text("UPDATE audit_events SET actor = 'mallory' WHERE seq = 1"))
         db.commit()
-        report = audit.verify_chain(db)
+        report = audit.verify_chain(db=db)
     assert not report.ok and report.first_bad_seq == 1
 
 
@@ -78,7 +78,7 @@ def test_deleted_tail_event_is_detected(app, client, admin_headers):
         last = db.execute(text("SELECT max(seq) FROM audit_events")).scalar_one()
         db.execute(text("DELETE FROM audit_events WHERE seq = :s"), {"s": last})
         db.commit()
-        report = audit.verify_chain(db)
+        report = audit.verify_chain(db=db)
     assert not report.ok
 
 
@@ -86,7 +86,9 @@ def test_concurrent_appends_keep_one_chain(app):
     def worker(n: int) -> None:
         for i in range(10):
             with _db(app) as db:
-                audit.record(db, audit.RequestContext(actor=f"t{n}"), audit.Entry(f"test.{i}"))
+                audit.record(
+                    audit.Entry(f"test.{i}"), db=db, ctx=audit.RequestContext(actor=f"t{n}")
+                )
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
     for t in threads:
@@ -94,7 +96,7 @@ def test_concurrent_appends_keep_one_chain(app):
     for t in threads:
         t.join()
     with _db(app) as db:
-        report = audit.verify_chain(db)
+        report = audit.verify_chain(db=db)
         assert report.ok and report.checked >= 40
 
 

@@ -177,4 +177,4 @@ def test_audit_chain_stays_valid_across_service_commits(db: Session, make_user_r
     user = make_user_row(Role.admin)
     service.update(db=db, ctx=CTX, user=user, disabled=False, role=Role.admin)
     service.create(db=db, ctx=CTX, username="erin", password=PASSWORD, role=Role.viewer)
-    assert audit.verify_chain(db).ok
+    assert audit.verify_chain(db=db).ok

@@ -553,15 +553,15 @@ def test_invalid_and_taken_names(env, tmp_path):
 def test_queries(env, tmp_path):
     ds = do_import(env, class_folders(tmp_path / "src", {"a": 12, "b": 12}), "queried")
     with env.sessions() as db:
-        assert service.get(db, ds.id).name == "queried"
-        assert service.get(db, "queried").id == ds.id
+        assert service.get(db=db, ref=ds.id).name == "queried"
+        assert service.get(db=db, ref="queried").id == ds.id
         with pytest.raises(service.DatasetNotFound):
-            service.get(db, "missing")
-        got = service.get(db, ds.id)
-        assert service.item(db, got, 0).idx == 0
+            service.get(db=db, ref="missing")
+        got = service.get(db=db, ref=ds.id)
+        assert service.item(db=db, ds=got, idx=0).idx == 0
         with pytest.raises(service.DatasetNotFound):
-            service.item(db, got, 24)
-        samples = service.samples(db, got, per_class=2)
+            service.item(db=db, ds=got, idx=24)
+        samples = service.samples(db=db, ds=got, per_class=2)
         assert Counter((s.split, s.label) for s in samples) == {
             ("train", 0): 2,
             ("train", 1): 2,

@@ -63,7 +63,9 @@ def test_main_path_and_audit_on_backend(backend_settings):
         def worker(n: int) -> None:
             for i in range(5):
                 with state.sessions() as db:
-                    audit.record(db, audit.RequestContext(actor=f"w{n}"), audit.Entry(f"t.{i}"))
+                    audit.record(
+                        audit.Entry(f"t.{i}"), db=db, ctx=audit.RequestContext(actor=f"w{n}")
+                    )
 
         threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
         for t in threads:
@@ -71,7 +73,7 @@ def test_main_path_and_audit_on_backend(backend_settings):
         for t in threads:
             t.join()
         with state.sessions() as db:
-            report = audit.verify_chain(db)
+            report = audit.verify_chain(db=db)
             assert report.ok, report
             with pytest.raises(DBAPIError):
                 db.execute(text("UPDATE audit_events SET actor = 'x'"))

@@ -32,14 +32,14 @@ def sessions(tmp_path) -> Iterator:
 
 def new_job(sessions, kind: str = "echo", **params) -> str:
     with sessions() as db:
-        job = service.submit(db, kind=kind, params=params, actor="tester")
+        job = service.submit(db=db, kind=kind, params=params, actor="tester")
         db.commit()
         return job.id
 
 
 def load(sessions, job_id: str) -> Job:
     with sessions() as db:
-        job = service.get(db, job_id)
+        job = service.get(db=db, job_id=job_id)
         db.expunge(job)
         return job
 
@@ -62,16 +62,16 @@ def test_submit_and_claim_once(sessions):
     assert job.attempts == 0 and job.worker is None and job.started_at is None
     assert job.created_by == "tester" and not job.cancel_requested
 
-    assert service.claim(sessions, job_id, "w1") is True
-    assert service.claim(sessions, job_id, "w2") is False
+    assert service.claim(sessions=sessions, job_id=job_id, worker="w1") is True
+    assert service.claim(sessions=sessions, job_id=job_id, worker="w2") is False
     job = load(sessions, job_id)
     assert job.status == "running" and job.worker == "w1" and job.attempts == 1
     assert job.started_at is not None and job.heartbeat_at is not None
 
     with pytest.raises(JobNotFound), sessions() as db:
-        service.get(db, "0" * 32)
+        service.get(db=db, job_id="0" * 32)
     with pytest.raises(JobNotFound), sessions() as db:
-        service.get(db, job_id, kind="other-kind")
+        service.get(db=db, job_id=job_id, kind="other-kind")
 
 
 def test_racing_claimants_exactly_one_wins(sessions):
@@ -84,7 +84,9 @@ def test_racing_claimants_exactly_one_wins(sessions):
         def race(i: int, job_id: str = job_id, barrier=barrier, results=results, errors=errors):
             try:
                 barrier.wait()
-                results.append((f"w{i}", service.claim(sessions, job_id, f"w{i}")))
+                results.append(
+                    (f"w{i}", service.claim(sessions=sessions, job_id=job_id, worker=f"w{i}"))
+                )
             except BaseException as exc:
                 errors.append(exc)
 
@@ -118,8 +120,10 @@ def test_run_claimed_success_failure_progress(sessions):
     handlers = {"ok": ok, "bad": bad}
 
     good = new_job(sessions, kind="ok", x=21)
-    assert service.claim(sessions, good, "w")
-    done = service.run_claimed(sessions, good, handlers, on_progress=seen.append)
+    assert service.claim(sessions=sessions, job_id=good, worker="w")
+    done = service.run_claimed(
+        sessions=sessions, job_id=good, handlers=handlers, on_progress=seen.append
+    )
     assert done.status == "succeeded" and done.result == {"answer": 42} and done.error is None
     assert done.finished_at is not None
     stored = load(sessions, good)
@@ -128,8 +132,8 @@ def test_run_claimed_success_failure_progress(sessions):
     assert seen == [{"epoch": 1, "stage": "training"}]
 
     failing = new_job(sessions, kind="bad")
-    assert service.claim(sessions, failing, "w")
-    done = service.run_claimed(sessions, failing, handlers)
+    assert service.claim(sessions=sessions, job_id=failing, worker="w")
+    done = service.run_claimed(sessions=sessions, job_id=failing, handlers=handlers)
     assert done.status == "failed" and done.result is None
     assert "bad thing" in done.error and "ValueError" in done.error
     stored = load(sessions, failing)
@@ -137,8 +141,8 @@ def test_run_claimed_success_failure_progress(sessions):
     assert stored.progress == {"epoch": 1} and stored.finished_at is not None
 
     unknown = new_job(sessions, kind="nobody-handles-this")
-    assert service.claim(sessions, unknown, "w")
-    done = service.run_claimed(sessions, unknown, handlers)
+    assert service.claim(sessions=sessions, job_id=unknown, worker="w")
+    done = service.run_claimed(sessions=sessions, job_id=unknown, handlers=handlers)
     assert done.status == "failed" and "nobody-handles-this" in done.error
 
 
@@ -152,8 +156,10 @@ def test_progress_merges_and_is_throttled_unless_forced(sessions):
         return {}
 
     job_id = new_job(sessions, kind="h")
-    assert service.claim(sessions, job_id, "w")
-    service.run_claimed(sessions, job_id, {"h": handler}, on_progress=calls.append)
+    assert service.claim(sessions=sessions, job_id=job_id, worker="w")
+    service.run_claimed(
+        sessions=sessions, job_id=job_id, handlers={"h": handler}, on_progress=calls.append
+    )
     assert load(sessions, job_id).progress == {"stage": "training", "loaded": 0, "epoch": 2}
     assert calls == [
         {"stage": "loading", "loaded": 0},
@@ -173,10 +179,13 @@ def test_heartbeat_advances_while_running(sessions, monkeypatch):
         return {}
 
     job_id = new_job(sessions, kind="slow")
-    assert service.claim(sessions, job_id, "w")
+    assert service.claim(sessions=sessions, job_id=job_id, worker="w")
     claimed_at = load(sessions, job_id).heartbeat_at
     t0 = time.monotonic()
-    assert service.run_claimed(sessions, job_id, {"slow": slow}).status == "succeeded"
+    assert (
+        service.run_claimed(sessions=sessions, job_id=job_id, handlers={"slow": slow}).status
+        == "succeeded"
+    )
     assert time.monotonic() - t0 < 5  # the heartbeat thread stops promptly at the end
     assert beats[-1] > claimed_at
     assert len(set(beats)) > 1
@@ -188,18 +197,18 @@ def test_heartbeat_advances_while_running(sessions, monkeypatch):
 def test_cancel_queued_job_at_once(sessions):
     job_id = new_job(sessions)
     with sessions() as db:
-        job = service.cancel(db, job_id)
+        job = service.cancel(db=db, job_id=job_id)
         db.commit()
         assert job.status == "cancelled"
     job = load(sessions, job_id)
     assert job.status == "cancelled" and job.finished_at is not None
     assert job.error and "cancelled" in job.error
     # it can no longer be claimed, and cancelling again is refused
-    assert service.claim(sessions, job_id, "w") is False
+    assert service.claim(sessions=sessions, job_id=job_id, worker="w") is False
     with pytest.raises(JobError, match="already cancelled"), sessions() as db:
-        service.cancel(db, job_id)
+        service.cancel(db=db, job_id=job_id)
     with pytest.raises(JobNotFound), sessions() as db:
-        service.cancel(db, "f" * 32)
+        service.cancel(db=db, job_id="f" * 32)
 
 
 def test_cancel_running_job_stops_at_next_report(sessions):
@@ -213,16 +222,18 @@ def test_cancel_running_job_stops_at_next_report(sessions):
         return {"finished": True}
 
     job_id = new_job(sessions, kind="loop")
-    assert service.claim(sessions, job_id, "w")
+    assert service.claim(sessions=sessions, job_id=job_id, worker="w")
     out: dict[str, Job] = {}
     runner = threading.Thread(
-        target=lambda: out.setdefault("job", service.run_claimed(sessions, job_id, {"loop": loop}))
+        target=lambda: out.setdefault(
+            "job", service.run_claimed(sessions=sessions, job_id=job_id, handlers={"loop": loop})
+        )
     )
     runner.start()
     wait_for(lambda: load(sessions, job_id).progress.get("step", -1) >= 3)
 
     with sessions() as db:  # another session, another thread: like the API
-        job = service.cancel(db, job_id)
+        job = service.cancel(db=db, job_id=job_id)
         db.commit()
         assert job.status == "running" and job.cancel_requested
     runner.join(15)
@@ -234,17 +245,19 @@ def test_cancel_running_job_stops_at_next_report(sessions):
     assert len(iterations) < 100
 
     with pytest.raises(JobError, match="already cancelled"), sessions() as db:
-        service.cancel(db, job_id)
+        service.cancel(db=db, job_id=job_id)
 
 
 def test_cancel_finished_job_is_refused(sessions):
     for kind, handler in (("ok", lambda ctx: {"v": 1}), ("bad", lambda ctx: 1 / 0)):
         job_id = new_job(sessions, kind=kind)
-        assert service.claim(sessions, job_id, "w")
-        status = service.run_claimed(sessions, job_id, {kind: handler}).status
+        assert service.claim(sessions=sessions, job_id=job_id, worker="w")
+        status = service.run_claimed(
+            sessions=sessions, job_id=job_id, handlers={kind: handler}
+        ).status
         assert status in ("succeeded", "failed")
         with pytest.raises(JobError, match=f"already {status}"), sessions() as db:
-            service.cancel(db, job_id)
+            service.cancel(db=db, job_id=job_id)
         job = load(sessions, job_id)
         assert job.status == status and not job.cancel_requested
 
@@ -254,8 +267,10 @@ def test_cancel_racing_a_claim_never_loses_the_claim(sessions):
     with sessions() as db:
         held = db.get(Job, job_id)  # the cancel request read the row: queued
         assert held.status == "queued"
-        assert service.claim(sessions, job_id, "w")  # a worker claims it meanwhile
-        job = service.cancel(db, job_id)
+        assert service.claim(
+            sessions=sessions, job_id=job_id, worker="w"
+        )  # a worker claims it meanwhile
+        job = service.cancel(db=db, job_id=job_id)
         db.commit()
     stored = load(sessions, job_id)
     # either the cancel saw the claim (running + cancel_requested) or lost it: never both
@@ -267,19 +282,21 @@ def test_cancel_racing_a_claim_never_loses_the_claim(sessions):
 
 def test_fail_stale_only_fails_silent_runners(sessions):
     stale, fresh, queued = new_job(sessions), new_job(sessions), new_job(sessions)
-    assert service.claim(sessions, stale, "dead:1") and service.claim(sessions, fresh, "alive:2")
+    assert service.claim(sessions=sessions, job_id=stale, worker="dead:1") and service.claim(
+        sessions=sessions, job_id=fresh, worker="alive:2"
+    )
     old = datetime.now(UTC) - timedelta(seconds=service.STALE_AFTER_S + 30)
     with sessions() as db:
         db.execute(update(Job).where(Job.id == stale).values(heartbeat_at=old))
         db.commit()
 
-    assert service.fail_stale(sessions) == 1
+    assert service.fail_stale(sessions=sessions) == 1
     job = load(sessions, stale)
     assert job.status == "failed" and "interrupted" in job.error and job.finished_at is not None
     job = load(sessions, fresh)
     assert job.status == "running" and job.error is None and job.finished_at is None
     assert load(sessions, queued).status == "queued"
-    assert service.fail_stale(sessions) == 0  # nothing left to fail
+    assert service.fail_stale(sessions=sessions) == 0  # nothing left to fail
 
 
 # --- the in-process worker ----------------------------------------------------------------------
@@ -298,9 +315,9 @@ def test_in_process_worker_runs_jobs_in_creation_order(sessions):
         time.sleep(0.2)  # the first poll found nothing: now it sleeps up to poll_s
         with sessions() as db:
             ids = [
-                service.submit(db, kind="echo", params={"n": n}, actor=None).id for n in range(3)
+                service.submit(db=db, kind="echo", params={"n": n}, actor=None).id for n in range(3)
             ]
-            other = service.submit(db, kind="not-mine", params={}, actor=None).id
+            other = service.submit(db=db, kind="not-mine", params={}, actor=None).id
             db.commit()
         worker.notify()
         wait_for(lambda: all(load(sessions, i).status == "succeeded" for i in ids), timeout=10)
@@ -319,7 +336,7 @@ def test_in_process_worker_runs_jobs_in_creation_order(sessions):
 def test_in_process_worker_fails_stale_jobs_on_start(sessions):
     """A job left running by a dead process is failed when a worker starts (restart)."""
     job_id = new_job(sessions)
-    assert service.claim(sessions, job_id, "dead:1")
+    assert service.claim(sessions=sessions, job_id=job_id, worker="dead:1")
     old = datetime.now(UTC) - timedelta(seconds=service.STALE_AFTER_S * 2)
     with sessions() as db:
         db.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=old))

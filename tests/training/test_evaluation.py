@@ -362,8 +362,8 @@ def test_evaluation_list_filters_and_pages_in_sql(client, admin_headers):
     refs = ["m:1.0.0", "m:2.0.0", "m:1.0.0", "M:1.0.0", "mx:1.0.0", "m_:1.0.0", "m%:1.0.0"]
     with state.sessions() as db:
         for ref in refs:
-            jobs.submit(db, kind=EVAL_KIND, params={"model": ref, "dataset": "d"}, actor="t")
-        jobs.submit(db, kind="train", params={"model": "m:1.0.0"}, actor="t")  # not an eval
+            jobs.submit(db=db, kind=EVAL_KIND, params={"model": ref, "dataset": "d"}, actor="t")
+        jobs.submit(db=db, kind="train", params={"model": "m:1.0.0"}, actor="t")  # not an eval
         db.commit()
         rows, total = list_evaluations(db, model="m")
         assert total == 3 and {j.params["model"] for j in rows} == {"m:1.0.0", "m:2.0.0"}

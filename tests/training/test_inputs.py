@@ -18,7 +18,7 @@ def test_large_split_is_memory_mapped_with_identical_values(
     state = app.state.clearscan
     spec = InputSpec(channels=1, height=28, width=28)
     with state.sessions() as db:
-        ds = datasets.get(db, "blobs-mm")
+        ds = datasets.get(db=db, ref="blobs-mm")
         x_mem, y_mem = inputs.load_split(db, state.blobs, ds, "train", spec, tmp_path)
         monkeypatch.setattr(inputs, "MAX_MEMORY_BYTES", 0)
         x_map, y_map = inputs.load_split(db, state.blobs, ds, "train", spec, tmp_path)

@@ -382,11 +382,11 @@ def test_run_whose_worker_died_fails_as_interrupted(client, admin_headers, app, 
     for _ in range(2):
         with state.sessions() as db:
             job = jobs.submit(
-                db, kind=TRAIN_KIND, params={"dataset": "blobs", "epochs": 1}, actor="admin"
+                db=db, kind=TRAIN_KIND, params={"dataset": "blobs", "epochs": 1}, actor="admin"
             )
             db.commit()
             ids.append(job.id)
-        assert jobs.claim(state.sessions, job.id, "dead-host:4242")
+        assert jobs.claim(sessions=state.sessions, job_id=job.id, worker="dead-host:4242")
         with state.sessions() as db:
             db.execute(update(Job).where(Job.id == job.id).values(heartbeat_at=old))
             db.commit()
@@ -394,7 +394,7 @@ def test_run_whose_worker_died_fails_as_interrupted(client, admin_headers, app, 
     assert get_run(client, admin_headers, dead)["status"] == "running"
 
     # a sweep (any process) fails it with the reason
-    assert jobs.fail_stale(state.sessions) == 2
+    assert jobs.fail_stale(sessions=state.sessions) == 2
     run = get_run(client, admin_headers, dead)
     assert run["status"] == "failed" and "interrupted" in run["error"]
     assert run["result"] is None and run["finished_at"] is not None
@@ -416,10 +416,10 @@ def test_restarted_worker_fails_the_dead_run_and_runs_the_queue(
     upload(client, admin_headers, "blobs", blob_zip(per_class=16))
     with state.sessions() as db:
         job = jobs.submit(
-            db, kind=TRAIN_KIND, params={"dataset": "blobs", "epochs": 1}, actor="admin"
+            db=db, kind=TRAIN_KIND, params={"dataset": "blobs", "epochs": 1}, actor="admin"
         )
         db.commit()
-    assert jobs.claim(state.sessions, job.id, "dead-host:4242")
+    assert jobs.claim(sessions=state.sessions, job_id=job.id, worker="dead-host:4242")
     old = datetime.now(UTC) - timedelta(seconds=jobs.STALE_AFTER_S + 5)
     with state.sessions() as db:
         db.execute(update(Job).where(Job.id == job.id).values(heartbeat_at=old))

@@ -195,7 +195,7 @@ def test_login_throttled_after_repeated_failures(settings):
         assert r.status_code == 429 and "Retry-After" in r.headers
         assert "Too many failed sign-in attempts" in r.text
         with app.state.clearscan.sessions() as db:
-            rows, _ = list_events(db, action="auth.login")
+            rows, _ = list_events(db=db, action="auth.login")
             assert rows[0].outcome == "throttled" and rows[0].details == {"via": "web"}
 
 
@@ -733,7 +733,7 @@ def test_audit_page_filters_and_chain_status(browser, monkeypatch):
 
     # A broken chain is reported in red with the first bad seq.
     broken = ChainReport(ok=False, checked=6, first_bad_seq=7, reason="hash mismatch")
-    monkeypatch.setattr(audit_service, "verify_chain", lambda db: broken)
+    monkeypatch.setattr(audit_service, "verify_chain", lambda *, db: broken)
     html = admin.get("/admin/audit").text
     assert "chain-bad" in html and "Chain broken at event #7" in html and "hash mismatch" in html
 

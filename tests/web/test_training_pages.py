@@ -363,7 +363,7 @@ def test_table_run_shows_cross_validation_and_feature_importance(sign_in, client
 def test_unknown_run_is_a_404_page(sign_in, app, no_worker):
     admin = sign_in("admin")
     with app.state.clearscan.sessions() as db:  # a job of another kind is no training run
-        other = jobs.submit(db, kind="evaluate", params={}, actor="admin")
+        other = jobs.submit(db=db, kind="evaluate", params={}, actor="admin")
         db.commit()
         other_id = other.id
     token = csrf_of(admin.get("/training").text)

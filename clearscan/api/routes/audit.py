@@ -22,11 +22,11 @@ def list_audit(
     actor: Annotated[str | None, Query(max_length=64)] = None,
     action: Annotated[str | None, Query(max_length=64)] = None,
 ) -> AuditList:
-    rows, total = service.list_events(db, limit=limit, offset=offset, actor=actor, action=action)
+    rows, total = service.list_events(db=db, limit=limit, offset=offset, actor=actor, action=action)
     return AuditList(items=[AuditEventPublic.model_validate(r) for r in rows], total=total)
 
 
 @router.get("/audit/verify", response_model=ChainStatus)
 def verify_audit(db: SessionDep, admin: AdminUser) -> ChainStatus:
-    r = service.verify_chain(db)
+    r = service.verify_chain(db=db)
     return ChainStatus(ok=r.ok, checked=r.checked, first_bad_seq=r.first_bad_seq, reason=r.reason)

@@ -118,9 +118,9 @@ def get_case(case_id: str, request: Request, db: SessionDep, user: AnyUser) -> C
     }
     detail = CaseDetail.of_detail(case, service.usernames(db=db, ids=ids))
     audit.record(
-        db,
-        request_context(request, user.username),
         audit.Entry(Action.CASE_VIEW, object_type="case", object_id=case.id),
+        db=db,
+        ctx=request_context(request, user.username),
     )
     return detail
 
@@ -148,11 +148,11 @@ def image_file(
     image = service.get_image(db=db, image_id=image_id)
     data = state.blobs.get(image.sha256)
     audit.record(
-        db,
-        request_context(request, user.username),
         audit.Entry(
             Action.IMAGE_VIEW, object_type="image", object_id=image.id, details={"as": "file"}
         ),
+        db=db,
+        ctx=request_context(request, user.username),
     )
     media = {"png": "image/png", "jpeg": "image/jpeg", "dicom": "application/dicom"}
     ext = {"png": "png", "jpeg": "jpg", "dicom": "dcm", "nifti": "nii"}
@@ -185,14 +185,14 @@ def image_preview(
     img = decode(data, limits=state.limits, frame=image.frame_index if image.frames > 1 else None)
     png = render_png(img, preset=preset, max_side=max_side)
     audit.record(
-        db,
-        request_context(request, user.username),
         audit.Entry(
             Action.IMAGE_VIEW,
             object_type="image",
             object_id=image.id,
             details={"as": "preview", "preset": preset},
         ),
+        db=db,
+        ctx=request_context(request, user.username),
     )
     return Response(png, media_type="image/png", headers=PRIVATE)
 

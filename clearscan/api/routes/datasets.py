@@ -58,7 +58,7 @@ def import_dataset(
         limits=state.limits,
         max_bytes=int(state.settings.max_dataset_upload_mb * 2**20),
     )
-    return DatasetDetail.of_detail(ds, service.samples(db, ds))
+    return DatasetDetail.of_detail(ds, service.samples(db=db, ds=ds))
 
 
 @router.get("/datasets", response_model=DatasetList)
@@ -68,14 +68,14 @@ def list_datasets(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> DatasetList:
-    rows, total = service.list_datasets(db, limit=limit, offset=offset)
+    rows, total = service.list_datasets(db=db, limit=limit, offset=offset)
     return DatasetList(items=[DatasetPublic.of(d) for d in rows], total=total)
 
 
 @router.get("/datasets/{dataset_id}", response_model=DatasetDetail)
 def get_dataset(dataset_id: str, db: SessionDep, user: AnyUser) -> DatasetDetail:
-    ds = service.get(db, dataset_id)
-    return DatasetDetail.of_detail(ds, service.samples(db, ds))
+    ds = service.get(db=db, ref=dataset_id)
+    return DatasetDetail.of_detail(ds, service.samples(db=db, ds=ds))
 
 
 @router.get(
@@ -86,8 +86,8 @@ def get_dataset(dataset_id: str, db: SessionDep, user: AnyUser) -> DatasetDetail
 async def item_image(
     dataset_id: str, idx: int, db: SessionDep, state: StateDep, user: AnyUser
 ) -> Response:
-    ds = service.get(db, dataset_id)
-    row = service.item(db, ds, idx)
+    ds = service.get(db=db, ref=dataset_id)
+    row = service.item(db=db, ds=ds, idx=idx)
 
     def render() -> bytes:
         return render_png(decode(state.blobs.get(row.blob), limits=state.limits))
@@ -112,7 +112,7 @@ def features_preview(
 ) -> dict[str, Any]:
     from clearscan.training.tabular import preview
 
-    ds = service.get(db, dataset_id)
+    ds = service.get(db=db, ref=dataset_id)
     if ds.kind != "table":
         raise DatasetError(f"dataset {ds.name!r} holds images: features are for tables")
     return preview(db, state.blobs, ds, length=window, step=step, limit=limit)

@@ -146,7 +146,7 @@ def audit_page(
     params = {"actor": (actor or "").strip()[:64], "action": (action or "").strip()[:64]}
     number = parse_page(page)
     rows, total = audit.list_events(
-        db,
+        db=db,
         limit=AUDIT_PAGE_SIZE,
         offset=(number - 1) * AUDIT_PAGE_SIZE,
         actor=params["actor"] or None,
@@ -155,7 +155,7 @@ def audit_page(
     view = AuditPage(
         events=rows,
         params=params,
-        chain=audit.verify_chain(db),
+        chain=audit.verify_chain(db=db),
         actions=ACTIONS,
         pages=Pagination(number, AUDIT_PAGE_SIZE, total, params),
     )

@@ -36,7 +36,7 @@ def _datasets_page(
     form: dict[str, str] | None = None,
     status: int = 200,
 ) -> HTMLResponse:
-    rows, total = datasets.list_datasets(db, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+    rows, total = datasets.list_datasets(db=db, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
     view = DatasetsPage(
         items=rows,
         pages=Pagination(page, PAGE_SIZE, total, {}),
@@ -133,9 +133,9 @@ def _features(db: Session, state: AppState, ds: Dataset) -> dict[str, Any]:
 def dataset_view(
     ref: str, request: Request, db: SessionDep, state: StateDep, ws: WebSessionDep
 ) -> Response:
-    ds = datasets.get(db, ref)  # DatasetNotFound: the "Dataset not found" page
+    ds = datasets.get(db=db, ref=ref)  # DatasetNotFound: the "Dataset not found" page
     per_class = 4 if len(ds.classes) <= 10 else 2
-    items = datasets.samples(db, ds, per_class=per_class) if ds.kind == "images" else []
+    items = datasets.samples(db=db, ds=ds, per_class=per_class) if ds.kind == "images" else []
     page = dataset_page(
         DatasetDetail.of_detail(ds, items),
         _features(db, state, ds) if ds.kind == "table" else None,
