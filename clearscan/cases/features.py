@@ -13,8 +13,7 @@ from clearscan.audit import service as audit
 from clearscan.auth.models import User
 from clearscan.cases import service
 from clearscan.cases.models import Case, Prediction, new_id
-from clearscan.cases.workflow import ModelServing, PredictRejected, V, reject
-from clearscan.errors import ClearScanError
+from clearscan.cases.workflow import ModelServing, PredictRejected, V, refusals
 from clearscan.inference.manifest import ModelManifest
 from clearscan.inference.tasks import (
     TabularClassificationTask,
@@ -22,7 +21,6 @@ from clearscan.inference.tasks import (
     TaskKind,
     task_kind,
 )
-from clearscan.registry.errors import RegistryError
 from clearscan.storage import BlobStore
 
 if TYPE_CHECKING:
@@ -58,7 +56,7 @@ def predict_features(
 ) -> tuple[Case, list[Prediction]]:
     """Predict from the JSON `body` ({"model", "features" or "window", "patient_ref"?,
     "note"?}) and store the case. PredictRejected (audited, nothing stored) when refused."""
-    try:
+    with refusals(metrics, db, ctx):
         if not isinstance(body, dict):
             raise PredictRejected(422, 'send a JSON object: {"model": ..., "features": {...}}')
         name = body.get("model") or default_model
@@ -90,13 +88,6 @@ def predict_features(
             if not isinstance(values, dict):
                 raise PredictRejected(422, "features must be an object of feature name -> value")
             result = TabularClassificationTask(model)(TabularRequest(values=values))
-    except PredictRejected as exc:
-        reject(metrics, db, ctx, exc.status_code, exc.detail)
-        raise
-    except (ClearScanError, RegistryError) as exc:
-        detail = getattr(exc, "detail", None) or str(exc)
-        reject(metrics, db, ctx, exc.status_code, detail)
-        raise PredictRejected(exc.status_code, detail) from None
     case, pred = service.save_tabular_case(
         case_id=case_id,
         db=db,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,7 +35,6 @@ from clearscan.inference.tasks import (
     task_kind,
 )
 from clearscan.inference.types import ExplainMethod
-from clearscan.registry.errors import RegistryError
 from clearscan.registry.models import ShadowResult
 from clearscan.storage import BlobStore
 
@@ -98,7 +97,7 @@ def predict_images(
     PredictRejected (audited, nothing stored) when the request or an image is refused. A shadow
     version, if the name has one, then runs on the same inputs in the background (`sessions`
     opens the session that stores its comparison)."""
-    try:
+    with refusals(metrics, db, ctx):
         if not uploads:
             raise PredictRejected(422, "no file uploaded: send one or more 'file' parts")
         if len(uploads) > max_files:
@@ -118,13 +117,6 @@ def predict_images(
             result = task(
                 ImageRequest(uploads=uploads, limits=limits, explain=explain, method=method)
             )
-    except PredictRejected as exc:
-        reject(metrics, db, ctx, exc.status_code, exc.detail)
-        raise
-    except (ClearScanError, RegistryError) as exc:
-        detail = getattr(exc, "detail", None) or str(exc)
-        reject(metrics, db, ctx, exc.status_code, detail)
-        raise PredictRejected(exc.status_code, detail) from None
     case, preds = service.save_case(
         case_id=case_id,
         db=db,
@@ -198,6 +190,20 @@ def _run_shadow(
             db.commit()
     except Exception:
         log.exception("shadow run of %s failed", shadow.manifest.ref)
+
+
+@contextmanager
+def refusals(metrics: Metrics | None, db: Session, ctx: audit.RequestContext) -> Iterator[None]:
+    """Around the steps before anything is stored: a domain error raised there is counted,
+    audited and re-raised as PredictRejected with its status."""
+    try:
+        yield
+    except PredictRejected as exc:
+        reject(metrics, db, ctx, exc.status_code, exc.detail)
+        raise
+    except ClearScanError as exc:
+        reject(metrics, db, ctx, exc.status_code, exc.detail)
+        raise PredictRejected(exc.status_code, exc.detail) from None
 
 
 def reject(

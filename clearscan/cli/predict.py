@@ -22,7 +22,6 @@ from clearscan.cli.common import (
 )
 from clearscan.errors import ClearScanError
 from clearscan.inference.tasks import ImageClassificationTask, ImageRequest
-from clearscan.registry.errors import RegistryError
 
 
 def _safe_stem(path: Path, index: int) -> str:
@@ -60,7 +59,7 @@ def predict(
         entry = registry.get(model or settings.default_model)
         runner = stack.enter_context(registry.lease(entry))  # loaded while the files run
         classify = ImageClassificationTask(runner)
-    except (RegistryError, ClearScanError) as exc:
+    except ClearScanError as exc:
         raise fail(str(exc)) from None
     limits = settings.image_limits()
     if out:
