@@ -38,15 +38,16 @@ class DecodedImage:
     height: int
     channels: int
     bit_depth: int
-    frames: int
-    frame_index: int
-    modality: str | None
-    photometric: str | None
-    study_uid: str | None
-    series_uid: str | None
-    sop_uid: str | None
-    window: tuple[float, float] | None
-    transfer_syntax: str | None
+    frames: int = 1
+    frame_index: int = 0
+    # DICOM only (None for the other formats)
+    modality: str | None = None
+    photometric: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    sop_uid: str | None = None
+    window: tuple[float, float] | None = None
+    transfer_syntax: str | None = None
 
 
 class FormatDecoder(Protocol):

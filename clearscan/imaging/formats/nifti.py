@@ -246,11 +246,4 @@ def decode(data: bytes, *, limits: Limits, frame: int | None = None) -> DecodedI
         bit_depth=hdr.bytes_per_voxel * 8,
         frames=n_slices,
         frame_index=index,
-        modality=None,
-        photometric=None,
-        study_uid=None,
-        series_uid=None,
-        sop_uid=None,
-        window=None,
-        transfer_syntax=None,
     )

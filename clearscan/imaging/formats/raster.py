@@ -79,15 +79,6 @@ def decode(data: bytes, *, limits: Limits, frame: int | None = None) -> DecodedI
         height=h,
         channels=channels,
         bit_depth=bit_depth,
-        frames=1,
-        frame_index=0,
-        modality=None,
-        photometric=None,
-        study_uid=None,
-        series_uid=None,
-        sop_uid=None,
-        window=None,
-        transfer_syntax=None,
     )
 
 
