@@ -35,7 +35,7 @@ from clearscan.inference.tasks import (
     task_kind,
 )
 from clearscan.inference.types import ExplainMethod
-from clearscan.registry.models import ShadowResult
+from clearscan.registry.service import ShadowComparison, record_shadow
 from clearscan.storage import BlobStore
 
 if TYPE_CHECKING:
@@ -173,21 +173,24 @@ def _run_shadow(
                 dataclasses.replace(prepared, explain=False, method=ExplainMethod.GRADCAM)
             )
         labels = shadow.manifest.labels
+        comparisons = [
+            ShadowComparison(
+                prediction_id=p.id,
+                served_label=p.top_label,
+                shadow_label=labels[int(out.top)],
+                served_ms=a.inference_ms,
+                shadow_ms=round(out.run_ms / out.batch_size, 3),
+            )
+            for a, p, out in zip(served, preds, outs, strict=True)
+        ]
         with sessions() as db:
-            for a, p, out in zip(served, preds, outs, strict=True):
-                db.add(
-                    ShadowResult(
-                        model_name=shadow.manifest.name,
-                        served_version=served_version,
-                        shadow_version=shadow.manifest.version,
-                        prediction_id=p.id,
-                        served_label=p.top_label,
-                        shadow_label=labels[int(out.top)],
-                        served_ms=a.inference_ms,
-                        shadow_ms=round(out.run_ms / out.batch_size, 3),
-                    )
-                )
-            db.commit()
+            record_shadow(
+                db=db,
+                name=shadow.manifest.name,
+                served_version=served_version,
+                shadow_version=shadow.manifest.version,
+                comparisons=comparisons,
+            )
     except Exception:
         log.exception("shadow run of %s failed", shadow.manifest.ref)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import shutil
 import statistics
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -27,12 +29,14 @@ from clearscan.registry.routing import ModelRegistry
 from clearscan.registry.store import ModelStore
 
 __all__ = [
+    "ShadowComparison",
     "activate",
     "import_path",
     "import_upload",
     "last_shadow_version",
     "next_ref",
     "publish",
+    "record_shadow",
     "remove",
     "rollback",
     "set_rollout",
@@ -294,6 +298,42 @@ def set_rollout(
     db.commit()
     registry.apply_committed()
     return registry.rollout(name)
+
+
+@dataclass(frozen=True)
+class ShadowComparison:
+    """One prediction answered by the served version, and what the shadow version said."""
+
+    prediction_id: str
+    served_label: str
+    shadow_label: str
+    served_ms: float
+    shadow_ms: float
+
+
+def record_shadow(
+    *,
+    db: Session,
+    name: str,
+    served_version: str,
+    shadow_version: str,
+    comparisons: Sequence[ShadowComparison],
+) -> None:
+    """Store a shadow run's comparisons (read back by :func:`shadow_report`)."""
+    db.add_all(
+        ShadowResult(
+            model_name=name,
+            served_version=served_version,
+            shadow_version=shadow_version,
+            prediction_id=c.prediction_id,
+            served_label=c.served_label,
+            shadow_label=c.shadow_label,
+            served_ms=c.served_ms,
+            shadow_ms=c.shadow_ms,
+        )
+        for c in comparisons
+    )
+    db.commit()
 
 
 def shadow_report(
