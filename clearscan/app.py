@@ -16,7 +16,7 @@ from clearscan import __version__
 from clearscan.api import errors as api_errors
 from clearscan.api.middleware import CoreMiddleware
 from clearscan.api.router import API_PREFIX, include_routers
-from clearscan.bootstrap import build_state, initialise
+from clearscan.bootstrap import audit_check, build_state, initialise
 from clearscan.config import Settings
 from clearscan.registry.cache import ModelCache
 
@@ -37,14 +37,17 @@ def create_app(
     if not initialised:
         initialise(settings)
     state = build_state(settings, model_cache=model_cache)
+    audit_verify = audit_check(state)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         assert state.jobs is not None
         state.jobs.start()  # also picks up jobs queued before a restart
+        audit_verify.start()  # exports the chain's verdict for the audit alert
         try:
             yield
         finally:
+            audit_verify.stop()
             state.jobs.stop()
 
     app = FastAPI(

@@ -3,6 +3,7 @@ directory and schema, the model store and registry, the application state and th
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,14 +18,17 @@ from clearscan.db.migrate import upgrade
 from clearscan.inference.base import auto_parallel_runs
 from clearscan.inference.runtimes.onnx import onnx_providers
 from clearscan.inference.types import ModelLoadError
-from clearscan.jobs.service import Handler, InProcessWorker, JobContext
+from clearscan.jobs.service import Handler, InProcessWorker, JobContext, queue_snapshot
 from clearscan.observability.metrics import Metrics
+from clearscan.observability.periodic import PeriodicCheck
 from clearscan.registry.cache import ModelCache
 from clearscan.registry.catalog import BUNDLED_DIR
 from clearscan.registry.routing import ModelRegistry
 from clearscan.registry.store import ModelStore
 from clearscan.state import AppState
-from clearscan.storage import LocalBlobStore
+from clearscan.storage import BlobError, BlobStore, LocalBlobStore
+
+log = logging.getLogger(__name__)
 
 
 def initialise(settings: Settings) -> str | None:
@@ -32,6 +36,7 @@ def initialise(settings: Settings) -> str | None:
     Returns the generated admin password when one was generated (print it once)."""
     settings.check_production()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    blob_store(settings)  # a wrong CLEARSCAN_BLOB_URL or a missing bucket stops start-up here
     upgrade(settings.sqlalchemy_url)
     engine = create_db_engine(settings.sqlalchemy_url)
     try:
@@ -39,6 +44,37 @@ def initialise(settings: Settings) -> str | None:
             return users.ensure_admin(db=db, password=settings.admin_password)
     finally:
         engine.dispose()
+
+
+def blob_store(settings: Settings) -> BlobStore:
+    """The blob store CLEARSCAN_BLOB_URL names (default: files under the data dir). An S3 store
+    is checked here: a bucket that is missing or unreachable is a ConfigError naming it, and so
+    is an install without boto3 (the `s3` extra)."""
+    where = settings.blob_location()
+    if where.path is not None:
+        return LocalBlobStore(where.path)
+    try:
+        from clearscan.storage.s3 import S3BlobStore
+
+        secret = settings.s3_secret_access_key
+        store = S3BlobStore(
+            where.bucket,
+            where.prefix,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            access_key_id=settings.s3_access_key_id,
+            secret_access_key=secret.get_secret_value() if secret else None,
+        )
+    except ImportError as exc:
+        raise ConfigError(
+            f"CLEARSCAN_BLOB_URL={settings.blob_url} needs boto3, which this install lacks: "
+            f"pip install 'clearscan[s3]' (the `s3` extra) ({exc})"
+        ) from None
+    try:
+        store.check_writable()
+    except BlobError as exc:
+        raise ConfigError(f"CLEARSCAN_BLOB_URL={settings.blob_url}: {exc.detail}") from None
+    return store
 
 
 def model_store(settings: Settings) -> ModelStore:
@@ -97,7 +133,7 @@ def build_state(settings: Settings, *, model_cache: ModelCache | None = None) ->
         settings=settings,
         engine=engine,
         sessions=sessions,
-        blobs=LocalBlobStore(settings.blob_dir),
+        blobs=blob_store(settings),
         registry=build_registry(settings, sessions, cache=model_cache),
         model_cache=model_cache,
         store=model_store(settings),
@@ -108,8 +144,26 @@ def build_state(settings: Settings, *, model_cache: ModelCache | None = None) ->
         secret=settings.resolved_secret_key,
     )
     audit_unavailable_models(state)
-    state.jobs = InProcessWorker(sessions, job_handlers(state))
+    handlers = job_handlers(state)
+    state.jobs = InProcessWorker(sessions, handlers, metrics=state.metrics)
+    state.metrics.track_jobs(handlers, lambda: queue_snapshot(sessions=sessions))
     return state
+
+
+AUDIT_VERIFY_EVERY_S = 3600.0
+
+
+def audit_check(state: AppState) -> PeriodicCheck:
+    """Verify the audit hash chain now and every hour; the metrics export the verdict."""
+
+    def check() -> None:
+        with state.sessions() as db:
+            report = audit.verify_chain(db=db)
+        state.metrics.audit_verified(ok=report.ok, checked=report.checked)
+        if not report.ok:
+            log.error("audit chain broken at event %s: %s", report.first_bad_seq, report.reason)
+
+    return PeriodicCheck("clearscan-audit-verify", check, AUDIT_VERIFY_EVERY_S)
 
 
 def job_handlers(state: AppState) -> dict[str, Handler]:

@@ -6,12 +6,14 @@ Tests build their own `Settings(...)`; nothing mutates a settings object after s
 from __future__ import annotations
 
 import os
+import re
 import secrets
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRET_MARKERS = {"", "changethis", "changeme", "secret", "insecure"}
@@ -72,6 +74,14 @@ class Settings(BaseSettings):
     model_cache_mb: float = Field(default=4096.0, gt=0)
     log_level: str = "INFO"
 
+    # where blobs (uploads, heatmaps, dataset items) live: unset = <data dir>/blobs;
+    # s3://bucket/prefix (the `s3` extra) or file:///path
+    blob_url: str | None = None
+    s3_endpoint_url: str | None = None  # MinIO, Ceph...; unset: AWS
+    s3_region: str | None = None  # unset: the AWS environment / config
+    s3_access_key_id: str | None = None  # unset: the standard AWS credential chain
+    s3_secret_access_key: SecretStr | None = None
+
     @field_validator("data_dir", mode="after")
     @classmethod
     def _absolute(cls, v: Path) -> Path:
@@ -107,6 +117,31 @@ class Settings(BaseSettings):
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
 
+    def blob_location(self) -> BlobLocation:
+        """Where the blob store lives, from CLEARSCAN_BLOB_URL; ConfigError when unusable."""
+        url = (self.blob_url or "").strip()
+        if not url:
+            return BlobLocation(path=self.blob_dir)
+        scheme, sep, rest = url.partition("://")
+        scheme = scheme.lower()
+        if sep and scheme == "file":
+            if not rest.startswith("/") or rest == "/":
+                raise ConfigError(
+                    f"CLEARSCAN_BLOB_URL={url!r} must name an absolute path (file:///srv/blobs)."
+                )
+            return BlobLocation(path=Path(rest).expanduser().resolve())
+        if not sep or scheme != "s3":
+            raise ConfigError(
+                f"CLEARSCAN_BLOB_URL={url!r} is not usable: give s3://bucket/prefix, "
+                "file:///path, or leave it unset for the data dir."
+            )
+        bucket, _, prefix = rest.partition("/")
+        if not bucket:
+            raise ConfigError(f"CLEARSCAN_BLOB_URL={url!r} names no bucket (s3://bucket/prefix).")
+        if not _BUCKET.match(bucket):
+            raise ConfigError(f"CLEARSCAN_BLOB_URL={url!r}: {bucket!r} is not a valid bucket name.")
+        return BlobLocation(bucket=bucket, prefix=prefix.strip("/"))
+
     @cached_property
     def resolved_secret_key(self) -> str:
         """The signing key. Production: must be set and not a default. Embedded: stored in the
@@ -130,6 +165,18 @@ class Settings(BaseSettings):
         _ = self.resolved_secret_key
         if self.environment == "production" and "*" in self.cors_origins:
             raise ConfigError("CORS origin '*' is not allowed in production.")
+
+
+@dataclass(frozen=True)
+class BlobLocation:
+    """A local directory (`path`) or an S3 bucket and key prefix."""
+
+    path: Path | None = None
+    bucket: str = ""
+    prefix: str = ""
+
+
+_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{1,253}[A-Za-z0-9]$")
 
 
 def _load_or_create_secret(path: Path) -> str:

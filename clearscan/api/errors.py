@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clearscan.errors import ClearScanError
+from clearscan.storage import BlobError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ def install(
 
     @app.exception_handler(ClearScanError)
     async def domain_error(request: Request, exc: ClearScanError) -> Response:
+        if isinstance(exc, BlobError):
+            _count_storage_error(request)
         if page is not None and (rendered := page(request, exc)) is not None:
             return rendered
         return error_response(exc)
@@ -73,6 +76,12 @@ def install(
     async def unhandled(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
         return JSONResponse({"detail": INTERNAL_ERROR}, status_code=500)
+
+
+def _count_storage_error(request: Request) -> None:
+    state = getattr(request.app.state, "clearscan", None)
+    if state is not None:
+        state.metrics.storage_errors.labels("request").inc()
 
 
 def describe_validation(errors: Any) -> str:

@@ -102,8 +102,11 @@ def predict_features(
         note=note,
     )
     if metrics is not None:
-        metrics.predictions.labels(pred.model_name, pred.model_version, pred.top_label).inc()
-        metrics.inference.labels(pred.model_name, pred.model_version).observe(
-            pred.inference_ms / 1000
+        metrics.observe_prediction(
+            model=pred.model_name,
+            version=pred.model_version,
+            label=pred.top_label,
+            seconds=pred.inference_ms / 1000,
+            ood_score=result.ood_score,
         )
     return case, [pred]

@@ -131,9 +131,15 @@ def predict_images(
         explain_method=method.value if explain else None,
     )
     if metrics is not None:
-        for p in preds:
-            metrics.predictions.labels(p.model_name, p.model_version, p.top_label).inc()
-            metrics.inference.labels(p.model_name, p.model_version).observe(p.inference_ms / 1000)
+        for p, item in zip(preds, result.items, strict=True):
+            metrics.observe_prediction(
+                model=p.model_name,
+                version=p.model_version,
+                label=p.top_label,
+                seconds=p.inference_ms / 1000,
+                ood_score=item.ood_score,
+                batch_size=item.batch_size,
+            )
     shadow = registry.shadow_of(name)
     if shadow is not None and shadow.manifest.version != entry.manifest.version:
         _shadow_pool().submit(

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from clearscan.audit.service import RequestContext
 from clearscan.config import ConfigError, Settings
 from clearscan.db import create_db_engine, make_session_factory
+from clearscan.storage import BlobStore
 
 console = Console()
 err_console = Console(stderr=True)
@@ -55,6 +56,16 @@ def db_session(settings: Settings) -> Iterator[Session]:
             yield db
     finally:
         engine.dispose()
+
+
+def open_blobs(settings: Settings) -> BlobStore:
+    """The blob store CLEARSCAN_BLOB_URL names; an unusable one ends the command (exit 2)."""
+    from clearscan.bootstrap import blob_store
+
+    try:
+        return blob_store(settings)
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
 
 
 def cli_context() -> RequestContext:

@@ -10,11 +10,18 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from clearscan.cli.common import DataDirOpt, cli_context, console, db_session, fail, load_settings
+from clearscan.cli.common import (
+    DataDirOpt,
+    cli_context,
+    console,
+    db_session,
+    fail,
+    load_settings,
+    open_blobs,
+)
 from clearscan.datasets import service
 from clearscan.datasets.importers import DatasetError
 from clearscan.datasets.schemas import DatasetPublic
-from clearscan.storage.local import LocalBlobStore
 
 app = typer.Typer(help="Datasets for training and evaluation.", no_args_is_help=True)
 
@@ -67,7 +74,7 @@ def import_(
             with console.status("importing (reading and checking every item)"):
                 ds = service.import_dataset(
                     db=db,
-                    blobs=LocalBlobStore(settings.blob_dir),
+                    blobs=open_blobs(settings),
                     ctx=cli_context(),
                     source=path,
                     options=options,

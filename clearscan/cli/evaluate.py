@@ -19,6 +19,7 @@ from clearscan.cli.common import (
     err_console,
     fail,
     load_settings,
+    open_blobs,
 )
 
 
@@ -41,7 +42,6 @@ def evaluate(
     from clearscan.bootstrap import build_registry
     from clearscan.errors import ClearScanError
     from clearscan.jobs import service as jobs
-    from clearscan.storage.local import LocalBlobStore
     from clearscan.training import service
     from clearscan.training.evaluation import (
         EVAL_KIND,
@@ -58,7 +58,7 @@ def evaluate(
     with db_session(settings) as db:
         sessions = sessionmaker(bind=db.get_bind(), expire_on_commit=False)
         registry = build_registry(settings, sessions)
-        blobs = LocalBlobStore(settings.blob_dir)
+        blobs = open_blobs(settings)
         resolved = []
         for ref in models:  # every reference is checked before anything runs
             req = EvalRequest(model=ref, dataset=dataset, split=split)

@@ -74,7 +74,10 @@ def serve(
                 border_style="yellow",
             )
         )
-    app_ = create_app(settings, initialised=True)
+    try:
+        app_ = create_app(settings, initialised=True)
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
     console.print(f"ClearScan {__version__} on http://{host}:{port}  (data: {settings.data_dir})")
     uvicorn.run(
         app_,

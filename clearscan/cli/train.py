@@ -17,6 +17,7 @@ from clearscan.cli.common import (
     err_console,
     fail,
     load_settings,
+    open_blobs,
 )
 
 
@@ -48,7 +49,6 @@ def train(
     from clearscan.bootstrap import model_store
     from clearscan.errors import ClearScanError
     from clearscan.jobs import service as jobs
-    from clearscan.storage.local import LocalBlobStore
     from clearscan.training import service
     from clearscan.training.runs import TRAIN_KIND, TrainRequest, run_training
     from clearscan.training.trainers import TrainResult
@@ -72,7 +72,7 @@ def train(
         sessions = sessionmaker(bind=db.get_bind(), expire_on_commit=False)
     if not jobs.claim(sessions=sessions, job_id=job_id, worker=jobs.worker_name()):
         raise fail(f"job {job_id} was claimed by a running server; watch it there")
-    blobs = LocalBlobStore(settings.blob_dir)
+    blobs = open_blobs(settings)
     store = model_store(settings)
 
     def handler(c: jobs.JobContext) -> dict[str, Any]:

@@ -214,6 +214,7 @@ class ClassifiedImage:
     heatmap_png: bytes | None  # RGBA PNG at the activation's resolution; None: not explained
     inference_ms: float  # preprocessing + this image's share of the batch run + encoding
     ood_score: float | None = None  # > 1: outside the model's training inputs
+    batch_size: int = 1  # images in the model run this one was part of
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,7 @@ class ImageClassificationTask(
                     heatmap_png=png,
                     inference_ms=round(ms + out.run_ms / out.batch_size + enc_ms, 3),
                     ood_score=None if out.ood_score is None else round(out.ood_score, 4),
+                    batch_size=out.batch_size,
                 )
             )
         return ClassificationResponse(items=items, prepared=prepared)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,6 +26,7 @@ from clearscan.audit import service as audit
 from clearscan.audit.actions import Action
 from clearscan.errors import Conflict, Invalid, NotFound
 from clearscan.jobs.models import Job
+from clearscan.observability.metrics import JobQueueRow, Metrics
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0
@@ -157,7 +158,7 @@ def cancel(*, db: Session, job_id: str, kind: str | None = None) -> Job:
     return job
 
 
-def fail_stale(*, sessions: sessionmaker[Session]) -> int:
+def fail_stale(*, sessions: sessionmaker[Session], metrics: Metrics | None = None) -> int:
     """Mark running jobs whose runner stopped heartbeating as failed. Returns how many."""
     cutoff = datetime.now(UTC) - timedelta(seconds=STALE_AFTER_S)
     with sessions() as db:
@@ -172,6 +173,9 @@ def fail_stale(*, sessions: sessionmaker[Session]) -> int:
             )
             log.warning("job %s (%s) interrupted: runner gone", job.id, job.kind)
         db.commit()
+        if metrics is not None:
+            for job in stale:
+                metrics.job_finished(job.kind, "failed", _run_seconds(job))
         return len(stale)
 
 
@@ -200,8 +204,10 @@ def run_claimed(
     job_id: str,
     handlers: dict[str, Handler],
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    metrics: Metrics | None = None,
 ) -> Job:
-    """Run a job this runner claimed, with a heartbeat, and record how it ended."""
+    """Run a job this runner claimed, with a heartbeat, and record how it ended (and count it
+    in `metrics` when given)."""
     with sessions() as db:
         job = get(db=db, job_id=job_id)
         kind, params = job.kind, dict(job.params)
@@ -250,8 +256,37 @@ def run_claimed(
             None,
             f"the result could not be stored: {type(exc).__name__}",
         )
-    log.info("job %s (%s) %s", job_id, kind, status)
+    log.info("job %s (%s) %s", job_id, kind, job.status)
+    if metrics is not None:
+        metrics.job_finished(kind, job.status, _run_seconds(job))
     return job
+
+
+def _aware(t: datetime | None) -> datetime | None:
+    # SQLite hands datetimes back naive (they are stored in UTC)
+    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
+
+
+def _run_seconds(job: Job) -> float | None:
+    start, end = _aware(job.started_at), _aware(job.finished_at)
+    return (end - start).total_seconds() if start is not None and end is not None else None
+
+
+def queue_snapshot(*, sessions: sessionmaker[Session]) -> list[JobQueueRow]:
+    """Unfinished jobs by kind and status, with the age of the oldest, for the metrics."""
+    now = datetime.now(UTC)
+    with sessions() as db:
+        rows = db.execute(
+            select(Job.kind, Job.status, func.count(), func.min(Job.created_at))
+            .where(Job.status.in_(("queued", "running")))
+            .group_by(Job.kind, Job.status)
+        ).all()
+    out = []
+    for kind, status, count, oldest in rows:
+        t = _aware(oldest)
+        age = max((now - t).total_seconds(), 0.0) if t is not None else 0.0
+        out.append(JobQueueRow(kind=kind, status=status, count=int(count), oldest_age_s=age))
+    return out
 
 
 def _finish(
@@ -280,11 +315,16 @@ class InProcessWorker:
     default). Wakes on `notify()` and polls every `poll_s` for jobs other processes queued."""
 
     def __init__(
-        self, sessions: sessionmaker[Session], handlers: dict[str, Handler], poll_s: float = 2.0
+        self,
+        sessions: sessionmaker[Session],
+        handlers: dict[str, Handler],
+        poll_s: float = 2.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.sessions = sessions
         self.handlers = handlers
         self.poll_s = poll_s
+        self.metrics = metrics
         self.name = worker_name()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -316,12 +356,17 @@ class InProcessWorker:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                fail_stale(sessions=self.sessions)
+                fail_stale(sessions=self.sessions, metrics=self.metrics)
                 job_id = self._next()
                 if job_id is not None and claim(
                     sessions=self.sessions, job_id=job_id, worker=self.name
                 ):
-                    run_claimed(sessions=self.sessions, job_id=job_id, handlers=self.handlers)
+                    run_claimed(
+                        sessions=self.sessions,
+                        job_id=job_id,
+                        handlers=self.handlers,
+                        metrics=self.metrics,
+                    )
                     continue
             except SQLAlchemyError as exc:
                 log.error("job worker: database error: %s", type(exc).__name__)

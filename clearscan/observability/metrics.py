@@ -1,10 +1,86 @@
-"""Prometheus metrics, one registry per app (tests build many apps in one process)."""
+"""Prometheus metrics, one registry per app (tests build many apps in one process).
+
+Labels stay bounded: model names and versions, job kinds and statuses, routes (templates, not
+paths), HTTP statuses. Never an id, a user or anything about a patient. docs/monitoring.md lists
+every metric and the alerts built on them (deploy/prometheus/rules.yml)."""
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# Jobs train and evaluate models: seconds to hours.
+_JOB_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800)
+JOB_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class JobQueueRow:
+    """One (kind, status) group of unfinished jobs, as the jobs table holds it now."""
+
+    kind: str
+    status: str  # queued | running
+    count: int
+    oldest_age_s: float  # age of the oldest job of the group (since it was queued)
+
+
+JobQueueSnapshot = Callable[[], Sequence[JobQueueRow]]
+"""Reads the jobs table (the domain passes it in: this package imports no domain code)."""
+
+
+class JobQueueCollector(Collector):
+    """Queue depth and age computed at scrape time from the jobs table, the one place that is
+    right whichever process queued or runs a job (a gauge a worker kept would only know its own
+    jobs, and would go stale when that worker dies)."""
+
+    def __init__(self, snapshot: JobQueueSnapshot, kinds: Iterable[str] = ()) -> None:
+        self.snapshot = snapshot
+        self.kinds = tuple(kinds)
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "clearscan_jobs",
+                "Jobs not finished yet, by kind and status (queued, running), from the jobs table",
+                labels=["kind", "status"],
+            ),
+            GaugeMetricFamily(
+                "clearscan_jobs_oldest_queued_seconds",
+                "Age of the oldest job still queued, by kind (0 when none is queued)",
+                labels=["kind"],
+            ),
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            rows = list(self.snapshot())
+        except Exception as exc:  # a scrape must not fail because the database does
+            log.warning("job queue metrics unavailable: %s", type(exc).__name__)
+            return
+        depth, oldest = self._families()
+        seen = {(r.kind, r.status): r for r in rows}
+        kinds = sorted({*self.kinds, *(r.kind for r in rows)})
+        for kind in kinds:
+            for status in ("queued", "running"):
+                row = seen.get((kind, status))
+                depth.add_metric([kind, status], row.count if row else 0)
+            queued = seen.get((kind, "queued"))
+            oldest.add_metric([kind], queued.oldest_age_s if queued else 0.0)
+        yield depth
+        yield oldest
 
 
 class Metrics:
@@ -36,6 +112,25 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.batch_size = Histogram(
+            "clearscan_inference_batch_size",
+            "Size of the micro-batch each image ran in (one observation per image)",
+            ["model", "version"],
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.ood_checked = Counter(
+            "clearscan_ood_checked_total",
+            "Predictions checked against the model's out-of-domain reference",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self.out_of_domain = Counter(
+            "clearscan_out_of_domain_total",
+            "Predictions flagged out of domain (score > 1)",
+            ["model", "version"],
+            registry=self.registry,
+        )
         self.rejected = Counter(
             "clearscan_uploads_rejected_total",
             "Uploads rejected",
@@ -48,3 +143,89 @@ class Metrics:
             ["model", "version"],
             registry=self.registry,
         )
+        self.jobs_finished = Counter(
+            "clearscan_jobs_finished_total",
+            "Jobs that ended, by kind and final status (succeeded, failed, cancelled)",
+            ["kind", "status"],
+            registry=self.registry,
+        )
+        self.job_duration = Histogram(
+            "clearscan_job_duration_seconds",
+            "Run time of a job, from its claim to its end",
+            ["kind", "status"],
+            buckets=_JOB_BUCKETS,
+            registry=self.registry,
+        )
+        self.storage_errors = Counter(
+            "clearscan_storage_errors_total",
+            "Blob store failures: 'request' when a request failed on one, 'check' when a "
+            "health or readiness probe found the store not writable",
+            ["source"],
+            registry=self.registry,
+        )
+        for source in ("request", "check"):
+            self.storage_errors.labels(source)  # exported at 0 from the start
+        self.storage_writable = Gauge(
+            "clearscan_storage_writable",
+            "1 when the blob store accepted a probe write at the last scrape",
+            registry=self.registry,
+        )
+        self.audit_chain_ok = Gauge(
+            "clearscan_audit_chain_ok",
+            "1 when the last audit hash-chain verification passed, 0 when it found a break "
+            "(NaN until the first one)",
+            registry=self.registry,
+        )
+        self.audit_chain_ok.set(float("nan"))  # no verdict yet is not a broken chain
+        self.audit_chain_verified = Gauge(
+            "clearscan_audit_chain_verified_timestamp_seconds",
+            "Unix time of the last audit hash-chain verification (0: none yet)",
+            registry=self.registry,
+        )
+        self.audit_chain_events = Gauge(
+            "clearscan_audit_chain_events",
+            "Events checked by the last audit hash-chain verification",
+            registry=self.registry,
+        )
+
+    def observe_prediction(
+        self,
+        *,
+        model: str,
+        version: str,
+        label: str,
+        seconds: float,
+        ood_score: float | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        """Count one prediction: its label, time, batch and out-of-domain verdict."""
+        self.predictions.labels(model, version, label).inc()
+        self.inference.labels(model, version).observe(seconds)
+        if batch_size is not None:
+            self.batch_size.labels(model, version).observe(batch_size)
+        if ood_score is not None:
+            self.ood_checked.labels(model, version).inc()
+            flagged = self.out_of_domain.labels(model, version)  # exists at 0 from the first
+            if ood_score > 1.0:
+                flagged.inc()
+
+    def track_jobs(self, kinds: Iterable[str], snapshot: JobQueueSnapshot | None = None) -> None:
+        """Export a zero for every (kind, final status) so rates exist before the first job
+        ends, and, given `snapshot`, the queue depth and age read from the jobs table."""
+        kinds = tuple(kinds)
+        for kind in kinds:
+            for status in JOB_STATUSES:
+                self.jobs_finished.labels(kind, status)
+                self.job_duration.labels(kind, status)
+        if snapshot is not None:
+            self.registry.register(JobQueueCollector(snapshot, kinds))
+
+    def job_finished(self, kind: str, status: str, seconds: float | None) -> None:
+        self.jobs_finished.labels(kind, status).inc()
+        if seconds is not None:
+            self.job_duration.labels(kind, status).observe(max(seconds, 0.0))
+
+    def audit_verified(self, *, ok: bool, checked: int) -> None:
+        self.audit_chain_ok.set(1 if ok else 0)
+        self.audit_chain_events.set(checked)
+        self.audit_chain_verified.set(time.time())

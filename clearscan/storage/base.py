@@ -29,6 +29,8 @@ class BlobIntegrityError(BlobError):
 
 
 class BlobStore(Protocol):
+    backend: str  # "local" or "s3": what /api/v1/health reports
+
     def put(self, data: bytes) -> str:
         """Store `data` durably; return its sha256 hex digest. Idempotent."""
         ...

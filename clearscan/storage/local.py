@@ -18,6 +18,8 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class LocalBlobStore:
+    backend = "local"
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)

@@ -348,3 +348,60 @@ def test_in_process_worker_fails_stale_jobs_on_start(sessions):
     finally:
         worker.stop()
     assert "interrupted" in load(sessions, job_id).error
+
+
+# --- metrics -------------------------------------------------------------------------------------
+
+
+def test_job_metrics_outcomes_durations_and_queue(sessions):
+    from prometheus_client import generate_latest
+
+    from clearscan.observability.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.track_jobs(["echo", "boom"], lambda: service.queue_snapshot(sessions=sessions))
+    reg = metrics.registry
+
+    def boom(ctx):
+        raise RuntimeError("no")
+
+    handlers = {"echo": lambda ctx: {}, "boom": boom}
+    for kind in ("echo", "boom"):
+        job_id = new_job(sessions, kind)
+        assert service.claim(sessions=sessions, job_id=job_id, worker="w")
+        service.run_claimed(sessions=sessions, job_id=job_id, handlers=handlers, metrics=metrics)
+    finished = "clearscan_jobs_finished_total"
+    assert reg.get_sample_value(finished, {"kind": "echo", "status": "succeeded"}) == 1
+    assert reg.get_sample_value(finished, {"kind": "boom", "status": "failed"}) == 1
+    assert reg.get_sample_value(finished, {"kind": "boom", "status": "cancelled"}) == 0
+    duration = "clearscan_job_duration_seconds_count"
+    assert reg.get_sample_value(duration, {"kind": "echo", "status": "succeeded"}) == 1
+
+    new_job(sessions, "echo")
+    new_job(sessions, "echo")
+    stale = new_job(sessions, "boom")
+    assert service.claim(sessions=sessions, job_id=stale, worker="dead:1")
+    with sessions() as db:
+        old = datetime.now(UTC) - timedelta(hours=1)
+        db.execute(update(Job).where(Job.kind == "echo").values(created_at=old))
+        db.commit()
+    assert reg.get_sample_value("clearscan_jobs", {"kind": "echo", "status": "queued"}) == 2
+    assert reg.get_sample_value("clearscan_jobs", {"kind": "boom", "status": "running"}) == 1
+    assert reg.get_sample_value("clearscan_jobs", {"kind": "boom", "status": "queued"}) == 0
+    age = reg.get_sample_value("clearscan_jobs_oldest_queued_seconds", {"kind": "echo"})
+    assert age is not None and 3500 < age < 3700
+
+    with sessions() as db:
+        db.execute(
+            update(Job)
+            .where(Job.id == stale)
+            .values(heartbeat_at=datetime.now(UTC) - timedelta(hours=1))
+        )
+        db.commit()
+    assert service.fail_stale(sessions=sessions, metrics=metrics) == 1
+    assert reg.get_sample_value(finished, {"kind": "boom", "status": "failed"}) == 2
+
+    # a scrape survives a database that fails
+    broken = Metrics()
+    broken.track_jobs(["echo"], lambda: (_ for _ in ()).throw(RuntimeError("db down")))
+    assert b"clearscan_jobs_finished_total" in generate_latest(broken.registry)

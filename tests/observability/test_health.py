@@ -147,3 +147,34 @@ def test_health_degraded_by_a_rejected_package(tmp_path, settings):
         h = c.get("/api/v1/health").json()
         assert h["status"] == "degraded" and h["unavailable_models"] == []
         assert len(h["model_problems"]) == 1 and "broken" in h["model_problems"][0]
+
+
+def test_metrics_ood_batch_storage_and_audit(client, clinician_headers, admin_headers):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client.post(
+        "/api/v1/predict",
+        headers=clinician_headers,
+        files=[("file", ("x.png", png_bytes(), "image/png"))],
+    )
+    text = client.get("/metrics").text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+    names = {n for n, _ in samples}
+    for name in (
+        "clearscan_inference_batch_size_bucket",
+        "clearscan_ood_checked_total",
+        "clearscan_out_of_domain_total",
+        "clearscan_storage_errors_total",
+        "clearscan_jobs_finished_total",
+    ):
+        assert name in names, name
+    assert samples[("clearscan_storage_writable", ())] == 1
+    assert samples[("clearscan_storage_errors_total", (("source", "check"),))] == 0
+    assert client.get("/api/v1/audit/verify", headers=admin_headers).json()["ok"]
+    text = client.get("/metrics").text
+    assert "clearscan_audit_chain_ok 1.0" in text
+    assert "clearscan_audit_chain_verified_timestamp_seconds 0.0" not in text

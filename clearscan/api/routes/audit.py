@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from clearscan.api.deps import AdminUser, SessionDep
+from clearscan.api.deps import AdminUser, SessionDep, StateDep
 from clearscan.audit import service
 from clearscan.audit.schemas import AuditEventPublic, AuditList, ChainStatus
 
@@ -27,6 +27,7 @@ def list_audit(
 
 
 @router.get("/audit/verify", response_model=ChainStatus)
-def verify_audit(db: SessionDep, admin: AdminUser) -> ChainStatus:
+def verify_audit(db: SessionDep, admin: AdminUser, state: StateDep) -> ChainStatus:
     r = service.verify_chain(db=db)
+    state.metrics.audit_verified(ok=r.ok, checked=r.checked)
     return ChainStatus(ok=r.ok, checked=r.checked, first_bad_seq=r.first_bad_seq, reason=r.reason)

@@ -32,6 +32,7 @@ def _storage_ok(state: AppState) -> tuple[bool, str | None]:
         state.blobs.check_writable()
         return True, None
     except BlobError as exc:
+        state.metrics.storage_errors.labels("check").inc()
         return False, str(exc)
 
 
@@ -49,7 +50,13 @@ def readyz(state: StateDep) -> JSONResponse:
     except Exception:
         default_ok = False
     ok = db_ok and st_ok and default_ok
-    body = {"ready": ok, "database": db_ok, "storage": st_ok, "default_model": default_ok}
+    body = {
+        "ready": ok,
+        "database": db_ok,
+        "storage": st_ok,
+        "storage_backend": state.blobs.backend,
+        "default_model": default_ok,
+    }
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
@@ -73,7 +80,7 @@ def health(state: StateDep) -> dict[str, object]:
         "version": __version__,
         "uptime_s": round(time.time() - state.started_at, 1),
         "database": {"ok": db_ok, "backend": state.engine.dialect.name, "error": db_err},
-        "storage": {"ok": st_ok, "backend": "local", "error": st_err},
+        "storage": {"ok": st_ok, "backend": state.blobs.backend, "error": st_err},
         "models": [
             {
                 "name": e.manifest.name,
@@ -106,8 +113,10 @@ def metrics(request: Request, state: StateDep) -> Response:
                 status_code=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
+    state.metrics.models_available.clear()  # a version removed since the last scrape goes
     for e in [*state.registry.entries(), *state.registry.unavailable()]:
         state.metrics.models_available.labels(e.manifest.name, e.manifest.version).set(
             1 if e.available else 0
         )
+    state.metrics.storage_writable.set(1 if _storage_ok(state)[0] else 0)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
