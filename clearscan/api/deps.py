@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
@@ -19,6 +19,10 @@ from clearscan.auth.service import AuthError, NotAuthenticated, NotPermitted
 from clearscan.state import AppState
 
 SESSION_COOKIE = "clearscan_session"
+
+MAX_OFFSET = 10**9
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="rows to skip")]
+"""The ``offset`` of every paged list: bounded, so no database sees an out-of-range integer."""
 
 
 # Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependency in the

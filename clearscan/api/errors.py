@@ -7,6 +7,9 @@
 - a request that fails validation answers 422 naming the fields;
 - anything else is logged and answers 500 without internals.
 
+:class:`ErrorBody` documents that one shape in the OpenAPI document, and :func:`error_responses`
+the statuses a route answers with it (``clearscan.api.router`` adds them to every route).
+
 The web pages render the same errors as HTML; the app passes their renderer in as ``page``, so
 this module knows nothing of the web package.
 """
@@ -20,7 +23,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from clearscan.errors import ClearScanError
 from clearscan.storage import BlobError
@@ -33,6 +38,32 @@ NotFoundPage = Callable[[Request], Response | None]
 """Renders "no page here" for a browser asking for an unknown page path; None for JSON."""
 
 INTERNAL_ERROR = "internal error; see the server log"
+
+
+class ErrorBody(BaseModel):
+    """The body of every error reply (4xx and 5xx), validation errors (422) included."""
+
+    detail: str = Field(description="what went wrong, in words; never holds patient identifiers")
+
+
+ERROR_STATUSES: dict[int, str] = {
+    400: "Bad request",
+    401: "Not authenticated: no valid bearer token (or wrong username or password)",
+    403: "Signed in, but the role may not do this",
+    404: "Not found",
+    409: "Conflict with the current state (exists already, not finished, last admin...)",
+    413: "The request body, or an image decoded from it, is over its limit",
+    415: "Unsupported file type",
+    422: "The request is invalid: a field fails validation, or the content cannot be processed",
+    429: "Too many attempts; retry after the Retry-After header's seconds",
+    503: "A model or a service it needs is unavailable now",
+}
+"""The error statuses the API answers, each with the :class:`ErrorBody` shape."""
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses=`` entries for `codes`, each answered with :class:`ErrorBody`."""
+    return {c: {"model": ErrorBody, "description": ERROR_STATUSES[c]} for c in sorted(codes)}
 
 
 def error_response(exc: ClearScanError) -> JSONResponse:
@@ -62,11 +93,10 @@ def install(
             and (rendered := not_found_page(request)) is not None
         ):
             return rendered
-        return JSONResponse(
-            {"detail": exc.detail},
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
+        headers: dict[str, str] | None = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": allowed_methods(request)}
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -76,6 +106,17 @@ def install(
     async def unhandled(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
         return JSONResponse({"detail": INTERNAL_ERROR}, status_code=500)
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route answers at this path, for a 405's ``Allow`` (Starlette names only
+    the first route's, though several routes may share a path)."""
+    allowed = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        if any(r.matches(dict(scope))[0] == Match.FULL for r in request.app.router.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
 
 
 def _count_storage_error(request: Request) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from clearscan.auth.models import Role
 
@@ -27,7 +27,7 @@ class UserCreate(BaseModel):
 class UserUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Role | None = None
-    disabled: bool | None = None
+    disabled: StrictBool | None = None
     password: str | None = Field(default=None, min_length=10, max_length=256)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from clearscan.cases.models import Case, Image, Prediction, Review
 
@@ -19,7 +19,7 @@ class ModelRef(BaseModel):
 
 class ReviewCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    agree: bool
+    agree: StrictBool
     correct_label: str | None = Field(default=None, max_length=128)
     comment: str | None = Field(default=None, max_length=4000)
 

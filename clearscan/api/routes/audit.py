@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from clearscan.api.deps import AdminUser, SessionDep, StateDep
+from clearscan.api.deps import AdminUser, Offset, SessionDep, StateDep
 from clearscan.audit import service
 from clearscan.audit.schemas import AuditEventPublic, AuditList, ChainStatus
 
@@ -18,7 +18,7 @@ def list_audit(
     db: SessionDep,
     admin: AdminUser,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     actor: Annotated[str | None, Query(max_length=64)] = None,
     action: Annotated[str | None, Query(max_length=64)] = None,
 ) -> AuditList:

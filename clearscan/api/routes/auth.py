@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.security import OAuth2PasswordRequestForm
+from fastapi import APIRouter, Form, Path, Query, Request
 
-from clearscan.api.deps import AdminUser, SessionDep, StateDep, request_context
+from clearscan.api.deps import AdminUser, Offset, SessionDep, StateDep, request_context
+from clearscan.api.errors import error_responses
 from clearscan.auth import service
 from clearscan.auth.schemas import Token, UserCreate, UserList, UserPublic, UserUpdate
 from clearscan.auth.security import create_access_token
@@ -15,19 +15,27 @@ from clearscan.auth.security import create_access_token
 router = APIRouter(tags=["auth"])
 
 
-@router.post("/auth/token", response_model=Token, summary="Exchange username + password for a JWT")
+@router.post(
+    "/auth/token",
+    response_model=Token,
+    summary="Exchange username + password for a JWT",
+    responses=error_responses(401, 429),
+)
 def token(
     request: Request,
-    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    username: Annotated[str, Form(min_length=1, max_length=256)],
+    password: Annotated[str, Form(min_length=1, max_length=1024)],
     db: SessionDep,
     state: StateDep,
 ) -> Token:
+    """An OAuth2 password grant: form fields ``username`` and ``password`` (others, such as
+    ``grant_type``, are ignored)."""
     user = service.login(
         db=db,
         ctx=request_context(request),
         limiter=state.limiter,
-        username=form.username,
-        password=form.password,
+        username=username,
+        password=password,
         via="api",
     )
     minutes = state.settings.access_token_minutes
@@ -37,7 +45,13 @@ def token(
     )
 
 
-@router.post("/users", response_model=UserPublic, status_code=201, tags=["users"])
+@router.post(
+    "/users",
+    response_model=UserPublic,
+    status_code=201,
+    tags=["users"],
+    responses=error_responses(409),
+)
 def create_user(body: UserCreate, request: Request, db: SessionDep, admin: AdminUser) -> UserPublic:
     user = service.create(
         db=db,
@@ -54,15 +68,21 @@ def list_users(
     db: SessionDep,
     admin: AdminUser,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> UserList:
     rows, total = service.list_users(db=db, limit=limit, offset=offset)
     return UserList(items=[UserPublic.model_validate(u) for u in rows], total=total)
 
 
-@router.patch("/users/{user_id}", response_model=UserPublic, tags=["users"])
+@router.patch(
+    "/users/{user_id}", response_model=UserPublic, tags=["users"], responses=error_responses(409)
+)
 def update_user(
-    user_id: int, body: UserUpdate, request: Request, db: SessionDep, admin: AdminUser
+    user_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
+    body: UserUpdate,
+    request: Request,
+    db: SessionDep,
+    admin: AdminUser,
 ) -> UserPublic:
     user = service.update(
         db=db,

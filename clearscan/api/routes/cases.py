@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from pydantic import AfterValidator, BeforeValidator
 
-from clearscan.api.deps import AnyUser, ClinicianUser, SessionDep, StateDep, request_context
+from clearscan.api.deps import AnyUser, ClinicianUser, Offset, SessionDep, StateDep, request_context
+from clearscan.api.errors import error_responses
 from clearscan.audit import service as audit
 from clearscan.audit.actions import Action
 from clearscan.cases import service
@@ -27,6 +30,27 @@ from clearscan.imaging import decode, render_png
 
 router = APIRouter(tags=["cases"])
 PRIVATE = {"Cache-Control": "private, max-age=3600"}
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _not_a_number(value: object) -> object:
+    """Refuse a bare number, which pydantic would read as a Unix time (``until=0.5``)."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        raise ValueError("an ISO 8601 date-time expected, not a number")
+    return value
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """A date-time without an offset is taken as UTC."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+DateTimeQuery = Annotated[
+    datetime | None,
+    BeforeValidator(_not_a_number),
+    AfterValidator(_utc),
+    Query(description="ISO 8601 date-time (UTC unless it has an offset)"),
+]
 
 
 @router.post(
@@ -36,6 +60,7 @@ PRIVATE = {"Cache-Control": "private, max-age=3600"}
     description="Images: multipart/form-data with one or more `file` parts. Tabular models: "
     'Content-Type application/json with `{"model": NAME, "features": {NAME: VALUE, ...}, '
     '"patient_ref"?, "note"?}`; the reply has `contributions` instead of a heatmap.',
+    responses=error_responses(404, 415, 503),
 )
 async def predict_endpoint(
     request: Request,
@@ -97,11 +122,11 @@ def list_cases(
     db: SessionDep,
     user: AnyUser,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     label: Annotated[str | None, Query(max_length=128)] = None,
     user_: Annotated[str | None, Query(alias="user", max_length=64)] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: DateTimeQuery = None,
+    until: DateTimeQuery = None,
 ) -> CaseList:
     rows, total = service.list_cases(
         db=db, limit=limit, offset=offset, label=label, username=user_, since=since, until=until
@@ -125,7 +150,12 @@ def get_case(case_id: str, request: Request, db: SessionDep, user: AnyUser) -> C
     return detail
 
 
-@router.post("/predictions/{prediction_id}/review", response_model=ReviewPublic, status_code=201)
+@router.post(
+    "/predictions/{prediction_id}/review",
+    response_model=ReviewPublic,
+    status_code=201,
+    responses=error_responses(409),
+)
 def review(
     prediction_id: str, body: ReviewCreate, request: Request, db: SessionDep, user: ClinicianUser
 ) -> ReviewPublic:
@@ -170,6 +200,7 @@ def image_file(
     "/images/{image_id}/preview.png",
     response_class=Response,
     summary="The image rendered as PNG, optionally with a window/level preset",
+    responses=error_responses(413, 415),
 )
 def image_preview(
     image_id: str,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from clearscan.api.deps import AdminUser, AnyUser, SessionDep, StateDep, request_context
+from clearscan.api.deps import AdminUser, AnyUser, Offset, SessionDep, StateDep, request_context
+from clearscan.api.errors import error_responses
 from clearscan.datasets import service
 from clearscan.datasets.importers import DatasetError
 from clearscan.datasets.schemas import DatasetDetail, DatasetList, DatasetPublic
@@ -22,6 +23,7 @@ router = APIRouter(tags=["datasets"])
     response_model=DatasetDetail,
     status_code=201,
     summary="Import a dataset: a .zip of class folders, a MedMNIST .npz or a CSV table",
+    responses=error_responses(409, 415),
 )
 def import_dataset(
     request: Request,
@@ -66,7 +68,7 @@ def list_datasets(
     db: SessionDep,
     user: AnyUser,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> DatasetList:
     rows, total = service.list_datasets(db=db, limit=limit, offset=offset)
     return DatasetList(items=[DatasetPublic.of(d) for d in rows], total=total)
@@ -82,9 +84,14 @@ def get_dataset(dataset_id: str, db: SessionDep, user: AnyUser) -> DatasetDetail
     "/datasets/{dataset_id}/items/{idx}/image.png",
     response_class=Response,
     summary="One image of an image dataset, rendered as PNG",
+    responses=error_responses(413, 415),
 )
 async def item_image(
-    dataset_id: str, idx: int, db: SessionDep, state: StateDep, user: AnyUser
+    dataset_id: str,
+    idx: Annotated[int, Path(ge=0, le=10**9)],
+    db: SessionDep,
+    state: StateDep,
+    user: AnyUser,
 ) -> Response:
     ds = service.get(db=db, ref=dataset_id)
     row = service.item(db=db, ds=ds, idx=idx)

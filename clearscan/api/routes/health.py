@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from clearscan import __version__
 from clearscan.api.deps import StateDep
+from clearscan.api.errors import error_responses
 from clearscan.state import AppState
 from clearscan.storage import BlobError
 
@@ -101,7 +102,15 @@ def health(state: StateDep) -> dict[str, object]:
     }
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}},
+        **error_responses(401),
+    },
+)
 def metrics(request: Request, state: StateDep) -> Response:
     token = state.settings.metrics_token
     if token is not None:

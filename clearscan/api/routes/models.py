@@ -9,6 +9,7 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
 from clearscan.api.deps import AdminUser, AnyUser, SessionDep, StateDep, request_context
+from clearscan.api.errors import error_responses
 from clearscan.errors import Unprocessable
 from clearscan.registry import service
 from clearscan.registry.packaging import OnnxFlags
@@ -45,6 +46,7 @@ def list_models(state: StateDep, user: AnyUser) -> ModelList:
     response_model=ModelVersionPublic,
     status_code=201,
     summary="Import a model package (.zip) or a bare .onnx or TorchScript file as a new version",
+    responses=error_responses(409, 415),
 )
 def import_model(
     request: Request,
@@ -113,7 +115,9 @@ def activate(
     return ModelVersionPublic.of(entry, state.registry.status(entry))
 
 
-@router.post("/models/{name}/rollback", response_model=RollbackResult)
+@router.post(
+    "/models/{name}/rollback", response_model=RollbackResult, responses=error_responses(409)
+)
 def rollback(
     name: str, request: Request, db: SessionDep, state: StateDep, admin: AdminUser
 ) -> RollbackResult:
@@ -145,7 +149,11 @@ def get_rollout(name: str, state: StateDep, user: AnyUser) -> dict[str, object]:
     return state.registry.rollout(name)
 
 
-@router.put("/models/{name}/rollout", summary="Set (or clear, with null) the canary and shadow")
+@router.put(
+    "/models/{name}/rollout",
+    summary="Set (or clear, with null) the canary and shadow",
+    responses=error_responses(409),
+)
 def put_rollout(
     name: str,
     body: RolloutUpdate,
@@ -165,7 +173,9 @@ def put_rollout(
 
 
 @router.get(
-    "/models/{name}/rollout/report", summary="Agreement of the shadow version with what was served"
+    "/models/{name}/rollout/report",
+    summary="Agreement of the shadow version with what was served",
+    responses=error_responses(409),
 )
 def rollout_report(
     name: str,

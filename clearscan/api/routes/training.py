@@ -8,7 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
-from clearscan.api.deps import AdminUser, AnyUser, SessionDep, StateDep, request_context
+from clearscan.api.deps import AdminUser, AnyUser, Offset, SessionDep, StateDep, request_context
+from clearscan.api.errors import error_responses
 from clearscan.training import service
 from clearscan.training.evaluation import EVAL_KIND, EvalRequest
 from clearscan.training.runs import TRAIN_KIND, TrainRequest
@@ -43,7 +44,7 @@ def list_runs(
     db: SessionDep,
     user: AnyUser,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> TrainingRunList:
     rows, total = service.list_runs(db=db, kind=TRAIN_KIND, limit=limit, offset=offset)
     return TrainingRunList(items=[TrainingRunPublic.of(j) for j in rows], total=total)
@@ -54,7 +55,11 @@ def get_run(run_id: str, db: SessionDep, user: AnyUser) -> TrainingRunPublic:
     return TrainingRunPublic.of(service.get_run(db=db, run_id=run_id, kind=TRAIN_KIND))
 
 
-@router.post("/training-runs/{run_id}/cancel", response_model=TrainingRunPublic)
+@router.post(
+    "/training-runs/{run_id}/cancel",
+    response_model=TrainingRunPublic,
+    responses=error_responses(409),
+)
 def cancel_run(
     run_id: str, request: Request, db: SessionDep, admin: AdminUser
 ) -> TrainingRunPublic:
@@ -89,13 +94,18 @@ def list_evaluations(
     user: AnyUser,
     model: Annotated[str | None, Query(max_length=128, description="NAME or NAME:VERSION")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> TrainingRunList:
     rows, total = service.list_runs(db=db, kind=EVAL_KIND, model=model, limit=limit, offset=offset)
     return TrainingRunList(items=[TrainingRunPublic.of(j) for j in rows], total=total)
 
 
-@router.get("/evaluations/compare", tags=["evaluations"], summary="Two evaluations side by side")
+@router.get(
+    "/evaluations/compare",
+    tags=["evaluations"],
+    summary="Two evaluations side by side",
+    responses=error_responses(404, 409),
+)
 def compare_evaluations(
     a: Annotated[str, Query(max_length=64)],
     b: Annotated[str, Query(max_length=64)],
@@ -112,9 +122,13 @@ def get_evaluation(eval_id: str, db: SessionDep, user: AnyUser) -> TrainingRunPu
 
 @router.get(
     "/evaluations/{eval_id}/report.html",
-    response_class=HTMLResponse,
+    response_class=Response,  # errors answer JSON, so the route's default type is not HTML
     tags=["evaluations"],
     summary="The evaluation report (tables, ROC and calibration plots)",
+    responses={
+        200: {"content": {"text/html": {"schema": {"type": "string"}}}},
+        **error_responses(409),
+    },
 )
 def evaluation_report(eval_id: str, db: SessionDep, state: StateDep, user: AnyUser) -> Response:
     return HTMLResponse(service.evaluation_report(db=db, blobs=state.blobs, eval_id=eval_id))
