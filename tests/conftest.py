@@ -215,12 +215,12 @@ def migrated_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine
     engine.dispose()
 
 
-@pytest.fixture
-def db(migrated_engine: Engine) -> Iterator[Session]:
-    """A session inside a transaction that is rolled back after the test: what the code under
-    test commits is a savepoint (``join_transaction_mode="create_savepoint"``), so nothing
-    outlives the test and every test starts from the freshly migrated database."""
-    conn = migrated_engine.connect()
+@contextmanager
+def rolled_back_session(engine: Engine) -> Iterator[Session]:
+    """A session inside a transaction that is rolled back at the end: what the code under test
+    commits is a savepoint (``join_transaction_mode="create_savepoint"``), so nothing outlives
+    the test and every test starts from the freshly migrated database."""
+    conn = engine.connect()
     outer = conn.begin()
     session = Session(
         bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False, autoflush=False
@@ -231,3 +231,10 @@ def db(migrated_engine: Engine) -> Iterator[Session]:
         session.close()
         outer.rollback()
         conn.close()
+
+
+@pytest.fixture
+def db(migrated_engine: Engine) -> Iterator[Session]:
+    """A session in a transaction rolled back after the test (see `rolled_back_session`)."""
+    with rolled_back_session(migrated_engine) as session:
+        yield session

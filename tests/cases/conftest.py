@@ -25,7 +25,7 @@ from clearscan.inference.manifest import FeatureSpec, InputSpec, ModelManifest
 from clearscan.inference.tasks import ClassifiedImage, FeatureContribution, TabularResponse
 from clearscan.storage import LocalBlobStore
 from tests.auth.conftest import UserFactory, make_user_row
-from tests.conftest import ADMIN_PASSWORD, pg_available, pg_database
+from tests.conftest import ADMIN_PASSWORD, pg_available, pg_database, rolled_back_session
 
 __all__ = ["UserFactory", "make_user_row"]  # the auth user factory, for the cases tests too
 
@@ -70,17 +70,8 @@ def db(request: pytest.FixtureRequest, migrated_engine: Engine) -> Iterator[Sess
         if request.param == "sqlite"
         else request.getfixturevalue("pg_migrated_engine")
     )
-    conn = engine.connect()
-    outer = conn.begin()
-    session = Session(
-        bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False, autoflush=False
-    )
-    try:
+    with rolled_back_session(engine) as session:
         yield session
-    finally:
-        session.close()
-        outer.rollback()
-        conn.close()
 
 
 @pytest.fixture
