@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from clearscan.api.deps import SessionDep, StateDep, request_context
 from clearscan.datasets import service as datasets
+from clearscan.errors import ClearScanError
 from clearscan.registry import service as registry_service
 from clearscan.registry.errors import RegistryError
 from clearscan.registry.routing import ModelRegistry
@@ -129,10 +130,11 @@ def _refused(
     state: AppState,
     ws: WebSession,
     name: str,
-    exc: RegistryError,
+    exc: ClearScanError,
     rollout_form: dict[str, str] | None = None,
+    eval_form: dict[str, str] | None = None,
 ) -> HTMLResponse:
-    """The model page again, saying why the change was refused."""
+    """The model page again, saying why the change was refused (the form keeps its input)."""
     db.rollback()
     return _model_page(
         request,
@@ -142,6 +144,7 @@ def _refused(
         name,
         error=sentence(exc.detail),
         rollout_form=rollout_form,
+        eval_form=eval_form,
         status=exc.status_code,
     )
 
@@ -278,17 +281,7 @@ def model_evaluate(
             via="web",
         )
     except EvaluationError as exc:
-        db.rollback()
-        return _model_page(
-            request,
-            db,
-            state,
-            ws,
-            name,
-            error=sentence(exc.detail),
-            eval_form=form,
-            status=exc.status_code,
-        )
+        return _refused(request, db, state, ws, name, exc, eval_form=form)
     if state.jobs is not None:
         state.jobs.notify()
     return redirect(f"/models/{name}?done=evaluate")
