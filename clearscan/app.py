@@ -1,4 +1,6 @@
-"""create_app(settings): the FastAPI app: API under /api/v1, health, metrics and the web UI."""
+"""create_app(settings): the FastAPI app: API under /api/v1, health, metrics and the web UI.
+app_from_env(): the same, built from the environment, for each process of a multi-process
+server (`clearscan serve --workers N`, or a process manager running uvicorn)."""
 
 from __future__ import annotations
 
@@ -6,23 +8,51 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from clearscan import __version__
 from clearscan.api import errors as api_errors
+from clearscan.api.cookies import CookiePolicy
 from clearscan.api.middleware import CoreMiddleware
-from clearscan.api.router import API_PREFIX, include_routers
+from clearscan.api.ratelimit import RequestThrottle
+from clearscan.api.router import API_PREFIX, API_ROUTERS, include_routers
 from clearscan.bootstrap import audit_check, build_state, initialise
 from clearscan.config import Settings
+from clearscan.errors import ClearScanError
 from clearscan.registry.cache import ModelCache
+from clearscan.state import AppState
 
 log = logging.getLogger(__name__)
 
-__all__ = ["API_PREFIX", "create_app"]
+__all__ = ["API_PREFIX", "RATE_LIMITED", "app_from_env", "create_app"]
+
+RATE_LIMITED: dict[tuple[str, str], str] = {
+    ("POST", f"{API_PREFIX}/predict"): "predict",
+    ("POST", "/analyze"): "predict",
+    ("POST", f"{API_PREFIX}/batches"): "predict",  # one batch counts as one request
+    ("POST", "/batches"): "predict",
+    ("POST", f"{API_PREFIX}/auth/token"): "login",
+    ("POST", "/login"): "login",
+}
+"""The requests the rate limits count, by rule (see CLEARSCAN_RATE_LIMIT_*)."""
+
+
+def app_from_env() -> FastAPI:
+    """The app of one server process, from CLEARSCAN_* alone (a uvicorn factory:
+    ``uvicorn clearscan.app:app_from_env --factory``). Start-up checks the data dir, schema and
+    first admin, which is quick when they exist: initialise them once before starting many
+    processes (`clearscan serve --workers N` does)."""
+    from clearscan.observability.logging import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)
 
 
 def create_app(
@@ -49,6 +79,8 @@ def create_app(
         finally:
             audit_verify.stop()
             state.jobs.stop()
+            state.metrics.close()
+            state.engine.dispose()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -62,6 +94,7 @@ def create_app(
     )
     app.state.clearscan = state
 
+    _document_rate_limits()
     include_routers(app)
     _mount_docs(app)
     _mount_web(app)
@@ -78,14 +111,53 @@ def create_app(
         CoreMiddleware,
         metrics=state.metrics,
         max_body=settings.max_upload_bytes,
-        hsts=settings.secure_cookies == "always",
+        hsts=CookiePolicy.of(settings).hsts,
         large_bodies={
             f"{API_PREFIX}/models": int(settings.max_model_upload_mb * 2**20),
             f"{API_PREFIX}/datasets": int(settings.max_dataset_upload_mb * 2**20),
             "/datasets": int(settings.max_dataset_upload_mb * 2**20),  # the web import form
         },
+        throttle=_throttle(state),
+        refusal_page=_refusal_page,
     )
     return app
+
+
+def _throttle(state: AppState) -> RequestThrottle | None:
+    """The rate limits of the RATE_LIMITED requests."""
+    limits = state.rate_limits
+    if limits is None:
+        return None
+    return RequestThrottle(
+        limits,
+        RATE_LIMITED,
+        secret=state.secret,
+        sessions=state.sessions,
+        session_cookie=CookiePolicy.of(state.settings).session,
+    )
+
+
+def _document_rate_limits() -> None:
+    """The API routes the rate limits count answer 429 too (before the routers are included,
+    which documents each route's error statuses)."""
+    for router in API_ROUTERS:
+        for route in router.routes:
+            if isinstance(route, APIRoute) and any(
+                (m, API_PREFIX + route.path) in RATE_LIMITED for m in route.methods or ()
+            ):
+                route.responses.setdefault(429, api_errors.error_responses(429)[429])
+
+
+def _refusal_page(scope: Scope, error: ClearScanError) -> Response | None:
+    """A refusal the middleware answers (429) as the web's error page for a page request (the
+    rate-limited paths outside the API are the web's forms)."""
+    if scope.get("path", "").startswith(f"{API_PREFIX}/"):
+        return None
+    from clearscan.web.errors import ErrorPage, sentence
+    from clearscan.web.templating import render_page
+
+    page = ErrorPage(code=error.status_code, title=error.title, message=sentence(error.detail))
+    return render_page(Request(scope), page, status=error.status_code)
 
 
 def _mount_docs(app: FastAPI) -> None:

@@ -12,13 +12,16 @@ from clearscan.audit import service as audit
 from clearscan.audit.actions import Action
 from clearscan.auth import service as users
 from clearscan.auth.service import LoginLimiter
+from clearscan.auth.throttle import RateLimits, open_store
 from clearscan.config import ConfigError, Settings
 from clearscan.db import create_db_engine, make_session_factory
 from clearscan.db.migrate import upgrade
 from clearscan.inference.base import auto_parallel_runs
 from clearscan.inference.runtimes.onnx import onnx_providers
 from clearscan.inference.types import ModelLoadError
-from clearscan.jobs.service import Handler, InProcessWorker, JobContext, queue_snapshot
+from clearscan.jobs.delivery import InProcessWorker, JobQueue
+from clearscan.jobs.service import Handler, JobContext, queue_snapshot
+from clearscan.jobs.worker import WorkerState
 from clearscan.observability.metrics import Metrics
 from clearscan.observability.periodic import PeriodicCheck
 from clearscan.registry.cache import ModelCache
@@ -120,7 +123,8 @@ def build_registry(
 
 def build_state(settings: Settings, *, model_cache: ModelCache | None = None) -> AppState:
     """The state of a serving process (schema already initialised): database, blobs, models,
-    metrics, the login limiter and the in-process job worker (not started).
+    metrics, the login limiter and rate limits (their counts shared through the throttle store)
+    and the in-process job worker (not started).
 
     `model_cache` holds the loaded versions; by default a new one, owned by this state alone.
     Apps built side by side in one process (tests) may share one: it is keyed by the version's
@@ -129,6 +133,7 @@ def build_state(settings: Settings, *, model_cache: ModelCache | None = None) ->
     sessions = make_session_factory(engine)
     if model_cache is None:
         model_cache = ModelCache()
+    throttle = open_store(settings, engine)  # login failures and request rates, shared
     state = AppState(
         settings=settings,
         engine=engine,
@@ -139,15 +144,39 @@ def build_state(settings: Settings, *, model_cache: ModelCache | None = None) ->
         store=model_store(settings),
         metrics=Metrics(),
         limiter=LoginLimiter(
-            max_failures=settings.login_max_failures, window_seconds=settings.login_window_seconds
+            max_failures=settings.login_max_failures,
+            window_seconds=settings.login_window_seconds,
+            backoff_max_seconds=settings.login_backoff_max_seconds,
+            known_days=settings.login_known_address_days,
+            secret=settings.resolved_secret_key,
+            store=throttle,
         ),
         secret=settings.resolved_secret_key,
+        rate_limits=RateLimits.from_settings(settings, throttle),
     )
     audit_unavailable_models(state)
     handlers = job_handlers(state)
-    state.jobs = InProcessWorker(sessions, handlers, metrics=state.metrics)
+    state.jobs = job_queue(settings, state, handlers)
     state.metrics.track_jobs(handlers, lambda: queue_snapshot(sessions=sessions))
     return state
+
+
+def job_queue(settings: Settings, state: AppState, handlers: dict[str, Handler]) -> JobQueue:
+    """Celery when CLEARSCAN_BROKER_URL is set (this process then runs no jobs), else the
+    in-process worker."""
+    if settings.broker_url:
+        from clearscan.jobs.celery_queue import CeleryQueue
+
+        return CeleryQueue(settings, state.sessions)
+    return InProcessWorker(
+        state.sessions, handlers, metrics=state.metrics, lease_s=settings.job_lease_seconds
+    )
+
+
+def build_worker_state(settings: Settings) -> WorkerState:
+    """What a `clearscan worker` pool process needs: the full state, and the job handlers."""
+    state = build_state(settings)
+    return WorkerState(sessions=state.sessions, handlers=job_handlers(state), metrics=state.metrics)
 
 
 AUDIT_VERIFY_EVERY_S = 3600.0
@@ -168,6 +197,8 @@ def audit_check(state: AppState) -> PeriodicCheck:
 
 def job_handlers(state: AppState) -> dict[str, Handler]:
     """The job kinds this process runs (the in-process worker; Celery workers later)."""
+    from clearscan.batches.runner import BATCH_KIND, run_batch
+    from clearscan.cases.shadow import SHADOW_KIND, run_shadow
     from clearscan.training.evaluation import EVAL_KIND, run_evaluation
     from clearscan.training.runs import TRAIN_KIND, run_training
 
@@ -185,7 +216,45 @@ def job_handlers(state: AppState) -> dict[str, Handler]:
             ctx, sessions=state.sessions, blobs=state.blobs, registry=state.registry
         )
 
-    return {TRAIN_KIND: train, EVAL_KIND: evaluate}
+    def batch(ctx: JobContext) -> dict[str, Any]:
+        return run_batch(
+            ctx,
+            sessions=state.sessions,
+            registry=state.registry,
+            blobs=state.blobs,
+            limits=state.limits,
+            default_model=state.settings.default_model,
+            metrics=state.metrics,
+        )
+
+    from clearscan.datasets.jobs import DATASET_IMPORT_KIND, run_import
+
+    def dataset_import(ctx: JobContext) -> dict[str, Any]:
+        return run_import(
+            ctx,
+            sessions=state.sessions,
+            blobs=state.blobs,
+            tmp_dir=state.settings.data_dir,
+            limits=state.limits,
+            max_bytes=int(state.settings.max_dataset_upload_mb * 2**20),
+        )
+
+    def shadow(ctx: JobContext) -> dict[str, Any]:
+        return run_shadow(
+            ctx,
+            sessions=state.sessions,
+            blobs=state.blobs,
+            registry=state.registry,
+            limits=state.limits,
+        )
+
+    return {
+        TRAIN_KIND: train,
+        EVAL_KIND: evaluate,
+        BATCH_KIND: batch,
+        DATASET_IMPORT_KIND: dataset_import,
+        SHADOW_KIND: shadow,
+    }
 
 
 def audit_unavailable_models(state: AppState) -> None:

@@ -18,6 +18,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRET_MARKERS = {"", "changethis", "changeme", "secret", "insecure"}
 SECRET_KEY_FILE = "secret_key"  # noqa: S105 (a file name)
+# The password policy of every account (API, CLI and the bootstrap admin): its length.
+PASSWORD_MIN_LENGTH = 10
+PASSWORD_MAX_LENGTH = 256
 
 
 if TYPE_CHECKING:
@@ -55,10 +58,33 @@ class Settings(BaseSettings):
 
     access_token_minutes: int = 60
     session_minutes: int = 480
-    login_max_failures: int = 10
-    login_window_seconds: int = 300
+    # failed logins for one username from one address before each further attempt waits
+    # 1 s, 2 s, 4 s ... (at most login_backoff_max_seconds); a failure counts for the window
+    login_max_failures: int = Field(default=5, ge=1)
+    login_window_seconds: int = Field(default=86400, ge=1)
+    login_backoff_max_seconds: int = Field(default=900, ge=1)
+    # an address a user signed in from is remembered this long: the right password from it is
+    # never refused by the back-off
+    login_known_address_days: float = Field(default=30.0, ge=0)
+
+    # --- rate limits and state shared by many API processes ---
+    # requests per minute (a burst of that many, then an even rate); 0: no limit. Refused
+    # requests answer 429 with Retry-After before their body is read. Analyses are not limited
+    # by default: what a server can take depends on its hardware and its scripted clients.
+    rate_limit_predict_per_user: int = Field(default=0, ge=0)
+    rate_limit_predict_per_address: int = Field(default=0, ge=0)
+    rate_limit_login_per_address: int = Field(default=60, ge=0)
+    # where the login-failure and rate-limit counts live: auto = Redis when a Redis URL is known
+    # (CLEARSCAN_REDIS_URL, else a redis:// broker URL), else the database on PostgreSQL, else
+    # this process's memory (SQLite serves from one process)
+    rate_limit_store: Literal["auto", "memory", "database", "redis"] = "auto"
+    redis_url: str | None = None  # redis://host:6379/0 (the `queue` extra installs the client)
+    # SIGTERM: stop accepting, let requests in flight finish for up to this long, then stop
+    shutdown_grace_seconds: float = Field(default=25.0, gt=0)
 
     cors_origins: list[str] = Field(default_factory=list)
+    # development: auto = Secure cookies over HTTPS, always = Secure + HSTS, never; production:
+    # always Secure __Host- cookies and HSTS, and `never` is refused (clearscan.api.cookies)
     secure_cookies: Literal["auto", "always", "never"] = "auto"
     trusted_proxies: list[str] = Field(default_factory=list)
 
@@ -81,6 +107,19 @@ class Settings(BaseSettings):
     s3_region: str | None = None  # unset: the AWS environment / config
     s3_access_key_id: str | None = None  # unset: the standard AWS credential chain
     s3_secret_access_key: SecretStr | None = None
+
+    # jobs: unset = the in-process worker of `serve`; redis://host:6379/0 or amqp://user@host//
+    # = Celery workers (`clearscan worker`, the `queue` extra); the API then runs no jobs itself
+    broker_url: str | None = None
+    # a running job whose heartbeat is older than this lost its runner: a sweep queues it again
+    job_lease_seconds: float = Field(default=60.0, ge=1.0, le=3600.0)
+    # a queued job no worker took for this long is delivered again (a broker lost its message)
+    job_redeliver_seconds: float = Field(default=120.0, ge=1.0)
+    # Redis: an unacknowledged job message returns to the queue after this long; keep it above
+    # the longest job (training runs) or long jobs are delivered twice (the second is refused)
+    broker_visibility_timeout_seconds: int = Field(default=43200, ge=60)
+    # which Celery queue carries each job kind, e.g. {"train": "gpu"} (JSON); others: "default"
+    job_routes: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("data_dir", mode="after")
     @classmethod
@@ -163,8 +202,32 @@ class Settings(BaseSettings):
     def check_production(self) -> None:
         """Raise ConfigError when the settings are unsafe for production."""
         _ = self.resolved_secret_key
-        if self.environment == "production" and "*" in self.cors_origins:
+        if self.environment != "production":
+            return
+        if "*" in self.cors_origins:
             raise ConfigError("CORS origin '*' is not allowed in production.")
+        if self.secure_cookies == "never":
+            raise ConfigError(
+                "CLEARSCAN_SECURE_COOKIES=never is not allowed in production: production always "
+                "sends Secure __Host- cookies and HSTS (serve it over HTTPS; leave the setting "
+                "unset, auto or always)."
+            )
+        if self.admin_password is not None:
+            problem = password_problem(self.admin_password)
+            if problem:
+                raise ConfigError(
+                    f"CLEARSCAN_ADMIN_PASSWORD breaks the password policy: {problem}; "
+                    "production mode refuses to start with it."
+                )
+
+
+def password_problem(password: str) -> str | None:
+    """Which rule of the password policy `password` breaks, or None when it obeys them all."""
+    if len(password) < PASSWORD_MIN_LENGTH:
+        return f"a password needs at least {PASSWORD_MIN_LENGTH} characters"
+    if len(password) > PASSWORD_MAX_LENGTH:
+        return f"a password may have at most {PASSWORD_MAX_LENGTH} characters"
+    return None
 
 
 @dataclass(frozen=True)

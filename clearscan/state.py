@@ -9,9 +9,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from clearscan.auth.service import LoginLimiter
+from clearscan.auth.throttle import RateLimits
 from clearscan.config import Settings
 from clearscan.imaging import Limits
-from clearscan.jobs.service import InProcessWorker
+from clearscan.jobs.delivery import JobQueue
 from clearscan.observability.metrics import Metrics
 from clearscan.registry.cache import ModelCache
 from clearscan.registry.routing import ModelRegistry
@@ -29,10 +30,12 @@ class AppState:
     model_cache: ModelCache  # the registry's loaded versions (capped by the settings)
     store: ModelStore
     metrics: Metrics
-    limiter: LoginLimiter
+    limiter: LoginLimiter  # failed logins, counted in the throttle store
     secret: str
-    jobs: InProcessWorker | None = None
+    jobs: JobQueue | None = None  # the in-process worker, or Celery delivery
     started_at: float = field(default_factory=time.time)
+    # request-rate limits (predictions, sign-ins), counted in the same store as `limiter`
+    rate_limits: RateLimits | None = None
 
     @property
     def limits(self) -> Limits:

@@ -100,3 +100,26 @@ def test_plain_postgresql_url_serves_on_the_real_server(settings):
                 assert r.status_code == 200 and r.json()["ok"] is True
         finally:
             app.state.clearscan.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("password", "rule"),
+    [("short-pw", "at least 10 characters"), ("x" * 257, "at most 256 characters")],
+)
+def test_production_refuses_an_admin_password_against_the_policy(tmp_path, password, rule):
+    s = Settings(
+        data_dir=tmp_path, environment="production", secret_key="x" * 40, admin_password=password
+    )
+    with pytest.raises(
+        ConfigError, match=f"CLEARSCAN_ADMIN_PASSWORD breaks the password policy: .*{rule}"
+    ):
+        s.check_production()
+    Settings(  # outside production it is not checked, and a good one passes
+        data_dir=tmp_path, admin_password=password, secret_key="x" * 40
+    ).check_production()
+    Settings(
+        data_dir=tmp_path,
+        environment="production",
+        secret_key="x" * 40,
+        admin_password="a-long-enough-one",
+    ).check_production()

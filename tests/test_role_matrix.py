@@ -27,11 +27,16 @@ REQUIRED = {
     ("GET", "/api/v1/images/{image_id}/file"): "viewer",
     ("GET", "/api/v1/images/{image_id}/preview.png"): "viewer",
     ("GET", "/api/v1/predictions/{prediction_id}/heatmap.png"): "viewer",
+    ("POST", "/api/v1/batches"): "clinician",
+    ("GET", "/api/v1/batches"): "viewer",
+    ("GET", "/api/v1/batches/{batch_id}"): "viewer",
+    ("POST", "/api/v1/batches/{batch_id}/cancel"): "clinician",
     ("POST", "/api/v1/datasets"): "admin",
     ("GET", "/api/v1/datasets"): "viewer",
     ("GET", "/api/v1/datasets/{dataset_id}"): "viewer",
     ("GET", "/api/v1/datasets/{dataset_id}/items/{idx}/image.png"): "viewer",
     ("GET", "/api/v1/datasets/{dataset_id}/features/preview"): "viewer",
+    ("GET", "/api/v1/dataset-imports/{import_id}"): "admin",
     ("POST", "/api/v1/training-runs"): "admin",
     ("GET", "/api/v1/training-runs"): "viewer",
     ("GET", "/api/v1/training-runs/{run_id}"): "viewer",
@@ -72,6 +77,8 @@ def test_role_matrix(client, make_user, admin_headers, role):
             .replace("{idx}", "0")
             .replace("{run_id}", "missing")
             .replace("{eval_id}", "missing")
+            .replace("{batch_id}", "missing")
+            .replace("{import_id}", "missing")
         )
         r = client.request(method, url, headers=headers)
         if need is None:

@@ -10,15 +10,14 @@ from fastapi import Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
+from clearscan.api.cookies import CookiePolicy
 from clearscan.audit import service as audit
 from clearscan.audit.actions import Action
 from clearscan.auth import service as users
 from clearscan.auth.models import Role, User
-from clearscan.auth.security import decode_access_token
+from clearscan.auth.security import read_access_token
 from clearscan.auth.service import AuthError, NotAuthenticated, NotPermitted
 from clearscan.state import AppState
-
-SESSION_COOKIE = "clearscan_session"
 
 MAX_OFFSET = 10**9
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="rows to skip")]
@@ -83,10 +82,13 @@ def user_from_request(request: Request, db: Session, state: AppState) -> User | 
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token:
-        uid = decode_access_token(token.strip(), secret=state.secret)
-        user = users.get(db=db, user_id=uid) if uid is not None else None
-        return user if user is not None and not user.disabled else None
-    cookie = request.cookies.get(SESSION_COOKIE)
+        claims = read_access_token(token.strip(), secret=state.secret)
+        user = users.get(db=db, user_id=claims.user_id) if claims is not None else None
+        if user is None or user.disabled or claims is None:
+            return None
+        # a password change or disabling the user since the token was issued revokes it
+        return user if user.token_version == claims.version else None
+    cookie = request.cookies.get(CookiePolicy.of(state.settings).session)
     if cookie and request.method in ("GET", "HEAD"):
         found = users.resolve_session(db=db, token=cookie)
         return found[0] if found else None

@@ -1,5 +1,11 @@
 """One pure-ASGI middleware for every request: request id, upload size limit (413 before the body
-is read), security headers, Prometheus metrics and a one-line access log without query strings."""
+is read), rate limits (429 before the body is read), security headers, Prometheus metrics and a
+one-line access log without query strings.
+
+API replies (under ``/api/v1/``) that set no Cache-Control of their own are sent
+`Cache-Control: no-store` and `Pragma: no-cache`: case and dataset JSON name patients' images
+and references. Files with patient data set the same headers themselves
+(:class:`~clearscan.api.responses.PHIResponse`)."""
 
 from __future__ import annotations
 
@@ -7,10 +13,15 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from clearscan.errors import TooLarge
+from clearscan.api.cookies import HSTS
+from clearscan.api.ratelimit import RequestThrottle
+from clearscan.api.responses import NO_STORE
+from clearscan.errors import ClearScanError, TooLarge
 from clearscan.observability.logging import request_id_var
 from clearscan.observability.metrics import Metrics
 
@@ -33,6 +44,8 @@ BASE_HEADERS = [
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
 ]
+API_PATHS = "/api/v1/"
+NO_STORE_HEADERS = [(k.lower().encode(), v.encode()) for k, v in NO_STORE.items()]
 
 
 class BodyTooLarge(TooLarge):
@@ -40,6 +53,11 @@ class BodyTooLarge(TooLarge):
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"request body exceeds the upload limit of {limit / 2**20:g} MB")
+
+
+RefusalPage = Callable[[Scope, ClearScanError], Response | None]
+"""Renders a refusal as a web page when the request was for a page; None to answer with the
+API's JSON body."""
 
 
 class CoreMiddleware:
@@ -51,12 +69,16 @@ class CoreMiddleware:
         max_body: int,
         hsts: bool = False,
         large_bodies: dict[str, int] | None = None,
+        throttle: RequestThrottle | None = None,
+        refusal_page: RefusalPage | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body
         self.large_bodies = large_bodies or {}  # exact paths (model uploads) with their own limit
         self.hsts = hsts
+        self.throttle = throttle
+        self.refusal_page = refusal_page
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,8 +93,10 @@ class CoreMiddleware:
         status = 500
         path: str = scope["path"]
         csp = CSP_DOCS if path.startswith(("/docs", "/redoc")) else CSP
+        api = path.startswith(API_PATHS)
 
         recorded = False
+        refused = False
 
         def record() -> None:
             # Called just before the last body chunk goes out, so a client that has its reply
@@ -82,7 +106,8 @@ class CoreMiddleware:
                 return
             recorded = True
             elapsed = time.perf_counter() - start
-            route = _route_of(scope)
+            # a rate-limited path is a literal route (no path parameters): its own label
+            route = path if refused else _route_of(scope)
             method = scope["method"]
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(elapsed)
@@ -109,8 +134,11 @@ class CoreMiddleware:
                 ]
                 extra += BASE_HEADERS
                 if self.hsts:
-                    extra.append((b"strict-transport-security", b"max-age=31536000"))
-                message["headers"] = list(message.get("headers", [])) + extra
+                    extra.append((b"strict-transport-security", HSTS.encode()))
+                own = list(message.get("headers", []))
+                if api and not any(name.lower() == b"cache-control" for name, _ in own):
+                    extra += NO_STORE_HEADERS
+                message["headers"] = own + extra
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 record()
             await send(message)
@@ -121,10 +149,29 @@ class CoreMiddleware:
             if length is not None and length.isdigit() and int(length) > limit:
                 await _json(send_wrapper, 413, BodyTooLarge(limit).detail)
                 return
+            if self.throttle is not None and self.throttle.applies(scope):
+                refusal = await self.throttle.check(scope)
+                if refusal is not None:
+                    refused = True
+                    await self._refuse(scope, receive, send_wrapper, refusal)
+                    return
             await self.app(scope, self._limited(receive, limit), send_wrapper)
         finally:
             record()
             request_id_var.reset(token)
+
+    async def _refuse(
+        self, scope: Scope, receive: Receive, send: Send, error: ClearScanError
+    ) -> None:
+        """Answer `error` without reading the body: the error page for a page request, else the
+        API's body; the connection closes (the unread body cannot be skipped)."""
+        response = self.refusal_page(scope, error) if self.refusal_page else None
+        if response is None:
+            response = JSONResponse({"detail": error.detail}, status_code=error.status_code)
+        for name, value in (getattr(error, "headers", None) or {}).items():
+            response.headers[name] = value
+        response.headers["connection"] = "close"
+        await response(scope, receive, send)
 
     def _limited(self, receive: Receive, limit: int) -> Receive:
         seen = 0

@@ -12,6 +12,7 @@ from clearscan.api.deps import get_current_user
 from clearscan.api.errors import error_responses
 from clearscan.api.routes.audit import router as audit_router
 from clearscan.api.routes.auth import router as auth_router
+from clearscan.api.routes.batches import router as batches_router
 from clearscan.api.routes.cases import router as cases_router
 from clearscan.api.routes.datasets import router as datasets_router
 from clearscan.api.routes.health import router as health_router
@@ -24,6 +25,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     auth_router,
     models_router,
     cases_router,
+    batches_router,
     datasets_router,
     training_router,
     audit_router,

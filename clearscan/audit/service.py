@@ -155,19 +155,20 @@ class ChainReport:
 
 
 def verify_chain(*, db: Session, batch: int = 5000) -> ChainReport:
-    """Recompute every hash in order; report the first break (edit, deletion or reorder)."""
+    """Recompute every hash in order; report the first break (edit, deletion or reorder).
+
+    The head is read first and the chain checked up to it: an event appended meanwhile (by
+    another process, another request) lies beyond that head and is left for the next check,
+    never mistaken for a break. Appends write the event and the head in one transaction, so
+    every event up to a head that can be read is there."""
+    head = db.execute(select(AuditHead).where(AuditHead.id == 1)).scalar_one_or_none()
+    upto = head.seq if head is not None else None
     prev, expected_seq, checked, last_id = GENESIS, 1, 0, -1
     while True:
-        rows = (
-            db.execute(
-                select(AuditEvent)
-                .where(AuditEvent.seq > last_id)
-                .order_by(AuditEvent.seq)
-                .limit(batch)
-            )
-            .scalars()
-            .all()
-        )
+        q = select(AuditEvent).where(AuditEvent.seq > last_id)
+        if upto is not None:
+            q = q.where(AuditEvent.seq <= upto)
+        rows = db.execute(q.order_by(AuditEvent.seq).limit(batch)).scalars().all()
         if not rows:
             break
         for ev in rows:
@@ -176,7 +177,6 @@ def verify_chain(*, db: Session, batch: int = 5000) -> ChainReport:
             if ev.prev_hash != prev or _digest(prev, _payload(ev)) != ev.hash:
                 return ChainReport(False, checked, ev.seq, "hash mismatch")
             prev, expected_seq, checked, last_id = ev.hash, expected_seq + 1, checked + 1, ev.seq
-    head = db.execute(select(AuditHead).where(AuditHead.id == 1)).scalar_one_or_none()
     if head is not None and (head.seq != checked or head.hash != prev):
         return ChainReport(False, checked, checked + 1, "events missing at the end of the chain")
     return ChainReport(True, checked)

@@ -1,11 +1,11 @@
-"""Users and server-side UI sessions."""
+"""Users, server-side UI sessions, and the counters of login throttling and rate limits."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Boolean, ForeignKey, Integer, String
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from clearscan.db.base import Base, UTCDateTime, utcnow
@@ -27,6 +27,9 @@ class User(Base):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # carried by every API token as its `ver` claim; a password change or disabling the user
+    # increments it, so every token issued before stops working
+    token_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class UserSession(Base):
@@ -39,3 +42,38 @@ class UserSession(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class RateLimitState(Base):
+    """One request-rate counter shared by the API processes (the `database` throttle store):
+    the generic cell rate algorithm keeps one number per key, its theoretical arrival time.
+    A row whose `tat` has passed means the same as no row and may be deleted."""
+
+    __tablename__ = "rate_limits"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)  # "predict:user:42"
+    # Unix time. Not indexed: updates stay in place (PostgreSQL HOT); the once-a-minute sweep
+    # of spent rows scans a table of the keys seen in the last minute or so.
+    tat: Mapped[float] = mapped_column(Float)
+
+
+class LoginFailure(Base):
+    """A failed login counted against a client address or a username (sliding window)."""
+
+    __tablename__ = "login_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(128))  # "ip:10.0.0.1", "user:alice"
+    at: Mapped[float] = mapped_column(Float, index=True)  # Unix time
+
+    __table_args__ = (Index("ix_login_failures_key_at", "key", "at"),)
+
+
+class KnownLoginAddress(Base):
+    """A (username, client address) pair that signed in successfully, as a keyed hash, until
+    `until`: the right password from it is never refused by the failed-login back-off."""
+
+    __tablename__ = "login_known_addresses"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    until: Mapped[float] = mapped_column(Float, index=True)  # Unix time

@@ -7,6 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from clearscan.auth.models import Role
+from clearscan.config import PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH
 
 USERNAME_PATTERN = r"^[A-Za-z0-9_.@-]{3,64}$"
 
@@ -20,7 +21,7 @@ class Token(BaseModel):
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     username: str = Field(pattern=USERNAME_PATTERN)
-    password: str = Field(min_length=10, max_length=256)
+    password: str = Field(min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH)
     role: Role = Role.viewer
 
 
@@ -28,7 +29,9 @@ class UserUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Role | None = None
     disabled: StrictBool | None = None
-    password: str | None = Field(default=None, min_length=10, max_length=256)
+    password: str | None = Field(
+        default=None, min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH
+    )
 
 
 class UserPublic(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,20 +34,32 @@ def needs_rehash(password_hash: str) -> bool:
     return _hasher.check_needs_rehash(password_hash)
 
 
-def create_access_token(*, secret: str, user_id: int, minutes: int) -> str:
+@dataclass(frozen=True)
+class AccessClaims:
+    """What a valid access token says: its user and the user's token version when issued."""
+
+    user_id: int
+    version: int
+
+
+def create_access_token(*, secret: str, user_id: int, minutes: int, version: int = 0) -> str:
+    """A signed access token; `version` is the user's `token_version` (a password change or
+    disabling the user increments it, and tokens of an older version are refused)."""
     now = datetime.now(UTC)
     claims: dict[str, Any] = {
         "sub": str(user_id),
         "iat": now,
         "exp": now + timedelta(minutes=minutes),
         "typ": "access",
+        "ver": version,
         "jti": secrets.token_hex(8),
     }
     return jwt.encode(claims, secret, algorithm=JWT_ALG)
 
 
-def decode_access_token(token: str, *, secret: str) -> int | None:
-    """Return the user id of a valid, unexpired access token, else None."""
+def read_access_token(token: str, *, secret: str) -> AccessClaims | None:
+    """The claims of a valid, unexpired access token, else None. A token without `ver` (issued
+    before versions existed) is version 0."""
     try:
         claims = jwt.decode(
             token, secret, algorithms=[JWT_ALG], options={"require": ["exp", "sub", "typ"]}
@@ -55,10 +68,20 @@ def decode_access_token(token: str, *, secret: str) -> int | None:
         return None
     if claims.get("typ") != "access":
         return None
+    version = claims.get("ver", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        return None
     try:
-        return int(claims["sub"])
+        return AccessClaims(int(claims["sub"]), version)
     except (TypeError, ValueError):
         return None
+
+
+def decode_access_token(token: str, *, secret: str) -> int | None:
+    """The user id of a valid, unexpired access token, else None (whether the token is still
+    current for its user is :func:`read_access_token`'s version, checked against the user)."""
+    claims = read_access_token(token, secret=secret)
+    return claims.user_id if claims else None
 
 
 def new_session_token() -> tuple[str, str]:

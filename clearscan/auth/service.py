@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
+import math
 import secrets
-import threading
-import time
-from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -22,6 +20,7 @@ from clearscan.auth.security import (
     session_id,
     verify_password,
 )
+from clearscan.auth.throttle import LoginLimiter
 from clearscan.errors import ClearScanError, Conflict, Forbidden, NotFound
 
 
@@ -62,7 +61,7 @@ class LoginFailed(NotAuthenticated):
 
 
 class LoginThrottled(AuthError):
-    """Too many failed logins from this address or for this username (429)."""
+    """Too many failed logins for this username from this address: back off (429)."""
 
     status_code = 429
     title = "Too many attempts"
@@ -139,11 +138,11 @@ def update(
         changes["disabled"] = disabled
         user.disabled = disabled
         if disabled:
-            revoke_sessions(db=db, user_id=user.id)
+            revoke_credentials(db=db, user=user)
     if password is not None:
         user.password_hash = hash_password(password)
         changes["password"] = "changed"  # noqa: S105 (audit note, not a password)
-        revoke_sessions(db=db, user_id=user.id)
+        revoke_credentials(db=db, user=user)
     audit.append(
         audit.Entry(
             Action.USER_UPDATE,
@@ -241,31 +240,28 @@ def _check_login(
     password: str,
     via: str,
 ) -> User:
-    """Throttling and password check; a refusal is audited and committed at once, a success is
-    added to the open transaction for the caller to commit."""
-    keys = (f"ip:{ctx.client_addr}", f"user:{username.lower()}")
-    wait = limiter.blocked(*keys)
-    if wait > 0:
-        audit.record(
-            audit.Entry(
-                Action.AUTH_LOGIN, outcome="throttled", actor=username[:64], details={"via": via}
-            ),
-            db=db,
-            ctx=ctx,
-        )
-        raise LoginThrottled(int(wait) + 1)
+    """Back-off and password check; a refusal is audited and committed at once, a success is
+    added to the open transaction for the caller to commit.
+
+    Failures are counted per (username, address) pair: a pair in its back-off is refused (429)
+    without a look at the password, unless it signed in successfully before: then the right
+    password is let in and a wrong one is refused (429) and counted."""
+    pair = limiter.pair(username, ctx.client_addr)
+    wait = limiter.wait(pair)
+    known = wait > 0 and limiter.known(pair)
+    if wait > 0 and not known:
+        _audit_refusal(db=db, ctx=ctx, limiter=limiter, username=username, via=via, throttled=True)
+        raise LoginThrottled(_seconds(wait))
     user = authenticate(db=db, username=username, password=password)
     if user is None:
-        limiter.failed(*keys)
-        audit.record(
-            audit.Entry(
-                Action.AUTH_LOGIN, outcome="failure", actor=username[:64], details={"via": via}
-            ),
-            db=db,
-            ctx=ctx,
+        limiter.failed(pair)
+        _audit_refusal(
+            db=db, ctx=ctx, limiter=limiter, username=username, via=via, throttled=wait > 0
         )
+        if wait > 0:
+            raise LoginThrottled(_seconds(limiter.wait(pair)))
         raise LoginFailed("incorrect username or password")
-    limiter.succeeded(*keys)
+    limiter.succeeded(pair, keep_failures=known)
     audit.append(
         audit.Entry(
             Action.AUTH_LOGIN,
@@ -278,6 +274,44 @@ def _check_login(
         ctx=ctx,
     )
     return user
+
+
+UNKNOWN_USER = "unknown user"
+
+
+def _audit_refusal(
+    *,
+    db: Session,
+    ctx: audit.RequestContext,
+    limiter: LoginLimiter,
+    username: str,
+    via: str,
+    throttled: bool,
+) -> None:
+    """Audit (and commit) a refused login. A username that names an account is recorded as
+    that account; any other text is not recorded as typed (it may be a patient identifier typed
+    into the wrong field): the actor is "unknown user" and the details carry a keyed hash of it,
+    so repeated attempts with one name can be told apart without revealing it."""
+    user = get_by_username(db=db, username=username)
+    details: dict[str, object] = {"via": via}
+    if user is None:
+        details["username_hmac"] = limiter.digest(f"username\0{username}")
+    audit.record(
+        audit.Entry(
+            Action.AUTH_LOGIN,
+            outcome="throttled" if throttled else "failure",
+            actor=user.username if user is not None else UNKNOWN_USER,
+            object_type="user" if user is not None else None,
+            object_id=str(user.id) if user is not None else None,
+            details=details,
+        ),
+        db=db,
+        ctx=ctx,
+    )
+
+
+def _seconds(wait: float) -> int:
+    return max(1, math.ceil(wait))
 
 
 def ensure_admin(*, db: Session, password: str | None) -> str | None:
@@ -327,10 +361,23 @@ def resolve_session(*, db: Session, token: str) -> tuple[User, UserSession] | No
     return user, row
 
 
+def session_owner(*, db: Session, token: str) -> int | None:
+    """The user id a session token belongs to (valid or not), for counting requests per user;
+    None for a token no session has."""
+    return db.scalar(select(UserSession.user_id).where(UserSession.id == session_id(token)))
+
+
 def end_session(*, db: Session, token: str) -> None:
     row = db.get(UserSession, session_id(token))
     if row is not None and row.revoked_at is None:
         row.revoked_at = datetime.now(UTC)
+
+
+def revoke_credentials(*, db: Session, user: User) -> None:
+    """End every browser session of `user` and revoke every API token issued to them so far
+    (their `token_version` moves on): a password change, or disabling the user."""
+    user.token_version = (user.token_version or 0) + 1
+    revoke_sessions(db=db, user_id=user.id)
 
 
 def revoke_sessions(*, db: Session, user_id: int) -> None:
@@ -340,47 +387,3 @@ def revoke_sessions(*, db: Session, user_id: int) -> None:
     ).scalars()
     for row in rows:
         row.revoked_at = now
-
-
-# --- login rate limiting ----------------------------------------------------------------------
-
-
-class LoginLimiter:
-    """Sliding-window count of failed logins per client address and per username."""
-
-    def __init__(self, *, max_failures: int, window_seconds: float) -> None:
-        self.max_failures = max_failures
-        self.window = window_seconds
-        self._fails: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, key: str, now: float) -> deque[float]:
-        q = self._fails.setdefault(key, deque())
-        while q and q[0] <= now - self.window:
-            q.popleft()
-        return q
-
-    def blocked(self, *keys: str) -> float:
-        """Seconds until the caller may try again (0 when allowed)."""
-        now = time.monotonic()
-        with self._lock:
-            wait = 0.0
-            for key in keys:
-                q = self._recent(key, now)
-                if len(q) >= self.max_failures:
-                    wait = max(wait, q[0] + self.window - now)
-            return wait
-
-    def failed(self, *keys: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for key in keys:
-                self._recent(key, now).append(now)
-            if len(self._fails) > 10_000:  # bound memory under a spray of usernames
-                for k in [k for k, q in self._fails.items() if not q]:
-                    del self._fails[k]
-
-    def succeeded(self, *keys: str) -> None:
-        with self._lock:
-            for key in keys:
-                self._fails.pop(key, None)

@@ -22,6 +22,7 @@ from clearscan.audit.actions import Action
 from clearscan.auth.models import User
 from clearscan.cases import service
 from clearscan.cases.models import Case, Prediction, new_id
+from clearscan.cases.shadow import queue_shadow
 from clearscan.errors import ClearScanError
 from clearscan.imaging import Limits
 from clearscan.inference.base import Model
@@ -35,6 +36,7 @@ from clearscan.inference.tasks import (
     task_kind,
 )
 from clearscan.inference.types import ExplainMethod
+from clearscan.jobs.delivery import JobQueue
 from clearscan.registry.service import ShadowComparison, record_shadow
 from clearscan.storage import BlobStore
 
@@ -92,11 +94,13 @@ def predict_images(
     explain_method: str = "gradcam",
     patient_ref: str | None,
     note: str | None,
+    shadow_queue: JobQueue | None = None,
 ) -> tuple[Case, list[Prediction]]:
     """Analyse uploaded images with `model_name` (default: `default_model`) and store the case.
     PredictRejected (audited, nothing stored) when the request or an image is refused. A shadow
-    version, if the name has one, then runs on the same inputs in the background (`sessions`
-    opens the session that stores its comparison)."""
+    version, if the name has one, then runs on the same inputs: as a job when `shadow_queue`
+    hands jobs to workers, else on a background thread of this process (`sessions` opens the
+    session that stores its comparison)."""
     with refusals(metrics, db, ctx):
         if not uploads:
             raise PredictRejected(422, "no file uploaded: send one or more 'file' parts")
@@ -142,6 +146,16 @@ def predict_images(
             )
     shadow = registry.shadow_of(name)
     if shadow is not None and shadow.manifest.version != entry.manifest.version:
+        if shadow_queue is not None and not shadow_queue.runs_here:  # workers run it
+            queue_shadow(
+                db=db,
+                queue=shadow_queue,
+                name=shadow.manifest.name,
+                shadow_version=shadow.manifest.version,
+                served_version=entry.manifest.version,
+                prediction_ids=[p.id for p in preds],
+            )
+            return case, preds
         _shadow_pool().submit(
             _run_shadow,
             registry,

@@ -68,8 +68,13 @@ def evaluate(
                 raise fail(exc.detail) from None
             resolved.append((req, entry, ds))
         for req, entry, ds in resolved:
-            job = service.submit_evaluation(
-                db=db, ctx=cli_context(), registry=registry, request=req
+            job = service.submit_evaluation(  # run here: no queue, no second attempt
+                db=db,
+                ctx=cli_context(),
+                registry=registry,
+                request=req,
+                queue=None,
+                max_attempts=1,
             )
             if not jobs.claim(sessions=sessions, job_id=job.id, worker=jobs.worker_name()):
                 raise fail(f"job {job.id} was claimed by a running server")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
+from typing import Annotated, Any
 
 import typer
 from rich.panel import Panel
@@ -13,7 +14,8 @@ from clearscan.cli.common import DataDirOpt, console, fail, load_settings
 from clearscan.cli.evaluate import evaluate
 from clearscan.cli.predict import predict
 from clearscan.cli.train import train
-from clearscan.config import ConfigError
+from clearscan.cli.worker import worker
+from clearscan.config import ConfigError, Settings
 
 app = typer.Typer(
     name="clearscan",
@@ -29,6 +31,7 @@ app.add_typer(db_app, name="db")
 app.command("predict")(predict)
 app.command("train")(train)
 app.command("evaluate")(evaluate)
+app.command("worker")(worker)
 
 
 def _version(value: bool) -> None:
@@ -50,17 +53,35 @@ def main(
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="API processes sharing the port (PostgreSQL only). SIGHUP replaces them one by "
+            "one without dropping a request; SIGTERM lets requests in flight finish.",
+        ),
+    ] = 1,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Initialise the data dir (schema, secret, first admin) and serve the UI + API."""
+    import math
+
     import uvicorn
 
-    from clearscan.app import create_app
     from clearscan.bootstrap import initialise
     from clearscan.observability.logging import configure_logging
 
     settings = load_settings(data_dir)
     configure_logging(settings.log_level)
+    if workers > 1 and _backend(settings) != "postgresql":
+        raise fail(
+            f"--workers {workers} needs PostgreSQL (CLEARSCAN_DATABASE_URL). SQLite lets one "
+            "process write at a time: more processes would queue on its lock, not serve more, "
+            "and ONNX Runtime already uses every core from one process. Serve SQLite with "
+            "--workers 1.",
+            2,
+        )
     try:
         generated = initialise(settings)
     except ConfigError as exc:
@@ -74,20 +95,49 @@ def serve(
                 border_style="yellow",
             )
         )
-    try:
-        app_ = create_app(settings, initialised=True)
-    except ConfigError as exc:
-        raise fail(str(exc), 2) from None
-    console.print(f"ClearScan {__version__} on http://{host}:{port}  (data: {settings.data_dir})")
-    uvicorn.run(
-        app_,
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        proxy_headers=bool(settings.trusted_proxies),
-        forwarded_allow_ips=",".join(settings.trusted_proxies) or None,
-    )
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": bool(settings.trusted_proxies),
+        "forwarded_allow_ips": ",".join(settings.trusted_proxies) or None,
+        "timeout_graceful_shutdown": math.ceil(settings.shutdown_grace_seconds),
+    }
+    where = f"http://{host}:{port}  (data: {settings.data_dir})"
+    if workers == 1:
+        from clearscan.app import create_app
+
+        try:
+            app_ = create_app(settings, initialised=True)
+        except ConfigError as exc:
+            raise fail(str(exc), 2) from None
+        console.print(f"ClearScan {__version__} on {where}")
+        uvicorn.run(app_, **options)
+        return
+    # Each process builds its own app from the environment (database connections, loaded
+    # models and threads cannot cross a fork), with the settings this command resolved.
+    os.environ["CLEARSCAN_DATA_DIR"] = str(settings.data_dir)
+    from clearscan.observability.multiproc import shared_metrics_dir
+
+    with shared_metrics_dir():
+        console.print(f"ClearScan {__version__} on {where}, {workers} processes")
+        uvicorn.run(
+            "clearscan.app:app_from_env",
+            factory=True,
+            workers=workers,
+            timeout_worker_healthcheck=WORKER_START_TIMEOUT_S,
+            **options,
+        )
+
+
+WORKER_START_TIMEOUT_S = 120  # a process that has not loaded the models by then is replaced
+
+
+def _backend(settings: Settings) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(settings.sqlalchemy_url).get_backend_name()
 
 
 @db_app.command("upgrade")

@@ -65,7 +65,10 @@ def train(
     )
     with db_session(settings) as db:
         try:
-            job = service.submit_run(db=db, ctx=cli_context(), request=req)
+            # run here: no queue, and no second attempt if this command is killed
+            job = service.submit_run(
+                db=db, ctx=cli_context(), request=req, queue=None, max_attempts=1
+            )
         except ClearScanError as exc:
             raise fail(exc.detail) from None
         job_id = job.id

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from clearscan.auth import service
 from clearscan.auth.models import Role
-from clearscan.auth.schemas import UserCreate
+from clearscan.auth.schemas import UserCreate, UserUpdate
 from clearscan.cli.common import DataDirOpt, cli_context, console, db_session, fail, load_settings
 
 app = typer.Typer(help="Create, list and change user accounts.", no_args_is_help=True)
@@ -64,7 +64,9 @@ def list_users(data_dir: DataDirOpt = None) -> None:
     console.print(table)
 
 
-def _change(username: str, data_dir: DataDirOpt, **changes: object) -> None:
+def _change(
+    username: str, data_dir: DataDirOpt, *, shown: object = None, **changes: object
+) -> None:
     with db_session(load_settings(data_dir)) as db:
         user = service.get_by_username(db=db, username=username)
         if user is None:
@@ -73,7 +75,7 @@ def _change(username: str, data_dir: DataDirOpt, **changes: object) -> None:
             service.update(db=db, ctx=cli_context(), user=user, **changes)  # type: ignore[arg-type]
         except service.LastAdmin as exc:
             raise fail(str(exc)) from None
-    console.print(f"updated user [bold]{username}[/bold]: {changes}")
+    console.print(f"updated user [bold]{username}[/bold]: {shown or changes}")
 
 
 @app.command("set-role")
@@ -90,3 +92,22 @@ def disable(
 ) -> None:
     """Disable a user (their sessions end at once), or re-enable with --enable."""
     _change(username, data_dir, disabled=not enable)
+
+
+@app.command("set-password")
+def set_password(
+    username: str,
+    password: Annotated[
+        str | None, typer.Option(help="New password (prompted, hidden, when omitted).")
+    ] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Set a user's password: their browser sessions end and their API tokens stop working."""
+    if password is None:
+        password = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
+    try:
+        body = UserUpdate(password=password)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise fail(f"password: {first['msg']}", 2) from None
+    _change(username, data_dir, shown="password changed", password=body.password)

@@ -1,4 +1,4 @@
-"""Dataset out-models."""
+"""Dataset out-models, and a dataset import run as a job."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from clearscan.datasets.models import Dataset, DatasetItem
+from clearscan.jobs.models import Job
 
 
 class DatasetPublic(BaseModel):
@@ -76,3 +77,35 @@ class DatasetDetail(DatasetPublic):
 class DatasetList(BaseModel):
     items: list[DatasetPublic]
     total: int
+
+
+class DatasetImportPublic(BaseModel):
+    """A dataset import run as a job (``POST /datasets`` with ``Prefer: respond-async``)."""
+
+    id: str  # the job's id
+    url: str
+    status: str  # queued | running | succeeded | failed | cancelled
+    name: str  # the dataset's name, as asked
+    progress: dict[str, Any]  # stage (reading | importing), bytes, total_bytes
+    dataset: DatasetPublic | None  # the imported dataset, once succeeded
+    error: str | None  # why it failed: the reason the synchronous import gives
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    created_by: str | None
+
+    @classmethod
+    def of(cls, job: Job, dataset: Dataset | None) -> DatasetImportPublic:
+        return cls(
+            id=job.id,
+            url=f"/api/v1/dataset-imports/{job.id}",
+            status=job.status,
+            name=str((job.params or {}).get("name", "")),
+            progress=dict(job.progress or {}),
+            dataset=DatasetPublic.of(dataset) if dataset is not None else None,
+            error=job.error,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            created_by=job.created_by,
+        )

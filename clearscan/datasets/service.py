@@ -11,10 +11,11 @@ import shutil
 import tempfile
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, NamedTuple
+from typing import IO, Any, BinaryIO, Literal, NamedTuple
 
 import numpy as np
 from sqlalchemy import func, insert, or_, select
@@ -33,7 +34,7 @@ from clearscan.datasets.importers import (
     read_npz,
 )
 from clearscan.datasets.models import Dataset, DatasetItem
-from clearscan.errors import Conflict, NotFound
+from clearscan.errors import Conflict, NotFound, TooLarge
 from clearscan.imaging import Limits
 from clearscan.storage.base import BlobStore
 
@@ -101,6 +102,27 @@ def detect_format(path: Path) -> str:
     return "csv"
 
 
+@contextmanager
+def spooled(
+    src: IO[bytes], tmp_dir: Path, *, max_bytes: int | None = None
+) -> Iterator[tuple[Path, int]]:
+    """`src` copied, a megabyte at a time, to a temporary file in `tmp_dir` (the data dir; never
+    under the client's file name), removed afterwards: (its path, its size). TooLarge (413) past
+    `max_bytes`."""
+    with tempfile.NamedTemporaryFile(dir=tmp_dir, prefix=".dataset-") as tmp:
+        if max_bytes is None:
+            shutil.copyfileobj(src, tmp, length=1 << 20)
+        else:
+            size = 0
+            while chunk := src.read(1 << 20):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise TooLarge(f"the upload is over its limit of {max_bytes / 2**20:g} MiB")
+                tmp.write(chunk)
+        tmp.flush()
+        yield Path(tmp.name), tmp.tell()
+
+
 def import_upload(
     *,
     db: Session,
@@ -112,20 +134,38 @@ def import_upload(
     limits: Limits,
     max_bytes: int,
 ) -> Dataset:
-    """Import an uploaded file: it goes to a temporary file in `tmp_dir` (the data dir; never
-    under the client's file name), removed afterwards."""
-    with tempfile.NamedTemporaryFile(dir=tmp_dir, prefix=".dataset-") as tmp:
-        shutil.copyfileobj(upload, tmp, length=1 << 20)
-        tmp.flush()
+    """Import an uploaded file: it goes to a temporary file in `tmp_dir` (see `spooled`)."""
+    with spooled(upload, tmp_dir) as (path, _):
         return import_dataset(
             db=db,
             blobs=blobs,
             ctx=ctx,
-            source=Path(tmp.name),
+            source=path,
             options=options,
             limits=limits,
             max_bytes=max_bytes,
         )
+
+
+def check_name(*, db: Session, name: str) -> None:
+    """DatasetError (422) for a name that breaks the pattern, DatasetExists (409) for a taken
+    one: what can be refused before any data is read."""
+    if not NAME.match(name):
+        raise DatasetError(
+            "name: lower-case letters, digits, '.', '_' and '-', at most 64 characters"
+        )
+    if db.scalar(select(Dataset.id).where(Dataset.name == name)) is not None:
+        raise DatasetExists(f"a dataset named {name!r} exists; datasets are immutable")
+
+
+def record_rejection(*, db: Session, ctx: audit.RequestContext, reason: str) -> None:
+    """Audit a refused import, committed at once (nothing of the import is in the
+    transaction)."""
+    audit.record(
+        audit.Entry(Action.DATASET_IMPORT, outcome="rejected", details={"reason": reason[:500]}),
+        db=db,
+        ctx=ctx,
+    )
 
 
 def import_dataset(
@@ -137,14 +177,14 @@ def import_dataset(
     options: ImportOptions,
     limits: Limits,
     max_bytes: int,
+    before_commit: Callable[[Session, Dataset], None] | None = None,
 ) -> Dataset:
+    """Import `source` (a folder, a .zip, a .npz or a CSV) as the dataset `options` names: the
+    dataset, its items and its audit event commit in one transaction. `before_commit(db,
+    dataset)` runs in that transaction once the dataset is written (a job ends itself there, so
+    the dataset and the job's end commit together); when it raises, nothing is committed."""
     try:
-        if not NAME.match(options.name):
-            raise DatasetError(
-                "name: lower-case letters, digits, '.', '_' and '-', at most 64 characters"
-            )
-        if db.scalar(select(Dataset.id).where(Dataset.name == options.name)) is not None:
-            raise DatasetExists(f"a dataset named {options.name!r} exists; datasets are immutable")
+        check_name(db=db, name=options.name)
         fmt = detect_format(source)
         if fmt == "csv":
             ds = _import_table(db, blobs, source, options)
@@ -158,39 +198,34 @@ def import_dataset(
     except IntegrityError:  # another import took the name meanwhile
         db.rollback()
         detail = f"a dataset named {options.name!r} exists; datasets are immutable"
-        audit.record(
-            audit.Entry(Action.DATASET_IMPORT, outcome="rejected", details={"reason": detail}),
-            db=db,
-            ctx=ctx,
-        )
-        db.commit()
+        record_rejection(db=db, ctx=ctx, reason=detail)
         raise DatasetExists(detail) from None
     except OSError as exc:  # the disk, not the data: nothing is committed
         db.rollback()
         raise DatasetStorageError(f"storage error while importing: {exc.strerror or exc}") from None
     except DatasetError as exc:
-        audit.record(
-            audit.Entry(
-                Action.DATASET_IMPORT, outcome="rejected", details={"reason": exc.detail[:500]}
-            ),
-            db=db,
-            ctx=ctx,
-        )
-        db.commit()
+        record_rejection(db=db, ctx=ctx, reason=exc.detail)
         raise
     ds.created_by = ctx.actor
     if options.license:
         ds.info = {**ds.info, "license": options.license[:2000]}
-    audit.record(
-        audit.Entry(
-            Action.DATASET_IMPORT,
-            object_type="dataset",
-            object_id=ds.id,
-            details={"name": ds.name, "hash": ds.content_hash, "items": ds.n_items},
-        ),
-        db=db,
-        ctx=ctx,
-    )
+    try:
+        # first: a job's row is locked before the audit chain's head, as a cancel locks them
+        if before_commit is not None:
+            before_commit(db, ds)
+        audit.append(
+            audit.Entry(
+                Action.DATASET_IMPORT,
+                object_type="dataset",
+                object_id=ds.id,
+                details={"name": ds.name, "hash": ds.content_hash, "items": ds.n_items},
+            ),
+            db=db,
+            ctx=ctx,
+        )
+    except BaseException:
+        db.rollback()
+        raise
     db.commit()
     return ds
 

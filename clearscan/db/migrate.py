@@ -31,3 +31,29 @@ def current_heads(url: str) -> set[str]:
             return set(MigrationContext.configure(conn).get_current_heads())
     finally:
         engine.dispose()
+
+
+def script_heads() -> set[str]:
+    """The revisions this code's migrations end at."""
+    from alembic.script import ScriptDirectory
+
+    return set(ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads())
+
+
+def check_current(url: str) -> None:
+    """Raise ConfigError unless the database is at this code's schema revision (processes that
+    do not migrate, such as workers, refuse to run against an older or newer schema)."""
+    from clearscan.config import ConfigError
+
+    try:
+        have = current_heads(url)
+    except Exception as exc:  # unreachable server, wrong credentials...
+        raise ConfigError(
+            f"cannot read the database schema version: {type(exc).__name__}: {exc}"
+        ) from None
+    want = script_heads()
+    if have != want:
+        raise ConfigError(
+            f"the database schema is at {sorted(have) or 'nothing'}, this code needs "
+            f"{sorted(want)}: run `clearscan db upgrade` first"
+        )

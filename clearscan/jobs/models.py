@@ -1,5 +1,5 @@
-"""Background jobs (training runs, evaluations): a row per job is the source of truth, so a job
-survives restarts as a record; the in-process worker (or, later, Celery) runs it."""
+"""Background jobs (training runs, evaluations, batches): a row per job is the source of truth,
+so a job survives restarts; the in-process worker or Celery workers only deliver and run it."""
 
 from __future__ import annotations
 
@@ -27,7 +27,15 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # a run that ends its worker (killed, out of memory) counts; after this many the job fails
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3, server_default="3")
+    # the Celery queue that delivers it (workers subscribe with `clearscan worker --queues`)
+    queue: Mapped[str] = mapped_column(String(32), default="default", server_default="default")
+    # the same key submitted twice names one job (a client retrying after a lost reply)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True, unique=True)
     worker: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # when a queue last carried it to the workers (a sweep delivers again what a broker lost)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -1,10 +1,12 @@
-"""Submit, run, watch and cancel jobs.
+"""Submit, run, watch and cancel jobs: the jobs table is the system of record.
 
-A job is claimed by one runner with a conditional UPDATE (queued -> running), so two workers
-(the server's and a CLI's) never run the same job. A running job heartbeats every few seconds;
-a job whose runner died (killed process, restart) is found by its stale heartbeat and ends
-`failed` with that reason: its work is never half-registered because handlers publish their
-result (a model version) in one atomic step at the very end."""
+A job is claimed by one runner with a conditional UPDATE (queued -> running, attempts + 1), so two
+workers never run the same job, however often a queue delivers it. A running job holds a lease
+that its heartbeat renews; a sweep (`sweep()`, run by every worker) puts a job whose lease expired
+back in the queue, or ends it `failed` once it has used its attempts (a job that keeps killing
+its worker never loops). Every write of a runner is fenced by its attempt number, so a runner that
+lost its lease can no longer touch the row. Handlers publish their result (a model version, a
+case) in one atomic step, so a run cut short registers nothing half-way."""
 
 from __future__ import annotations
 
@@ -15,22 +17,25 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from clearscan.audit import service as audit
 from clearscan.audit.actions import Action
-from clearscan.errors import Conflict, Invalid, NotFound
+from clearscan.errors import Conflict, Invalid, NotFound, Unprocessable
 from clearscan.jobs.models import Job
 from clearscan.observability.metrics import JobQueueRow, Metrics
 
 log = logging.getLogger(__name__)
-HEARTBEAT_S = 5.0
-STALE_AFTER_S = 60.0
+LEASE_S = 60.0  # a running job whose heartbeat is older than this lost its runner
+HEARTBEAT_S = 5.0  # how often a runner renews its lease (well inside LEASE_S)
+REDELIVER_AFTER_S = 300.0  # a queued job no worker took for this long is delivered again
+DEFAULT_MAX_ATTEMPTS = 3
 PROGRESS_EVERY_S = 1.0
 
 
@@ -50,6 +55,10 @@ class JobCancelled(Exception):
     """Raised inside a handler when the job's cancellation was requested."""
 
 
+class JobLeaseLost(JobCancelled):
+    """Raised inside a handler whose lease a sweep gave to another attempt: stop, write nothing."""
+
+
 class JobContext:
     """What a handler sees: its parameters, a progress reporter and the cancellation flag."""
 
@@ -59,13 +68,19 @@ class JobContext:
         job_id: str,
         params: dict[str, Any],
         on_progress: Callable[[dict[str, Any]], None] | None = None,
+        attempt: int | None = None,
     ) -> None:
         self.sessions = sessions
         self.job_id = job_id
         self.params = params
         self.on_progress = on_progress
+        self.attempt = attempt  # the fencing token: writes apply only while it holds the lease
         self._last = 0.0
         self._cancelled = False
+        self.lease_lost = False
+        self.completed = False
+        # what a run stopped part-way leaves behind, added to its error (set by the handler)
+        self.stop_note: str | None = None
 
     def report(self, force: bool = False, **progress: Any) -> None:
         """Merge `progress` into the job row (at most once a second unless forced); raise
@@ -82,14 +97,58 @@ class JobContext:
             job = db.get(Job, self.job_id)
             if job is None:
                 raise JobCancelled()
-            job.progress = {**(job.progress or {}), **progress}
-            job.heartbeat_at = datetime.now(UTC)
-            self._cancelled = job.cancel_requested
-            db.commit()
+            if self.attempt is not None and (
+                job.status != "running" or job.attempts != self.attempt
+            ):
+                self.lease_lost = True
+            else:
+                job.progress = {**(job.progress or {}), **progress}
+                job.heartbeat_at = datetime.now(UTC)
+                self._cancelled = job.cancel_requested
+                db.commit()
+        if self.lease_lost:
+            raise JobLeaseLost()
         if self._cancelled:
             raise JobCancelled()
 
+    def stage_result(self, result: dict[str, Any]) -> None:
+        """Record, before a last step that cannot share the database's transaction (files
+        renamed into a store), the result that step will produce: an attempt that follows a
+        killed one finds it with `staged_result()` and checks whether the step happened."""
+        with self.sessions() as db:
+            res = db.execute(
+                update(Job)
+                .where(Job.id == self.job_id, Job.status == "running", Job.attempts == self.attempt)
+                .values(result=result)
+            )
+            db.commit()
+        if not _changed(res):
+            self.lease_lost = True
+            raise JobLeaseLost()
+
+    def staged_result(self) -> dict[str, Any] | None:
+        """The result an earlier attempt staged, if any."""
+        with self.sessions() as db:
+            return db.scalar(select(Job.result).where(Job.id == self.job_id))
+
+    def complete(self, db: Session, result: dict[str, Any]) -> None:
+        """Mark the job succeeded in the caller's transaction, so that the handler's own writes
+        and the job's end commit together: a run killed before that commit left nothing, one
+        killed after it is over. JobLeaseLost when another attempt owns the job (the caller's
+        transaction must then be rolled back)."""
+        res = db.execute(
+            update(Job)
+            .where(Job.id == self.job_id, Job.status == "running", Job.attempts == self.attempt)
+            .values(status="succeeded", result=result, error=None, finished_at=datetime.now(UTC))
+        )
+        if not _changed(res):
+            self.lease_lost = True
+            raise JobLeaseLost()
+        self.completed = True
+
     def cancelled(self) -> bool:
+        if self.lease_lost:
+            return True
         if not self._cancelled:
             with self.sessions() as db:
                 self._cancelled = bool(
@@ -101,12 +160,65 @@ class JobContext:
 Handler = Callable[[JobContext], dict[str, Any]]
 
 
-def submit(*, db: Session, kind: str, params: dict[str, Any], actor: str | None) -> Job:
-    """Queue a job (the caller audits and commits)."""
-    job = Job(id=uuid.uuid4().hex, kind=kind, status="queued", params=params, created_by=actor)
+def submit(
+    *,
+    db: Session,
+    kind: str,
+    params: dict[str, Any],
+    actor: str | None,
+    queue: str = "default",
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    idempotency_key: str | None = None,
+) -> Job:
+    """Queue a job (the caller audits, commits and delivers it: `delivery.commit_and_deliver`).
+    `max_attempts`: runs that may end their worker before the job fails (1: never run again)."""
+    job = Job(
+        id=uuid.uuid4().hex,
+        kind=kind,
+        status="queued",
+        params=params,
+        created_by=actor,
+        queue=queue,
+        max_attempts=max_attempts,
+        idempotency_key=idempotency_key,
+        attempts=0,
+    )
     job.progress = {}
     db.add(job)
     db.flush()
+    return job
+
+
+def find_by_key(*, db: Session, idempotency_key: str) -> Job | None:
+    """The job submitted earlier under this idempotency key, if any."""
+    return db.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+
+
+class KeyInvalid(JobError, Unprocessable):
+    """An Idempotency-Key header that cannot be one (422)."""
+
+    status_code = 422
+
+
+class KeyConflict(JobConflict):
+    """The Idempotency-Key was used for another request (409)."""
+
+
+def check_key(key: str | None) -> None:
+    """KeyInvalid unless `key` is None or 1 to 128 printable characters."""
+    if key is not None and not (1 <= len(key) <= 128 and key.isprintable()):
+        raise KeyInvalid("Idempotency-Key: 1 to 128 printable characters")
+
+
+def earlier_submission(*, db: Session, key: str, kind: str, user_id: int) -> Job | None:
+    """The job an earlier request of this user made under `key` (a client retrying after a lost
+    reply gets the same job); KeyConflict when the key names another kind or user's job. The
+    submitting user is `params["user_id"]`."""
+    job = find_by_key(db=db, idempotency_key=key)
+    if job is None:
+        return None
+    if job.kind != kind or (job.params or {}).get("user_id") != user_id:
+        raise KeyConflict("this Idempotency-Key was used for another request")
     return job
 
 
@@ -118,9 +230,20 @@ def submit_audited(
     action: Action,
     params: dict[str, Any],
     details: dict[str, Any],
+    queue: str = "default",
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    idempotency_key: str | None = None,
 ) -> Job:
     """Queue a job and its audit event in the caller's transaction (the caller commits)."""
-    job = submit(db=db, kind=kind, params=params, actor=ctx.actor)
+    job = submit(
+        db=db,
+        kind=kind,
+        params=params,
+        actor=ctx.actor,
+        queue=queue,
+        max_attempts=max_attempts,
+        idempotency_key=idempotency_key,
+    )
     audit.append(
         audit.Entry(action, object_type="job", object_id=job.id, details=details), db=db, ctx=ctx
     )
@@ -158,29 +281,117 @@ def cancel(*, db: Session, job_id: str, kind: str | None = None) -> Job:
     return job
 
 
-def fail_stale(*, sessions: sessionmaker[Session], metrics: Metrics | None = None) -> int:
-    """Mark running jobs whose runner stopped heartbeating as failed. Returns how many."""
-    cutoff = datetime.now(UTC) - timedelta(seconds=STALE_AFTER_S)
+@dataclass
+class Sweep:
+    """What one sweep did: jobs put back in the queue, jobs failed for good, and the ids (with
+    their queues) that need delivering again."""
+
+    requeued: int = 0
+    failed: int = 0
+    redeliver: list[tuple[str, str]] = field(default_factory=list)
+
+
+def sweep(
+    *,
+    sessions: sessionmaker[Session],
+    lease_s: float = LEASE_S,
+    redeliver_after_s: float | None = REDELIVER_AFTER_S,
+    metrics: Metrics | None = None,
+) -> Sweep:
+    """Recover jobs whose runner is gone. A running job whose lease expired goes back to the
+    queue, or ends `failed` with the reason once it used `max_attempts` runs; with
+    `redeliver_after_s`, queued jobs no worker took for that long (a broker lost the message, or
+    one was never sent) are listed for delivery again. Every change is a conditional UPDATE, so
+    sweeps of many workers at once change each job once."""
+    now = datetime.now(UTC)
+    out = Sweep()
+    finished: list[Job] = []
     with sessions() as db:
-        stale = db.scalars(
-            select(Job).where(Job.status == "running", Job.heartbeat_at < cutoff)
-        ).all()
-        for job in stale:
-            job.status, job.finished_at = "failed", datetime.now(UTC)
-            job.error = (
-                "interrupted: the process running it stopped (killed or restarted); "
-                "nothing was registered. Submit it again."
+        expired = db.execute(
+            select(Job.id, Job.attempts, Job.max_attempts, Job.queue).where(
+                Job.status == "running", Job.heartbeat_at < now - timedelta(seconds=lease_s)
             )
-            log.warning("job %s (%s) interrupted: runner gone", job.id, job.kind)
+        ).all()
+        for job_id, attempts, max_attempts, queue in expired:
+            fence = (Job.id == job_id, Job.status == "running", Job.attempts == attempts)
+            if attempts >= max_attempts:
+                res = db.execute(
+                    update(Job)
+                    .where(*fence)
+                    .values(
+                        status="failed",
+                        finished_at=now,
+                        error=(
+                            f"interrupted {attempts} time(s): the process running it stopped "
+                            "(killed, out of memory or restarted) and no attempts are left. "
+                            "Submit it again."
+                        ),
+                    )
+                )
+                if _changed(res):
+                    out.failed += 1
+                    log.warning("job %s failed: its runner died %d time(s)", job_id, attempts)
+                    job = db.get(Job, job_id)
+                    if job is not None:
+                        finished.append(job)
+            else:
+                res = db.execute(
+                    update(Job)
+                    .where(*fence)
+                    .values(status="queued", worker=None, heartbeat_at=None, delivered_at=now)
+                )
+                if _changed(res):
+                    out.requeued += 1
+                    out.redeliver.append((job_id, queue))
+                    log.warning(
+                        "job %s: runner gone after attempt %d of %d; queued again",
+                        job_id,
+                        attempts,
+                        max_attempts,
+                    )
+        if redeliver_after_s is not None:
+            cutoff = now - timedelta(seconds=redeliver_after_s)
+            lost = db.execute(
+                select(Job.id, Job.queue).where(
+                    Job.status == "queued",
+                    or_(Job.delivered_at.is_(None), Job.delivered_at < cutoff),
+                    Job.created_at < cutoff,
+                )
+            ).all()
+            for job_id, queue in lost:
+                res = db.execute(
+                    update(Job)
+                    .where(
+                        Job.id == job_id,
+                        Job.status == "queued",
+                        or_(Job.delivered_at.is_(None), Job.delivered_at < cutoff),
+                    )
+                    .values(delivered_at=now)
+                )
+                if _changed(res):
+                    out.redeliver.append((job_id, queue))
         db.commit()
         if metrics is not None:
-            for job in stale:
+            for job in finished:
                 metrics.job_finished(job.kind, "failed", _run_seconds(job))
-        return len(stale)
+    return out
+
+
+def mark_delivered(*, sessions: sessionmaker[Session], job_ids: list[str]) -> None:
+    """Record that a queue carried these jobs now (the sweep's clock for lost messages)."""
+    if not job_ids:
+        return
+    with sessions() as db:
+        db.execute(update(Job).where(Job.id.in_(job_ids)).values(delivered_at=datetime.now(UTC)))
+        db.commit()
+
+
+def _changed(res: Any) -> bool:
+    return bool(getattr(res, "rowcount", 0) == 1)
 
 
 def claim(*, sessions: sessionmaker[Session], job_id: str, worker: str) -> bool:
-    """queued -> running for exactly one claimant."""
+    """queued -> running for exactly one claimant (one more attempt used)."""
     now = datetime.now(UTC)
     with sessions() as db:
         res = db.execute(
@@ -195,7 +406,7 @@ def claim(*, sessions: sessionmaker[Session], job_id: str, worker: str) -> bool:
             )
         )
         db.commit()
-        return bool(getattr(res, "rowcount", 0) == 1)
+        return _changed(res)
 
 
 def run_claimed(
@@ -205,25 +416,31 @@ def run_claimed(
     handlers: dict[str, Handler],
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     metrics: Metrics | None = None,
+    heartbeat_s: float | None = None,
 ) -> Job:
-    """Run a job this runner claimed, with a heartbeat, and record how it ended (and count it
-    in `metrics` when given)."""
+    """Run a job this runner claimed, renewing its lease, and record how it ended (and count it
+    in `metrics` when given). When a sweep gave the job to another attempt meanwhile (this
+    runner stalled past its lease), the run stops and writes nothing."""
     with sessions() as db:
         job = get(db=db, job_id=job_id)
-        kind, params = job.kind, dict(job.params)
-    ctx = JobContext(sessions, job_id, params, on_progress)
+        kind, params, attempt = job.kind, dict(job.params), job.attempts
+    ctx = JobContext(sessions, job_id, params, on_progress, attempt=attempt)
     stop = threading.Event()
+    every = HEARTBEAT_S if heartbeat_s is None else heartbeat_s
 
     def beat() -> None:
-        while not stop.wait(HEARTBEAT_S):
+        while not stop.wait(every):
             try:
                 with sessions() as db:
-                    db.execute(
+                    res = db.execute(
                         update(Job)
-                        .where(Job.id == job_id, Job.status == "running")
+                        .where(Job.id == job_id, Job.status == "running", Job.attempts == attempt)
                         .values(heartbeat_at=datetime.now(UTC))
                     )
                     db.commit()
+                if not _changed(res):
+                    ctx.lease_lost = not ctx.completed  # completed: the row simply ended
+                    return
             except SQLAlchemyError:
                 log.warning("job %s: heartbeat failed", job_id)
 
@@ -236,8 +453,11 @@ def run_claimed(
             raise JobError(f"no handler for job kind {kind!r}")
         result = handler(ctx)
         status = "succeeded"
+    except JobLeaseLost:
+        status, error = "lost", None
     except JobCancelled:
-        status, error = "cancelled", "cancelled while running; nothing was registered"
+        note = f"; {ctx.stop_note}" if ctx.stop_note else ""
+        status, error = "cancelled", f"cancelled while running{note}"
     except Exception as exc:
         log.exception("job %s (%s) failed", job_id, kind)
         detail = getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}"
@@ -245,17 +465,31 @@ def run_claimed(
     finally:
         stop.set()
         heart.join()
+    if ctx.completed or status == "lost":  # recorded in the handler's transaction, or not ours
+        with sessions() as db:
+            job = get(db=db, job_id=job_id)
+            db.expunge(job)
+        mine = ctx.completed
+        if mine and metrics is not None:
+            metrics.job_finished(kind, job.status, _run_seconds(job))
+        if not mine:
+            log.warning("job %s: attempt %d lost its lease; outcome discarded", job_id, attempt)
+        return job
     try:
-        job = _finish(sessions, job_id, status, result, error)
+        job, mine = _finish(sessions, job_id, attempt, status, result, error)
     except SQLAlchemyError as exc:  # e.g. a result the database refuses: never leave it running
         log.exception("job %s: cannot store its result", job_id)
-        job = _finish(
+        job, mine = _finish(
             sessions,
             job_id,
+            attempt,
             "failed",
             None,
             f"the result could not be stored: {type(exc).__name__}",
         )
+    if not mine:
+        log.warning("job %s: attempt %d lost its lease; its outcome was discarded", job_id, attempt)
+        return job
     log.info("job %s (%s) %s", job_id, kind, job.status)
     if metrics is not None:
         metrics.job_finished(kind, job.status, _run_seconds(job))
@@ -292,83 +526,24 @@ def queue_snapshot(*, sessions: sessionmaker[Session]) -> list[JobQueueRow]:
 def _finish(
     sessions: sessionmaker[Session],
     job_id: str,
+    attempt: int,
     status: str,
     result: dict[str, Any] | None,
     error: str | None,
-) -> Job:
+) -> tuple[Job, bool]:
+    """Record the outcome of `attempt`; (the row, whether this attempt still held the job)."""
     with sessions() as db:
-        job = get(db=db, job_id=job_id)
-        job.status, job.result, job.error = status, result, error
-        job.finished_at = datetime.now(UTC)
+        res = db.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "running", Job.attempts == attempt)
+            .values(status=status, result=result, error=error, finished_at=datetime.now(UTC))
+        )
         db.commit()
+        job = get(db=db, job_id=job_id)
         db.refresh(job)
         db.expunge(job)
-        return job
+        return job, _changed(res)
 
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"[:64]
-
-
-class InProcessWorker:
-    """Runs queued jobs one at a time on a background thread of this process (the embedded
-    default). Wakes on `notify()` and polls every `poll_s` for jobs other processes queued."""
-
-    def __init__(
-        self,
-        sessions: sessionmaker[Session],
-        handlers: dict[str, Handler],
-        poll_s: float = 2.0,
-        metrics: Metrics | None = None,
-    ) -> None:
-        self.sessions = sessions
-        self.handlers = handlers
-        self.poll_s = poll_s
-        self.metrics = metrics
-        self.name = worker_name()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="clearscan-jobs", daemon=True)
-            self._thread.start()
-
-    def notify(self) -> None:
-        self._wake.set()
-
-    def stop(self, timeout: float | None = 5.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _next(self) -> str | None:
-        with self.sessions() as db:
-            return db.scalar(
-                select(Job.id)
-                .where(Job.status == "queued", Job.kind.in_(list(self.handlers)))
-                .order_by(Job.created_at)
-                .limit(1)
-            )
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                fail_stale(sessions=self.sessions, metrics=self.metrics)
-                job_id = self._next()
-                if job_id is not None and claim(
-                    sessions=self.sessions, job_id=job_id, worker=self.name
-                ):
-                    run_claimed(
-                        sessions=self.sessions,
-                        job_id=job_id,
-                        handlers=self.handlers,
-                        metrics=self.metrics,
-                    )
-                    continue
-            except SQLAlchemyError as exc:
-                log.error("job worker: database error: %s", type(exc).__name__)
-            self._wake.wait(self.poll_s)
-            self._wake.clear()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 import statistics
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -318,8 +318,10 @@ def record_shadow(
     served_version: str,
     shadow_version: str,
     comparisons: Sequence[ShadowComparison],
+    before_commit: Callable[[Session], None] | None = None,
 ) -> None:
-    """Store a shadow run's comparisons (read back by :func:`shadow_report`)."""
+    """Store a shadow run's comparisons (read back by :func:`shadow_report`); `before_commit`
+    joins the same transaction (a shadow job records its end with them)."""
     db.add_all(
         ShadowResult(
             model_name=name,
@@ -333,6 +335,8 @@ def record_shadow(
         )
         for c in comparisons
     )
+    if before_commit is not None:
+        before_commit(db)
     db.commit()
 
 

@@ -7,6 +7,7 @@ and the package is imported into the model store as a new, inactive version in o
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 from pathlib import Path
@@ -19,7 +20,7 @@ from clearscan.datasets import service as datasets
 from clearscan.datasets.importers import DatasetError
 from clearscan.datasets.models import Dataset
 from clearscan.errors import Unprocessable
-from clearscan.inference.manifest import ModelManifest
+from clearscan.inference.manifest import MANIFEST_FILE, ManifestError, ModelManifest, load_manifest
 from clearscan.jobs.service import JobCancelled, JobContext, JobError
 from clearscan.registry import service as registry_service
 from clearscan.registry.ref import ModelRef, valid_name
@@ -85,7 +86,11 @@ def run_training(
 ) -> dict[str, Any]:
     """The `train` job handler: the dataset kind's trainer fits a model, which is packaged
     and published as the next version of its name."""
+    ctx.stop_note = "nothing was registered"
     req = TrainRequest.of_params(ctx.params)
+    earlier = published_earlier(ctx, store)
+    if earlier is not None:  # an attempt killed after its publish: the version is there
+        return earlier
     with sessions() as db:
         ds = check_request(db, req)
         trainer = trainer_for(ds.kind)
@@ -96,8 +101,34 @@ def run_training(
             version = next_version(store, name)
             pkg = work / "package"
             fitted.write_package(pkg, name=name, version=version)
-            manifest = publish(ctx, sessions, store, pkg, ModelRef(name, version), on_registered)
-    return fitted.result.published(manifest.name, manifest.version).to_json()
+            stamp(pkg, ctx.job_id)
+            result = fitted.result.published(name, version).to_json()
+            ctx.stage_result(result)
+            publish(ctx, sessions, store, pkg, ModelRef(name, version), on_registered)
+    return result
+
+
+def stamp(pkg: Path, job_id: str) -> None:
+    """Name the job in the package's manifest (`training.job`): the version says which run
+    made it, and a later attempt of the run recognises it."""
+    path = pkg / MANIFEST_FILE
+    raw = json.loads(path.read_text())
+    raw.setdefault("training", {})["job"] = job_id
+    path.write_text(json.dumps(raw, indent=2))
+
+
+def published_earlier(ctx: JobContext, store: ModelStore) -> dict[str, Any] | None:
+    """The result of an earlier attempt of this run that published its version and was then
+    killed before the run's end was recorded; None when no attempt got that far."""
+    staged = ctx.staged_result()
+    if not staged or not staged.get("name") or not staged.get("version"):
+        return None
+    folder = store.version_dir(str(staged["name"]), str(staged["version"]))
+    try:
+        made_by = load_manifest(folder).training.get("job")
+    except (ManifestError, OSError):
+        return None
+    return staged if made_by == ctx.job_id else None
 
 
 def publish(

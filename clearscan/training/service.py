@@ -16,6 +16,7 @@ from clearscan.audit import service as audit
 from clearscan.audit.actions import Action
 from clearscan.errors import ClearScanError, Conflict
 from clearscan.jobs import service as jobs
+from clearscan.jobs.delivery import JobQueue, commit_and_deliver
 from clearscan.jobs.models import Job
 from clearscan.registry.routing import ModelRegistry
 from clearscan.storage.base import BlobError, BlobStore
@@ -108,10 +109,17 @@ def _via(details: dict[str, Any], via: str | None) -> dict[str, Any]:
 
 
 def submit_run(
-    *, db: Session, ctx: audit.RequestContext, request: TrainRequest, via: str | None = None
+    *,
+    db: Session,
+    ctx: audit.RequestContext,
+    request: TrainRequest,
+    queue: JobQueue | None,
+    via: str | None = None,
+    max_attempts: int = jobs.DEFAULT_MAX_ATTEMPTS,
 ) -> Job:
-    """Queue a training run and its audit event (TrainingError, 422, for a request that cannot
-    run). `via` ("web") is recorded in the audit details."""
+    """Queue a training run and its audit event, and deliver it to `queue` (None: the caller
+    runs it). TrainingError (422) for a request that cannot run; QueueUnavailable (503) when
+    the queue cannot take it, and then nothing is written. `via` ("web") is audited."""
     ds = check_request(db, request)
     params = request.to_params()
     job = jobs.submit_audited(
@@ -121,8 +129,9 @@ def submit_run(
         action=Action.TRAINING_SUBMIT,
         params=params,
         details=_via({**params, "dataset": ds.name, "dataset_hash": ds.content_hash}, via),
+        max_attempts=max_attempts,
     )
-    db.commit()
+    commit_and_deliver(db=db, queue=queue, jobs=[job])
     return job
 
 
@@ -132,7 +141,9 @@ def submit_evaluation(
     ctx: audit.RequestContext,
     registry: ModelRegistry,
     request: EvalRequest,
+    queue: JobQueue | None,
     via: str | None = None,
+    max_attempts: int = jobs.DEFAULT_MAX_ATTEMPTS,
 ) -> Job:
     """Queue an evaluation of the version `request.model` names (pinned: NAME alone becomes the
     active version's NAME:VERSION) and its audit event; EvaluationError (422) for what does not
@@ -146,8 +157,9 @@ def submit_evaluation(
         action=Action.EVALUATION_SUBMIT,
         params=params,
         details=_via({**params, "dataset_hash": ds.content_hash}, via),
+        max_attempts=max_attempts,
     )
-    db.commit()
+    commit_and_deliver(db=db, queue=queue, jobs=[job])
     return job
 
 

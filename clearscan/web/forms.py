@@ -13,8 +13,6 @@ from urllib.parse import urlencode, urlsplit
 
 from fastapi import Form, Query
 
-LOGIN_CSRF_COOKIE = "clearscan_login_csrf"
-
 
 def safe_next(value: str | None) -> str | None:
     """`value` when it is a same-site relative path ("/cases?page=2"), else None.

@@ -13,10 +13,10 @@ from fastapi import APIRouter, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from clearscan.web.errors import LoginRequired, PageError, login_required, page_error
-from clearscan.web.pages import admin, analyze, auth, cases, datasets, models, training
+from clearscan.web.pages import admin, analyze, auth, batches, cases, datasets, models, training
 from clearscan.web.templating import STATIC_DIR
 
-FAMILIES = (auth, analyze, cases, models, datasets, training, admin)
+FAMILIES = (auth, analyze, cases, batches, models, datasets, training, admin)
 
 router = APIRouter(include_in_schema=False)
 for family in FAMILIES:

@@ -10,7 +10,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from clearscan.api.deps import SESSION_COOKIE, SessionDep, StateDep, request_context
+from clearscan.api.cookies import CookiePolicy
+from clearscan.api.deps import SessionDep, StateDep, request_context
 from clearscan.audit import service as audit
 from clearscan.audit.actions import Action
 from clearscan.auth import service as users
@@ -40,7 +41,7 @@ class WebSession:
 
 
 def current_session(request: Request, db: SessionDep, state: StateDep) -> WebSession:
-    token = request.cookies.get(SESSION_COOKIE)
+    token = request.cookies.get(CookiePolicy.of(state.settings).session)
     found = users.resolve_session(db=db, token=token) if token else None
     if found is None or token is None:
         target = None

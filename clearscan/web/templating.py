@@ -2,8 +2,9 @@
 `redirect`.
 
 Pages may show patient references and images, so every page is sent with `Cache-Control:
-no-store`. Templates contain no inline scripts or styles: the CSP is `script-src 'self';
-style-src 'self'`, so dynamic values travel in data-* attributes read by static/app.js."""
+no-store` and `Pragma: no-cache`. Templates contain no inline scripts or styles: the CSP is
+`script-src 'self'; style-src 'self'`, so dynamic values travel in data-* attributes read by
+static/app.js."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from clearscan import __version__
+from clearscan.api.responses import NO_STORE
 
 if TYPE_CHECKING:
     from clearscan.web.present.page import Page
@@ -123,7 +125,7 @@ def render(
         request=request, path=request.url.path, ws=ws, csrf=ws.csrf if ws else "", **context
     )
     response = HTMLResponse(html, status_code=status, headers=headers)
-    response.headers["Cache-Control"] = "no-store"
+    response.headers.update(NO_STORE)
     return response
 
 

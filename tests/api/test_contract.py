@@ -36,6 +36,7 @@ NEGATIVE_ONLY = ("update_user_api_v1_users__user_id__patch",)
 # object that must exist (a dataset or model named in the body). Those answer 422 by design.
 CONTENT_CHECKED = (
     "predict_endpoint_api_v1_predict_post",
+    "create_batch_api_v1_batches_post",
     "import_dataset_api_v1_datasets_post",
     "import_model_api_v1_models_post",
     "create_run_api_v1_training_runs_post",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -9,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DatabaseError
 
 from clearscan.audit import service as audit
-from tests.conftest import png_bytes
+from tests.conftest import ADMIN_PASSWORD, png_bytes
 
 
 def _db(app):
@@ -39,16 +40,23 @@ def test_actions_are_audited_with_context(client, admin_headers, clinician_heade
 
 
 def test_failed_login_is_audited_and_rate_limited(client, admin_headers, settings):
+    # admin signed in from this address (admin_headers): guesses from it back off, yet the
+    # right password from it is still let in
+    wrong = {"username": "admin", "password": "wrong-password"}
     for _ in range(settings.login_max_failures):
-        r = client.post(
-            "/api/v1/auth/token", data={"username": "admin", "password": "wrong-password"}
-        )
-        assert r.status_code == 401
-    r = client.post("/api/v1/auth/token", data={"username": "admin", "password": "wrong-password"})
-    assert r.status_code == 429 and "Retry-After" in r.headers
+        assert client.post("/api/v1/auth/token", data=wrong).status_code == 401
+    r = client.post("/api/v1/auth/token", data=wrong)  # checked (a known address), and counted
+    assert r.status_code == 429 and r.headers["Retry-After"] == "2"
+    right = {"username": "admin", "password": ADMIN_PASSWORD}
+    assert client.post("/api/v1/auth/token", data=right).status_code == 200
+    ghost = {"username": "patient 0815 smith", "password": "wrong-password"}
+    assert client.post("/api/v1/auth/token", data=ghost).status_code == 401
     events = client.get("/api/v1/audit?action=auth.login&limit=100", headers=admin_headers).json()
     outcomes = [e["outcome"] for e in events["items"]]
-    assert outcomes.count("failure") == settings.login_max_failures and "throttled" in outcomes
+    assert outcomes.count("failure") == settings.login_max_failures + 1
+    assert outcomes.count("throttled") == 1
+    assert "0815" not in json.dumps(events)  # typed usernames are never recorded as typed
+    assert events["items"][0]["actor"] == "unknown user"
 
 
 def test_chain_verifies_and_detects_tampering(app, client, admin_headers):
@@ -102,3 +110,41 @@ def test_concurrent_appends_keep_one_chain(app):
 
 def test_audit_is_admin_only(client, clinician_headers):
     assert client.get("/api/v1/audit", headers=clinician_headers).status_code == 403
+
+
+def test_events_appended_during_a_verification_are_not_a_break(app, monkeypatch):
+    """Another process appends while the chain is being checked: the check covers the chain up
+    to the head it read first and reports it whole (a report of "events missing at the end"
+    here would fire the audit alert for nothing)."""
+    sessions = app.state.clearscan.sessions
+    with sessions() as db:
+        audit.record(audit.Entry("test.seed"), db=db, ctx=audit.RequestContext(actor="t"))
+    real_execute = None
+    appended = []
+
+    def append_others() -> None:
+        with sessions() as other:
+            for i in range(3):
+                audit.record(
+                    audit.Entry("test.concurrent", details={"i": i}),
+                    db=other,
+                    ctx=audit.RequestContext(actor="other"),
+                )
+        appended.append(3)
+
+    with sessions() as db:
+        real_execute = db.execute
+
+        def execute(*args, **kwargs):
+            result = real_execute(*args, **kwargs)
+            if not appended:  # right after the check's first read
+                append_others()
+            return result
+
+        monkeypatch.setattr(db, "execute", execute)
+        report = audit.verify_chain(db=db)
+    assert appended == [3]
+    assert report.ok, report
+    with sessions() as db:
+        full = audit.verify_chain(db=db)
+    assert full.ok and full.checked == report.checked + 3

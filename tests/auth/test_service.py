@@ -113,7 +113,9 @@ def test_login_failure_is_401_and_audited(db: Session, make_user_row: UserFactor
     assert event.outcome == "failure" and event.actor == "bob"
 
 
-def test_repeated_failures_throttle_with_retry_after(db: Session, make_user_row: UserFactory):
+def test_failures_back_off_per_user_and_address(db: Session, make_user_row: UserFactory):
+    """Failures slow down only their own (username, address) pair, exponentially; the right
+    password from another address is never held up by them."""
     make_user_row(username="carol")
     limiter = _limiter(max_failures=2)
     for _ in range(2):
@@ -121,15 +123,77 @@ def test_repeated_failures_throttle_with_retry_after(db: Session, make_user_row:
             service.login(
                 db=db, ctx=CTX, limiter=limiter, username="carol", password="nope", via="api"
             )
-    with pytest.raises(service.LoginThrottled) as caught:  # even with the right password
+    with pytest.raises(service.LoginThrottled) as caught:  # this address backs off: 1 s
         service.login(
             db=db, ctx=CTX, limiter=limiter, username="carol", password=PASSWORD, via="api"
         )
     err = caught.value
-    assert err.status_code == 429 and 0 < err.retry_after <= 61
-    assert err.headers == {"Retry-After": str(err.retry_after)}
+    assert err.status_code == 429 and err.retry_after == 1
+    assert err.headers == {"Retry-After": "1"}
+    other = audit.RequestContext(actor="tester", client_addr="10.9.9.9")
+    user = service.login(
+        db=db, ctx=other, limiter=limiter, username="carol", password=PASSWORD, via="api"
+    )
+    assert user.username == "carol"  # another address signs in at once
     outcomes = [e.outcome for e in _events(db, Action.AUTH_LOGIN)]
-    assert outcomes == ["failure", "failure", "throttled"]
+    assert outcomes == ["failure", "failure", "throttled", "success"]
+    assert limiter.backoff(2) == 1 and limiter.backoff(3) == 2 and limiter.backoff(6) == 16
+    assert limiter.backoff(40) == 900  # capped
+
+
+def test_a_known_address_is_never_refused_the_right_password(
+    db: Session, make_user_row: UserFactory
+):
+    make_user_row(username="cora")
+    limiter = _limiter(max_failures=2)
+
+    def attempt(password: str) -> None:
+        service.login(
+            db=db, ctx=CTX, limiter=limiter, username="cora", password=password, via="api"
+        )
+
+    attempt(PASSWORD)  # signs in from 10.0.0.1: remembered
+    for _ in range(2):  # someone else behind the same address guesses
+        with pytest.raises(service.LoginFailed):
+            attempt("guess-guess-guess")
+    with pytest.raises(service.LoginThrottled):  # a wrong password still backs off ...
+        attempt("guess-guess-guess")
+    attempt(PASSWORD)  # ... the right one is let in at once
+    pair = limiter.pair("cora", CTX.client_addr)
+    assert limiter.wait(pair) > 0  # and the guesser keeps waiting
+    outcomes = [e.outcome for e in _events(db, Action.AUTH_LOGIN)]
+    assert outcomes == ["success", "failure", "failure", "throttled", "success"]
+
+
+def test_failed_logins_do_not_record_typed_usernames(db: Session, make_user_row: UserFactory):
+    make_user_row(username="dana")
+    typed = "MRN-004711"  # a patient identifier typed into the username field
+    limiter = _limiter()
+    for _ in range(2):
+        with pytest.raises(service.LoginFailed):
+            service.login(db=db, ctx=CTX, limiter=limiter, username=typed, password="x", via="api")
+    first, second = _events(db, Action.AUTH_LOGIN)
+    assert first.actor == service.UNKNOWN_USER and first.object_id is None
+    assert typed not in repr(first.details) and typed.lower() not in repr(first.details)
+    assert first.details["username_hmac"] == second.details["username_hmac"]  # correlatable
+    with pytest.raises(service.LoginFailed):  # an existing account is named as the account
+        service.login(db=db, ctx=CTX, limiter=_limiter(), username="dana", password="x", via="api")
+    third = _events(db, Action.AUTH_LOGIN)[-1]
+    assert third.actor == "dana" and third.details == {"via": "api"}
+
+
+def test_password_change_and_disabling_move_the_token_version(
+    db: Session, make_user_row: UserFactory
+):
+    user = make_user_row()
+    assert user.token_version == 0
+    service.update(db=db, ctx=CTX, user=user, password="a-brand-new-password")
+    assert user.token_version == 1
+    service.update(db=db, ctx=CTX, user=user, role=Role.viewer)  # a role change does not
+    assert user.token_version == 1
+    service.update(db=db, ctx=CTX, user=user, disabled=True)
+    service.update(db=db, ctx=CTX, user=user, disabled=False)  # enabling does not bring back
+    assert user.token_version == 2
 
 
 def test_sign_in_replaces_the_previous_session_and_sign_out_ends_it(

@@ -24,6 +24,7 @@ runner = CliRunner()
         ["users", "list"],
         ["users", "set-role"],
         ["users", "disable"],
+        ["users", "set-password"],
         ["db"],
         ["db", "upgrade"],
     ],

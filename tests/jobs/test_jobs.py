@@ -15,6 +15,7 @@ from sqlalchemy import update
 from clearscan.db import create_db_engine, make_session_factory
 from clearscan.db.migrate import upgrade
 from clearscan.jobs import service
+from clearscan.jobs.delivery import InProcessWorker
 from clearscan.jobs.models import Job
 from clearscan.jobs.service import JobContext, JobError, JobNotFound
 
@@ -277,26 +278,158 @@ def test_cancel_racing_a_claim_never_loses_the_claim(sessions):
     assert stored.status == "running" and stored.cancel_requested, (job.status, stored.status)
 
 
-# --- stale runners ------------------------------------------------------------------------------
+# --- leases and the sweep ------------------------------------------------------------------------
 
 
-def test_fail_stale_only_fails_silent_runners(sessions):
-    stale, fresh, queued = new_job(sessions), new_job(sessions), new_job(sessions)
-    assert service.claim(sessions=sessions, job_id=stale, worker="dead:1") and service.claim(
-        sessions=sessions, job_id=fresh, worker="alive:2"
-    )
-    old = datetime.now(UTC) - timedelta(seconds=service.STALE_AFTER_S + 30)
+def expire(sessions, job_id: str, by: float = service.LEASE_S + 30) -> None:
+    """Make a running job's last heartbeat `by` seconds old (its runner went silent)."""
+    old = datetime.now(UTC) - timedelta(seconds=by)
     with sessions() as db:
-        db.execute(update(Job).where(Job.id == stale).values(heartbeat_at=old))
+        db.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=old))
         db.commit()
 
-    assert service.fail_stale(sessions=sessions) == 1
+
+def test_sweep_requeues_silent_runners_and_leaves_live_ones(sessions):
+    stale, fresh, queued = new_job(sessions), new_job(sessions), new_job(sessions)
+    assert service.claim(sessions=sessions, job_id=stale, worker="dead:1")
+    assert service.claim(sessions=sessions, job_id=fresh, worker="alive:2")
+    expire(sessions, stale)
+
+    done = service.sweep(sessions=sessions, redeliver_after_s=None)
+    assert (done.requeued, done.failed) == (1, 0)
+    assert done.redeliver == [(stale, "default")]
     job = load(sessions, stale)
-    assert job.status == "failed" and "interrupted" in job.error and job.finished_at is not None
+    assert job.status == "queued" and job.worker is None and job.heartbeat_at is None
+    assert job.attempts == 1 and job.error is None and job.finished_at is None
     job = load(sessions, fresh)
-    assert job.status == "running" and job.error is None and job.finished_at is None
+    assert job.status == "running" and job.worker == "alive:2"
     assert load(sessions, queued).status == "queued"
-    assert service.fail_stale(sessions=sessions) == 0  # nothing left to fail
+    again = service.sweep(sessions=sessions, redeliver_after_s=None)
+    assert (again.requeued, again.failed, again.redeliver) == (0, 0, [])
+
+    # the requeued job runs again: the second attempt
+    assert service.claim(sessions=sessions, job_id=stale, worker="w2")
+    assert load(sessions, stale).attempts == 2
+
+
+def test_a_job_that_keeps_killing_its_runner_fails_after_max_attempts(sessions):
+    with sessions() as db:
+        job_id = service.submit(db=db, kind="echo", params={}, actor=None, max_attempts=2).id
+        db.commit()
+    for attempt in (1, 2):
+        assert service.claim(sessions=sessions, job_id=job_id, worker=f"dies:{attempt}")
+        expire(sessions, job_id)
+        done = service.sweep(sessions=sessions, redeliver_after_s=None)
+        if attempt == 1:
+            assert (done.requeued, done.failed) == (1, 0)
+            assert load(sessions, job_id).status == "queued"
+    assert (done.requeued, done.failed, done.redeliver) == (0, 1, [])
+    job = load(sessions, job_id)
+    assert job.status == "failed" and job.attempts == 2 and job.finished_at is not None
+    assert "interrupted 2 time(s)" in job.error and "no attempts are left" in job.error
+    # a failed job is never claimed again, however often it is delivered
+    assert service.claim(sessions=sessions, job_id=job_id, worker="w") is False
+
+
+def test_sweep_redelivers_queued_jobs_a_broker_lost(sessions):
+    lost, recent, delivered = new_job(sessions), new_job(sessions), new_job(sessions)
+    long_ago = datetime.now(UTC) - timedelta(seconds=600)
+    with sessions() as db:
+        db.execute(update(Job).where(Job.id.in_([lost, delivered])).values(created_at=long_ago))
+        db.execute(update(Job).where(Job.id == delivered).values(delivered_at=datetime.now(UTC)))
+        db.commit()
+    done = service.sweep(sessions=sessions, redeliver_after_s=300)
+    assert done.redeliver == [(lost, "default")]  # not the young one, not the one just sent
+    assert load(sessions, lost).delivered_at is not None
+    # delivered just now: the next sweep leaves it alone until the timeout passes again
+    assert service.sweep(sessions=sessions, redeliver_after_s=300).redeliver == []
+    assert load(sessions, recent).status == "queued"
+
+
+def test_racing_sweeps_requeue_a_job_once(sessions):
+    job_id = new_job(sessions)
+    assert service.claim(sessions=sessions, job_id=job_id, worker="dead:1")
+    expire(sessions, job_id)
+    barrier = threading.Barrier(4)
+    results: list[service.Sweep] = []
+    errors: list[BaseException] = []
+
+    def sweeper() -> None:
+        try:
+            barrier.wait(5)
+            results.append(service.sweep(sessions=sessions, redeliver_after_s=None))
+        except BaseException as exc:  # collected: a thread's failure fails the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=sweeper) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert errors == [] and len(results) == 4
+    assert sum(r.requeued for r in results) == 1
+    assert [p for r in results for p in r.redeliver] == [(job_id, "default")]
+
+
+def test_a_runner_that_lost_its_lease_writes_nothing(sessions):
+    """A runner stalls past its lease, a sweep gives the job to a second attempt; the first
+    runner's progress and outcome are discarded and the second attempt's result stands."""
+    release = threading.Event()
+    reached = threading.Event()
+
+    def stalls(ctx: JobContext) -> dict:
+        reached.set()
+        release.wait(10)
+        ctx.report(force=True, stage="late")  # the stale runner notices here
+        return {"by": "first"}
+
+    job_id = new_job(sessions, kind="h")
+    assert service.claim(sessions=sessions, job_id=job_id, worker="slow:1")
+    out: dict[str, Job] = {}
+    first = threading.Thread(
+        target=lambda: out.setdefault(
+            "job",
+            service.run_claimed(
+                sessions=sessions, job_id=job_id, handlers={"h": stalls}, heartbeat_s=60
+            ),
+        )
+    )
+    first.start()
+    assert reached.wait(5)
+    expire(sessions, job_id)
+    assert service.sweep(sessions=sessions, redeliver_after_s=None).requeued == 1
+    assert service.claim(sessions=sessions, job_id=job_id, worker="fast:2")
+    second = service.run_claimed(
+        sessions=sessions, job_id=job_id, handlers={"h": lambda ctx: {"by": "second"}}
+    )
+    assert second.status == "succeeded" and second.result == {"by": "second"}
+    release.set()
+    first.join(10)
+    assert not first.is_alive()
+    job = load(sessions, job_id)
+    assert job.status == "succeeded" and job.result == {"by": "second"} and job.attempts == 2
+    assert "stage" not in job.progress  # the stale runner's progress never landed
+    assert out["job"].result == {"by": "second"}  # it returns the row as the winner left it
+
+
+def test_heartbeat_notices_a_lost_lease(sessions):
+    """The heartbeat thread, not only progress reports, finds out that the lease is gone."""
+    job_id = new_job(sessions, kind="h")
+    assert service.claim(sessions=sessions, job_id=job_id, worker="w1")
+    seen: list[bool] = []
+
+    def waits(ctx: JobContext) -> dict:
+        expire(sessions, job_id)
+        service.sweep(sessions=sessions, redeliver_after_s=None)
+        assert service.claim(sessions=sessions, job_id=job_id, worker="w2")
+        wait_for(ctx.cancelled, timeout=5)
+        seen.append(ctx.cancelled())
+        return {}
+
+    service.run_claimed(sessions=sessions, job_id=job_id, handlers={"h": waits}, heartbeat_s=0.05)
+    assert seen == [True]
+    job = load(sessions, job_id)
+    assert job.status == "running" and job.worker == "w2"  # the second attempt owns it
 
 
 # --- the in-process worker ----------------------------------------------------------------------
@@ -309,7 +442,7 @@ def test_in_process_worker_runs_jobs_in_creation_order(sessions):
         ran.append(ctx.params["n"])
         return {"n": ctx.params["n"]}
 
-    worker = service.InProcessWorker(sessions, {"echo": echo}, poll_s=30.0)
+    worker = InProcessWorker(sessions, {"echo": echo}, poll_s=30.0)
     worker.start()
     try:
         time.sleep(0.2)  # the first poll found nothing: now it sleeps up to poll_s
@@ -327,27 +460,26 @@ def test_in_process_worker_runs_jobs_in_creation_order(sessions):
     assert ran == [0, 1, 2]
     jobs = [load(sessions, i) for i in ids]
     assert [j.result for j in jobs] == [{"n": 0}, {"n": 1}, {"n": 2}]
-    assert all(j.worker == worker.name and j.attempts == 1 for j in jobs)
+    assert all(j.worker == worker.name_of_runner and j.attempts == 1 for j in jobs)
     starts = [j.started_at for j in jobs]
     assert starts == sorted(starts)
     assert load(sessions, other).status == "queued"  # a kind this worker has no handler for
 
 
-def test_in_process_worker_fails_stale_jobs_on_start(sessions):
-    """A job left running by a dead process is failed when a worker starts (restart)."""
+def test_in_process_worker_reruns_a_job_its_dead_predecessor_left(sessions):
+    """A job left running by a dead process (killed, restarted) runs again when a worker starts,
+    as its second attempt."""
     job_id = new_job(sessions)
     assert service.claim(sessions=sessions, job_id=job_id, worker="dead:1")
-    old = datetime.now(UTC) - timedelta(seconds=service.STALE_AFTER_S * 2)
-    with sessions() as db:
-        db.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=old))
-        db.commit()
-    worker = service.InProcessWorker(sessions, {"echo": lambda ctx: {}}, poll_s=0.05)
+    expire(sessions, job_id)
+    worker = InProcessWorker(sessions, {"echo": lambda ctx: {"ok": 1}}, poll_s=0.05)
     worker.start()
     try:
-        wait_for(lambda: load(sessions, job_id).status == "failed", timeout=10)
+        wait_for(lambda: load(sessions, job_id).status == "succeeded", timeout=10)
     finally:
         worker.stop()
-    assert "interrupted" in load(sessions, job_id).error
+    job = load(sessions, job_id)
+    assert job.attempts == 2 and job.result == {"ok": 1} and job.worker == worker.name_of_runner
 
 
 # --- metrics -------------------------------------------------------------------------------------
@@ -395,10 +527,10 @@ def test_job_metrics_outcomes_durations_and_queue(sessions):
         db.execute(
             update(Job)
             .where(Job.id == stale)
-            .values(heartbeat_at=datetime.now(UTC) - timedelta(hours=1))
+            .values(heartbeat_at=datetime.now(UTC) - timedelta(hours=1), max_attempts=1)
         )
         db.commit()
-    assert service.fail_stale(sessions=sessions, metrics=metrics) == 1
+    assert service.sweep(sessions=sessions, metrics=metrics).failed == 1
     assert reg.get_sample_value(finished, {"kind": "boom", "status": "failed"}) == 2
 
     # a scrape survives a database that fails

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from tests.conftest import png_bytes
+from tests.conftest import ADMIN_PASSWORD, login, png_bytes
 
 
-def test_healthz_readyz_health(client):
+def test_healthz_readyz_health(client, admin_headers):
     assert client.get("/healthz").json() == {"status": "alive"}
     r = client.get("/readyz")
     assert r.status_code == 200 and r.json()["ready"]
-    h = client.get("/api/v1/health").json()
+    h = client.get("/api/v1/health", headers=admin_headers).json()
     assert h["database"]["ok"] and h["storage"]["ok"] and h["version"]
     assert any(m["name"] == "pneumonia-cxr" and m["available"] for m in h["models"])
     assert h["status"] == "ok" and h["unavailable_models"] == [] and h["model_problems"] == []
@@ -116,7 +116,7 @@ def test_health_names_every_unavailable_version_and_says_degraded(client, admin_
         raw[1000] ^= 0xFF
         weights.write_bytes(bytes(raw))
     with TestClient(create_app(settings)) as c:  # a restart
-        h = c.get("/api/v1/health").json()
+        h = c.get("/api/v1/health", headers=login(c, "admin", ADMIN_PASSWORD)).json()
         assert h["status"] == "degraded"
         assert [m["version"] for m in h["models"] if m["name"] == "pneumonia-cxr"] == ["1.0.0"]
         unavailable = {(m["name"], m["version"]): m["error"] for m in h["unavailable_models"]}
@@ -144,7 +144,7 @@ def test_health_degraded_by_a_rejected_package(tmp_path, settings):
     shutil.copytree(BUNDLED_DIR / "pneumonia-cxr", models / "broken")
     (models / "broken" / "manifest.json").write_text(json.dumps({"name": "broken"}))
     with TestClient(create_app(settings.model_copy(update={"models_dir": models}))) as c:
-        h = c.get("/api/v1/health").json()
+        h = c.get("/api/v1/health", headers=login(c, "admin", ADMIN_PASSWORD)).json()
         assert h["status"] == "degraded" and h["unavailable_models"] == []
         assert len(h["model_problems"]) == 1 and "broken" in h["model_problems"][0]
 

@@ -13,6 +13,7 @@ from clearscan.registry.cache import ModelCache
 from clearscan.registry.catalog import BUNDLED_DIR, Catalog, bundled_versions, package_dirs
 from clearscan.registry.errors import ModelNotFound, ModelUnavailable
 from clearscan.registry.routing import ModelRegistry
+from tests.conftest import ADMIN_PASSWORD, login
 
 BUNDLED = BUNDLED_DIR / "pneumonia-cxr"
 
@@ -104,7 +105,8 @@ def test_server_starts_and_reports_broken_model(tmp_path, settings):
     s = settings.model_copy(update={"models_dir": models})
     with TestClient(create_app(s)) as c:
         assert c.get("/readyz").status_code == 200
-        health = c.get("/api/v1/health").json()
+        headers = login(c, "admin", ADMIN_PASSWORD)
+        health = c.get("/api/v1/health", headers=headers).json()
         broken = next(m for m in health["models"] if m["name"] == "broken-model")
         assert broken["available"] is False and broken["error"]
 

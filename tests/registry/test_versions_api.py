@@ -280,7 +280,7 @@ def test_corrupt_active_version_falls_back_to_last_good(client, admin_headers, s
         h = login(c2, "admin", ADMIN_PASSWORD)
         assert c2.get("/readyz").status_code == 200
         assert _predict_version(c2, h) == "1.0.0"  # last good version keeps serving
-        health = c2.get("/api/v1/health").json()
+        health = c2.get("/api/v1/health", headers=h).json()
         assert health["models"][0]["version"] == "1.0.0"
         assert health["status"] == "degraded"
         assert [(m["name"], m["version"]) for m in health["unavailable_models"]] == [

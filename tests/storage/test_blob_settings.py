@@ -169,7 +169,7 @@ def test_the_app_on_s3_stores_and_serves_predictions(tmp_path, s3_server, model_
         assert original.status_code == 200 and original.content == png
         heat = c.get(p["heatmap_url"], headers=h)
         assert heat.status_code == 200 and heat.headers["content-type"] == "image/png"
-        health = c.get("/api/v1/health").json()
+        health = c.get("/api/v1/health", headers=h).json()
         assert health["storage"] == {"ok": True, "backend": "s3", "error": None}
         ready = c.get("/readyz").json()
         assert ready["storage"] and ready["storage_backend"] == "s3"

@@ -18,6 +18,7 @@ from onnx import numpy_helper
 from sqlalchemy import update
 
 from clearscan.jobs import service as jobs
+from clearscan.jobs.delivery import InProcessWorker
 from clearscan.jobs.models import FINISHED, Job
 from clearscan.training.recipes import RECIPES
 from clearscan.training.runs import TRAIN_KIND
@@ -372,17 +373,21 @@ def test_run_named_like_a_bundled_model_gets_a_new_version(client, admin_headers
     assert listed["1.0.0"]["source"] == "bundled"
 
 
-def test_run_whose_worker_died_fails_as_interrupted(client, admin_headers, app, settings):
+def test_run_whose_worker_died_with_no_attempts_left_fails(client, admin_headers, app, settings):
     state = app.state.clearscan
     state.jobs.stop()  # no server worker: this process plays the dead one
     assert not state.jobs._thread.is_alive()
     upload(client, admin_headers, "blobs", blob_zip(per_class=8))
-    old = datetime.now(UTC) - timedelta(seconds=jobs.STALE_AFTER_S * 3)
+    old = datetime.now(UTC) - timedelta(seconds=jobs.LEASE_S * 3)
     ids = []
     for _ in range(2):
         with state.sessions() as db:
             job = jobs.submit(
-                db=db, kind=TRAIN_KIND, params={"dataset": "blobs", "epochs": 1}, actor="admin"
+                db=db,
+                kind=TRAIN_KIND,
+                params={"dataset": "blobs", "epochs": 1},
+                actor="admin",
+                max_attempts=1,
             )
             db.commit()
             ids.append(job.id)
@@ -394,7 +399,7 @@ def test_run_whose_worker_died_fails_as_interrupted(client, admin_headers, app, 
     assert get_run(client, admin_headers, dead)["status"] == "running"
 
     # a sweep (any process) fails it with the reason
-    assert jobs.fail_stale(sessions=state.sessions) == 2
+    assert jobs.sweep(sessions=state.sessions).failed == 2
     run = get_run(client, admin_headers, dead)
     assert run["status"] == "failed" and "interrupted" in run["error"]
     assert run["result"] is None and run["finished_at"] is not None
@@ -405,10 +410,11 @@ def test_run_whose_worker_died_fails_as_interrupted(client, admin_headers, app, 
     assert get_run(client, admin_headers, dead_too)["status"] == "failed"
 
 
-def test_restarted_worker_fails_the_dead_run_and_runs_the_queue(
+def test_restarted_worker_reruns_the_dead_run_and_runs_the_queue(
     client, admin_headers, app, settings
 ):
-    """On start-up the worker fails runs left running by a dead process, then trains queued ones."""
+    """On start-up the worker queues again a run left running by a dead process (its second
+    attempt) and trains it and the queued ones; each registers exactly one version."""
     from clearscan.bootstrap import job_handlers
 
     state = app.state.clearscan
@@ -420,7 +426,7 @@ def test_restarted_worker_fails_the_dead_run_and_runs_the_queue(
         )
         db.commit()
     assert jobs.claim(sessions=state.sessions, job_id=job.id, worker="dead-host:4242")
-    old = datetime.now(UTC) - timedelta(seconds=jobs.STALE_AFTER_S + 5)
+    old = datetime.now(UTC) - timedelta(seconds=jobs.LEASE_S + 5)
     with state.sessions() as db:
         db.execute(update(Job).where(Job.id == job.id).values(heartbeat_at=old))
         db.commit()
@@ -428,14 +434,80 @@ def test_restarted_worker_fails_the_dead_run_and_runs_the_queue(
     assert r.status_code == 202, r.text
     assert get_run(client, admin_headers, r.json()["id"])["status"] == "queued"
 
-    worker = jobs.InProcessWorker(state.sessions, job_handlers(state), poll_s=0.2)
+    worker = InProcessWorker(state.sessions, job_handlers(state), poll_s=0.2)
     worker.start()
     try:
         fresh = wait_run(client, admin_headers, r.json()["id"])
+        dead = wait_run(client, admin_headers, job.id)
     finally:
         worker.stop(timeout=30)
     assert fresh["status"] == "succeeded", fresh["error"]
-    dead = get_run(client, admin_headers, job.id)
-    assert dead["status"] == "failed" and "interrupted" in dead["error"]
-    assert store_versions(settings, "blobs") == []
+    assert dead["status"] == "succeeded", dead["error"]
+    with state.sessions() as db:
+        assert db.get(Job, job.id).attempts == 2
+    assert store_versions(settings, "blobs") == ["1.0.0"]
     assert store_versions(settings, "after-restart") == ["1.0.0"]
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing in the job code catches it, nothing after it runs."""
+
+
+def test_a_run_killed_after_publishing_is_finished_by_its_next_attempt(
+    client, admin_headers, app, settings
+):
+    """The window between the version's atomic rename into the store and the run's recorded
+    end: the next attempt finds the version stamped with its job id and ends the run with the
+    staged result, training nothing and publishing nothing twice."""
+    from clearscan.bootstrap import job_handlers
+    from clearscan.training.runs import run_training
+
+    state = app.state.clearscan
+    state.jobs.stop(timeout=60)  # this test plays the workers
+    assert not state.jobs._thread.is_alive()
+    upload(client, admin_headers, "blobs", blob_zip(per_class=8))
+    with state.sessions() as db:
+        job = jobs.submit(
+            db=db,
+            kind=TRAIN_KIND,
+            params={"dataset": "blobs", "epochs": 1, "model_name": "once"},
+            actor="admin",
+        )
+        db.commit()
+
+    def dies_after_publish(ctx):
+        def killed(name, version):
+            raise Killed()
+
+        return run_training(
+            ctx, sessions=state.sessions, blobs=state.blobs, store=state.store, on_registered=killed
+        )
+
+    assert jobs.claim(sessions=state.sessions, job_id=job.id, worker="doomed:1")
+    with pytest.raises(Killed):
+        jobs.run_claimed(
+            sessions=state.sessions, job_id=job.id, handlers={TRAIN_KIND: dies_after_publish}
+        )
+    assert store_versions(settings, "once") == ["1.0.0"]
+    staged = get_run(client, admin_headers, job.id)
+    assert staged["status"] == "running" and staged["result"]["version"] == "1.0.0"
+
+    with state.sessions() as db:  # its lease expires; a sweep queues it again
+        long_ago = datetime(2000, 1, 1, tzinfo=UTC)
+        db.execute(update(Job).where(Job.id == job.id).values(heartbeat_at=long_ago))
+        db.commit()
+    assert jobs.sweep(sessions=state.sessions).requeued == 1
+    trained: list[str] = []
+    handlers = job_handlers(state)
+    real = handlers[TRAIN_KIND]
+
+    def watched(ctx):
+        ctx.on_progress = lambda p: trained.append(str(p.get("stage")))
+        return real(ctx)
+
+    assert jobs.claim(sessions=state.sessions, job_id=job.id, worker="next:2")
+    done = jobs.run_claimed(sessions=state.sessions, job_id=job.id, handlers={TRAIN_KIND: watched})
+    assert done.status == "succeeded" and done.attempts == 2
+    assert done.result == staged["result"]
+    assert trained == []  # no epoch ran again
+    assert store_versions(settings, "once") == ["1.0.0"]  # published once

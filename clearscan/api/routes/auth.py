@@ -40,7 +40,9 @@ def token(
     )
     minutes = state.settings.access_token_minutes
     return Token(
-        access_token=create_access_token(secret=state.secret, user_id=user.id, minutes=minutes),
+        access_token=create_access_token(
+            secret=state.secret, user_id=user.id, minutes=minutes, version=user.token_version
+        ),
         expires_in=minutes * 60,
     )
 

@@ -12,6 +12,7 @@ from pydantic import AfterValidator, BeforeValidator
 
 from clearscan.api.deps import AnyUser, ClinicianUser, Offset, SessionDep, StateDep, request_context
 from clearscan.api.errors import error_responses
+from clearscan.api.responses import PHIResponse
 from clearscan.audit import service as audit
 from clearscan.audit.actions import Action
 from clearscan.cases import service
@@ -29,7 +30,6 @@ from clearscan.cases.workflow import PredictRejected, predict_images
 from clearscan.imaging import decode, render_png
 
 router = APIRouter(tags=["cases"])
-PRIVATE = {"Cache-Control": "private, max-age=3600"}
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
@@ -113,6 +113,7 @@ async def predict_endpoint(
             explain_method=explain_method,
             patient_ref=patient_ref,
             note=note,
+            shadow_queue=state.jobs,
         )
     return PredictResponse(case_id=case.id, predictions=[PredictionPublic.of(p) for p in preds])
 
@@ -189,10 +190,10 @@ def image_file(
     name = f"{image.id}.{ext.get(image.format, 'bin')}"
     if image.format == "nifti" and data[:2] == b"\x1f\x8b":
         name += ".gz"
-    return Response(
+    return PHIResponse(
         data,
         media_type=media.get(image.format, "application/octet-stream"),
-        headers={**PRIVATE, "Content-Disposition": f'attachment; filename="{name}"'},
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
 
 
@@ -225,7 +226,7 @@ def image_preview(
         db=db,
         ctx=request_context(request, user.username),
     )
-    return Response(png, media_type="image/png", headers=PRIVATE)
+    return PHIResponse(png, media_type="image/png")
 
 
 @router.get(
@@ -237,4 +238,4 @@ def heatmap(prediction_id: str, db: SessionDep, state: StateDep, user: AnyUser) 
     pred = service.get_prediction(db=db, prediction_id=prediction_id)
     if not pred.heatmap_sha256:
         raise service.NotFound(f"prediction {prediction_id} has no heatmap (explain was off)")
-    return Response(state.blobs.get(pred.heatmap_sha256), media_type="image/png", headers=PRIVATE)
+    return PHIResponse(state.blobs.get(pred.heatmap_sha256), media_type="image/png")

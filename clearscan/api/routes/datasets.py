@@ -1,21 +1,59 @@
-"""Dataset endpoints: import, list, detail, sample images."""
+"""Dataset endpoints: import (at once, or as a job with ``Prefer: respond-async``), the state of
+an import run as a job, list, detail, sample images."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Header, Path, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse, Response
 
 from clearscan.api.deps import AdminUser, AnyUser, Offset, SessionDep, StateDep, request_context
 from clearscan.api.errors import error_responses
-from clearscan.datasets import service
+from clearscan.api.responses import PHIResponse
+from clearscan.datasets import jobs, service
 from clearscan.datasets.importers import DatasetError
-from clearscan.datasets.schemas import DatasetDetail, DatasetList, DatasetPublic
+from clearscan.datasets.schemas import (
+    DatasetDetail,
+    DatasetImportPublic,
+    DatasetList,
+    DatasetPublic,
+)
 from clearscan.imaging import decode, render_png
 
 router = APIRouter(tags=["datasets"])
+
+RESPOND_ASYNC = "respond-async"
+_ACCEPTED = {
+    "model": DatasetImportPublic,
+    "description": "With `Prefer: respond-async`: the upload is stored and its import queued "
+    "as a job; poll `Location`",
+    "headers": {
+        "Location": {
+            "description": "the import: /api/v1/dataset-imports/{id}",
+            "schema": {"type": "string"},
+            "required": True,
+        },
+        "Preference-Applied": {
+            "description": "respond-async",
+            "schema": {"type": "string"},
+            "required": True,
+        },
+    },
+}
+
+
+def respond_async(prefer: str | None) -> bool:
+    """Whether a ``Prefer`` header (RFC 7240) asks for respond-async; other preferences, and
+    their parameters, are ignored."""
+    if not prefer:
+        return False
+    return any(
+        p.split(";", 1)[0].split("=", 1)[0].strip().lower() == RESPOND_ASYNC
+        for p in prefer.split(",")
+    )
 
 
 @router.post(
@@ -23,7 +61,13 @@ router = APIRouter(tags=["datasets"])
     response_model=DatasetDetail,
     status_code=201,
     summary="Import a dataset: a .zip of class folders, a MedMNIST .npz or a CSV table",
-    responses=error_responses(409, 415),
+    description="By default the import runs within the request: 201 with the dataset. With "
+    "`Prefer: respond-async` the upload is stored, the name checked (422, 409 at once) and the "
+    "import queued as a job: 202 with `Preference-Applied: respond-async`, `Location: "
+    "/api/v1/dataset-imports/{id}` and the import's state (its `dataset` once it succeeded). "
+    "An `Idempotency-Key` header makes a retried asynchronous request return the import the "
+    "first one made.",
+    responses={202: _ACCEPTED, **error_responses(409, 415, 503)},
 )
 def import_dataset(
     request: Request,
@@ -41,7 +85,24 @@ def import_dataset(
     license: Annotated[
         str | None, Form(max_length=2000, description="licence and attribution of the data")
     ] = None,
-) -> DatasetDetail:
+    prefer: Annotated[
+        str | None,
+        Header(
+            alias="Prefer",
+            max_length=1000,
+            examples=[RESPOND_ASYNC],
+            description="`respond-async`: import as a job, answer 202 at once (RFC 7240)",
+        ),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            max_length=128,
+            description="with respond-async: names one import",
+        ),
+    ] = None,
+) -> DatasetDetail | JSONResponse:
     options = service.ImportOptions(
         name=name,
         target=target or None,
@@ -50,6 +111,24 @@ def import_dataset(
         labels=[x.strip() for x in labels.split(",") if x.strip()] if labels else None,
         license=license or None,
     )
+    if respond_async(prefer):
+        submitted = jobs.submit_import(
+            db=db,
+            blobs=state.blobs,
+            ctx=request_context(request, admin.username),
+            user_id=admin.id,
+            upload=file.file,
+            tmp_dir=state.settings.data_dir,
+            options=options,
+            max_upload_bytes=int(state.settings.max_dataset_upload_mb * 2**20),
+            queue=state.jobs,
+            idempotency_key=idempotency_key,
+        )
+        body = jobs.public(db=db, job=submitted.job)
+        headers = {"Location": body.url, "Preference-Applied": RESPOND_ASYNC}
+        if not submitted.created:
+            headers["Idempotent-Replayed"] = "true"
+        return JSONResponse(jsonable_encoder(body), status_code=202, headers=headers)
     ds = service.import_upload(
         db=db,
         blobs=state.blobs,
@@ -61,6 +140,15 @@ def import_dataset(
         max_bytes=int(state.settings.max_dataset_upload_mb * 2**20),
     )
     return DatasetDetail.of_detail(ds, service.samples(db=db, ds=ds))
+
+
+@router.get(
+    "/dataset-imports/{import_id}",
+    response_model=DatasetImportPublic,
+    summary="A dataset import run as a job: its status, progress, and the dataset once done",
+)
+def get_dataset_import(import_id: str, db: SessionDep, admin: AdminUser) -> DatasetImportPublic:
+    return jobs.public(db=db, job=jobs.get_import(db=db, import_id=import_id))
 
 
 @router.get("/datasets", response_model=DatasetList)
@@ -100,7 +188,7 @@ async def item_image(
         return render_png(decode(state.blobs.get(row.blob), limits=state.limits))
 
     png = await run_in_threadpool(render)
-    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+    return PHIResponse(png, media_type="image/png")
 
 
 @router.get(

@@ -9,9 +9,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from clearscan import __version__
-from clearscan.api.deps import StateDep
+from clearscan.api.deps import SessionDep, StateDep, user_from_request
 from clearscan.api.errors import error_responses
 from clearscan.state import AppState
 from clearscan.storage import BlobError
@@ -61,14 +62,29 @@ def readyz(state: StateDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
+HEALTH_DESCRIPTION = """`status` is "ok", or "degraded" while the database or storage fails, a
+model package was rejected or a model version cannot load. Anonymous callers get only
+`{"status": ...}`. Signed-in callers (a bearer token, or the browser session cookie) also get the
+version, uptime, database and storage (backend, error), every model version (`models`),
+`unavailable_models` (each version that cannot serve and why), `model_problems` (the same in
+words, with the rejected packages) and `default_model`. Probes use `/healthz` and `/readyz`."""
+
+
+def _signed_in(request: Request, db: SessionDep, state: StateDep) -> bool:
+    """Whether the request carries a valid bearer token or session cookie. A database that
+    cannot check it means anonymous: health still answers, with the status alone."""
+    try:
+        return user_from_request(request, db, state) is not None
+    except SQLAlchemyError:
+        return False
+
+
 @router.get(
     "/api/v1/health",
-    summary="Version, uptime, status (ok or degraded), models, database and storage status",
+    summary="Status (ok or degraded); version, uptime, models, database and storage when signed in",
+    description=HEALTH_DESCRIPTION,
 )
-def health(state: StateDep) -> dict[str, object]:
-    """`status` is "degraded" while the database or storage fails, a model package was rejected
-    or a model version cannot load; `unavailable_models` names each such version and why, and
-    `model_problems` says the same in words (with the rejected packages)."""
+def health(request: Request, db: SessionDep, state: StateDep) -> dict[str, object]:
     db_ok, db_err = _db_ok(state)
     st_ok, st_err = _storage_ok(state)
     models = state.registry.entries()  # loads what serves first: a failure shows below
@@ -76,8 +92,11 @@ def health(state: StateDep) -> dict[str, object]:
     problems = state.registry.problems + [
         f"{e.manifest.ref} is unavailable: {e.error}" for e in unavailable
     ]
+    status = "ok" if db_ok and st_ok and not problems else "degraded"
+    if not (db_ok and _signed_in(request, db, state)):
+        return {"status": status}
     return {
-        "status": "ok" if db_ok and st_ok and not problems else "degraded",
+        "status": status,
         "version": __version__,
         "uptime_s": round(time.time() - state.started_at, 1),
         "database": {"ok": db_ok, "backend": state.engine.dialect.name, "error": db_err},

@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import Response
 
 from clearscan.api.deps import AdminUser, AnyUser, Offset, SessionDep, StateDep, request_context
 from clearscan.api.errors import error_responses
+from clearscan.api.responses import PHIResponse
 from clearscan.training import service
 from clearscan.training.evaluation import EVAL_KIND, EvalRequest
 from clearscan.training.runs import TRAIN_KIND, TrainRequest
@@ -28,14 +29,14 @@ router = APIRouter(tags=["training"])
     response_model=TrainingRunPublic,
     status_code=202,
     summary="Queue a training run; the model it makes is registered as an inactive version",
+    responses=error_responses(503),
 )
 def create_run(
     body: TrainingRunCreate, request: Request, db: SessionDep, state: StateDep, admin: AdminUser
 ) -> TrainingRunPublic:
     ctx = request_context(request, admin.username)
-    job = service.submit_run(db=db, ctx=ctx, request=TrainRequest(**body.model_dump()))
-    if state.jobs is not None:
-        state.jobs.notify()
+    req = TrainRequest(**body.model_dump())
+    job = service.submit_run(db=db, ctx=ctx, request=req, queue=state.jobs)
     return TrainingRunPublic.of(job)
 
 
@@ -76,15 +77,16 @@ def cancel_run(
     status_code=202,
     tags=["evaluations"],
     summary="Queue an evaluation of a model version on one split of a dataset",
+    responses=error_responses(503),
 )
 def create_evaluation(
     body: EvaluationCreate, request: Request, db: SessionDep, state: StateDep, admin: AdminUser
 ) -> TrainingRunPublic:
     ctx = request_context(request, admin.username)
     req = EvalRequest(**body.model_dump())
-    job = service.submit_evaluation(db=db, ctx=ctx, registry=state.registry, request=req)
-    if state.jobs is not None:
-        state.jobs.notify()
+    job = service.submit_evaluation(
+        db=db, ctx=ctx, registry=state.registry, request=req, queue=state.jobs
+    )
     return TrainingRunPublic.of(job)
 
 
@@ -131,4 +133,6 @@ def get_evaluation(eval_id: str, db: SessionDep, user: AnyUser) -> TrainingRunPu
     },
 )
 def evaluation_report(eval_id: str, db: SessionDep, state: StateDep, user: AnyUser) -> Response:
-    return HTMLResponse(service.evaluation_report(db=db, blobs=state.blobs, eval_id=eval_id))
+    return PHIResponse(
+        service.evaluation_report(db=db, blobs=state.blobs, eval_id=eval_id), media_type="text/html"
+    )

@@ -88,6 +88,7 @@ def analyze_submit(
             explain=values.explain,
             patient_ref=values.patient_ref or None,
             note=values.note or None,
+            shadow_queue=state.jobs,
         )
     except PredictRejected as exc:  # shown on the form, with what was entered
         return _page(request, state, ws, values=values, error=exc.detail, status=exc.status_code)

@@ -7,13 +7,13 @@ from typing import Annotated
 from fastapi import Form, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
-from clearscan.api.deps import SESSION_COOKIE, SessionDep, StateDep, request_context
+from clearscan.api.cookies import CookiePolicy
+from clearscan.api.deps import SessionDep, StateDep, request_context
 from clearscan.auth import service as users
 from clearscan.auth.models import Role
 from clearscan.state import AppState
 from clearscan.web.errors import page_router
 from clearscan.web.forms import (
-    LOGIN_CSRF_COOKIE,
     FormStr,
     check_login_csrf,
     new_login_csrf,
@@ -31,9 +31,9 @@ def landing(role: str) -> str:
     return "/cases" if role == Role.viewer.value else "/analyze"
 
 
-def secure_cookies(request: Request, state: AppState) -> bool:
-    mode = state.settings.secure_cookies
-    return mode == "always" or (mode == "auto" and request.url.scheme == "https")
+def cookies(state: AppState) -> CookiePolicy:
+    """The names and flags of the session and login CSRF cookies (production: ``__Host-``)."""
+    return CookiePolicy.of(state.settings)
 
 
 def _login_page(
@@ -49,15 +49,7 @@ def _login_page(
     token = new_login_csrf(state.secret)
     page = LoginPage(login_csrf=token, next_url=next_url or "", username=username, error=error)
     response = render_page(request, page, status=status, headers=headers)
-    response.set_cookie(
-        LOGIN_CSRF_COOKIE,
-        token,
-        max_age=3600,
-        path="/login",
-        httponly=True,
-        samesite="strict",
-        secure=secure_cookies(request, state),
-    )
+    cookies(state).set_login_csrf(response, request, token)
     return response
 
 
@@ -69,7 +61,7 @@ def login_form(
     next_url: Annotated[str | None, Query(alias="next")] = None,
 ) -> Response:
     target = safe_next(next_url)
-    token = request.cookies.get(SESSION_COOKIE)
+    token = request.cookies.get(cookies(state).session)
     found = users.resolve_session(db=db, token=token) if token else None
     if found is not None:
         return redirect(target or landing(found[0].role))
@@ -88,7 +80,8 @@ def login_submit(
 ) -> Response:
     target = safe_next(next_url)
     name = (username or "").strip()[:128]
-    if not check_login_csrf(state.secret, request.cookies.get(LOGIN_CSRF_COOKIE), csrf_token):
+    jar = cookies(state)
+    if not check_login_csrf(state.secret, request.cookies.get(jar.login_csrf), csrf_token):
         return _login_page(
             request,
             state,
@@ -106,7 +99,7 @@ def login_submit(
             username=name,
             password=password or "",
             minutes=minutes,
-            previous_token=request.cookies.get(SESSION_COOKIE),
+            previous_token=request.cookies.get(jar.session),
         )
     except users.LoginThrottled as exc:
         return _login_page(
@@ -129,20 +122,9 @@ def login_submit(
         )
     if target is None or target.startswith(("/login", "/logout")):
         target = landing(user.role)
-    secure = secure_cookies(request, state)
     response = redirect(target)
-    response.set_cookie(
-        SESSION_COOKIE,
-        token,
-        max_age=minutes * 60,
-        path="/",
-        httponly=True,
-        samesite="lax",
-        secure=secure,
-    )
-    response.delete_cookie(
-        LOGIN_CSRF_COOKIE, path="/login", httponly=True, samesite="strict", secure=secure
-    )
+    jar.set_session(response, request, token, max_age=minutes * 60)
+    jar.clear_login_csrf(response, request)
     return response
 
 
@@ -157,13 +139,7 @@ def logout(
     require_csrf(request, db, state, ws, csrf_token)
     users.sign_out(db=db, ctx=request_context(request, ws.username), user=ws.user, token=ws.token)
     response = redirect("/login")
-    response.delete_cookie(
-        SESSION_COOKIE,
-        path="/",
-        httponly=True,
-        samesite="lax",
-        secure=secure_cookies(request, state),
-    )
+    cookies(state).clear_session(response, request)
     return response
 
 

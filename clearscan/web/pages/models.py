@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from clearscan.api.deps import SessionDep, StateDep, request_context
 from clearscan.datasets import service as datasets
 from clearscan.errors import ClearScanError
+from clearscan.jobs.delivery import QueueUnavailable
 from clearscan.registry import service as registry_service
 from clearscan.registry.errors import RegistryError
 from clearscan.registry.routing import ModelRegistry
@@ -278,10 +279,9 @@ def model_evaluate(
             ctx=request_context(request, ws.username),
             registry=state.registry,
             request=EvalRequest(f"{name}:{form['version']}", form["dataset"], form["split"]),
+            queue=state.jobs,
             via="web",
         )
-    except EvaluationError as exc:
+    except (EvaluationError, QueueUnavailable) as exc:
         return _refused(request, db, state, ws, name, exc, eval_form=form)
-    if state.jobs is not None:
-        state.jobs.notify()
     return redirect(f"/models/{name}?done=evaluate")

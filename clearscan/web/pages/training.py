@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from clearscan.api.deps import SessionDep, StateDep, request_context
 from clearscan.datasets import service as datasets
 from clearscan.errors import Conflict
+from clearscan.jobs.delivery import QueueUnavailable
 from clearscan.jobs.service import JobNotFound
 from clearscan.registry.errors import RegistryError
 from clearscan.registry.routing import ModelRegistry
@@ -128,15 +129,17 @@ def training_submit(
         return _training_page(request, db, ws, form=form, error=req, status=422)
     try:
         job = training.submit_run(
-            db=db, ctx=request_context(request, ws.username), request=req, via="web"
+            db=db,
+            ctx=request_context(request, ws.username),
+            request=req,
+            queue=state.jobs,
+            via="web",
         )
-    except TrainingError as exc:  # shown on the form, with what was entered
+    except (TrainingError, QueueUnavailable) as exc:  # shown on the form, with what was entered
         detail = exc.detail.replace("model_name:", "model name:")  # the API's field name
         return _training_page(
             request, db, ws, form=form, error=sentence(detail), status=exc.status_code
         )
-    if state.jobs is not None:
-        state.jobs.notify()
     return redirect(f"/training/{job.id}")
 
 
