@@ -1,4 +1,7 @@
-"""The API's error replies. Every error body is ``{"detail": ...}``:
+"""The API's error replies. Every error body is an RFC 9457 problem details object, sent as
+``application/problem+json``: ``{"type": "about:blank", "title": "Not Found", "status": 404,
+"detail": "case 42 not found", "instance": "/api/v1/cases/42"}``. ``detail`` is the sentence a
+person reads; a validation error (422) adds ``errors``, one ``{"field", "message"}`` per problem.
 
 - a :class:`~clearscan.errors.ClearScanError` raised anywhere below a route answers with its own
   status and detail (and headers such as ``WWW-Authenticate`` or ``Retry-After`` when it has
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -40,10 +44,71 @@ NotFoundPage = Callable[[Request], Response | None]
 INTERNAL_ERROR = "internal error; see the server log"
 
 
-class ErrorBody(BaseModel):
-    """The body of every error reply (4xx and 5xx), validation errors (422) included."""
+PROBLEM_JSON = "application/problem+json"
+"""The media type of every error reply (RFC 9457)."""
 
+
+class FieldProblem(BaseModel):
+    """One invalid field of a request that failed validation."""
+
+    field: str = Field(description="dotted path of the field, e.g. `teams.0`; `request` if none")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every error reply (4xx and 5xx), validation errors (422) included: an RFC 9457
+    problem details object."""
+
+    type: str = Field(
+        default="about:blank",
+        description="a URI naming the problem type; `about:blank`: the status says it all",
+    )
+    title: str = Field(description="the HTTP status phrase, e.g. `Not Found`")
+    status: int = Field(description="the HTTP status code, repeated from the response")
     detail: str = Field(description="what went wrong, in words; never holds patient identifiers")
+    instance: str | None = Field(
+        default=None, description="the request path the problem occurred on"
+    )
+    errors: list[FieldProblem] | None = Field(
+        default=None, description="422 only: each invalid field and what is wrong with it"
+    )
+
+
+class ProblemResponse(JSONResponse):
+    media_type = PROBLEM_JSON
+
+
+def problem_body(
+    status: int, detail: str, *, instance: str | None = None, **extensions: Any
+) -> dict[str, Any]:
+    """The RFC 9457 body for `status` and `detail` (plus any extension members)."""
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if instance is not None:
+        body["instance"] = instance
+    body.update(extensions)
+    return body
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> ProblemResponse:
+    """An error reply: `status` with the problem details body."""
+    body = problem_body(status, detail, instance=instance, **extensions)
+    return ProblemResponse(body, status_code=status, headers=headers)
 
 
 ERROR_STATUSES: dict[int, str] = {
@@ -62,14 +127,15 @@ ERROR_STATUSES: dict[int, str] = {
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """The OpenAPI ``responses=`` entries for `codes`, each answered with :class:`ErrorBody`."""
+    """The OpenAPI ``responses=`` entries for `codes`, each answered with :class:`ErrorBody`
+    (as ``application/problem+json``: :func:`install` moves them there in the document)."""
     return {c: {"model": ErrorBody, "description": ERROR_STATUSES[c]} for c in sorted(codes)}
 
 
-def error_response(exc: ClearScanError) -> JSONResponse:
-    """The API's reply to a domain error: its status, ``{"detail": ...}`` and its headers."""
+def error_response(exc: ClearScanError, instance: str | None = None) -> ProblemResponse:
+    """The API's reply to a domain error: its status, the problem body and its headers."""
     headers: dict[str, str] | None = getattr(exc, "headers", None)
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+    return problem(exc.status_code, exc.detail, instance=instance, headers=headers)
 
 
 def install(
@@ -83,7 +149,7 @@ def install(
             _count_storage_error(request)
         if page is not None and (rendered := page(request, exc)) is not None:
             return rendered
-        return error_response(exc)
+        return error_response(exc, request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -96,16 +162,47 @@ def install(
         headers: dict[str, str] | None = getattr(exc, "headers", None)
         if exc.status_code == 405:
             headers = {**(headers or {}), "Allow": allowed_methods(request)}
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return problem(exc.status_code, detail, instance=request.url.path, headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": describe_validation(exc.errors())}, status_code=422)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        errors = list(exc.errors())
+        return problem(
+            422,
+            describe_validation(errors),
+            instance=request.url.path,
+            errors=[{"field": _field(e), "message": str(e.get("msg", "invalid"))} for e in errors],
+        )
 
     @app.exception_handler(Exception)
-    async def unhandled(request: Request, exc: Exception) -> JSONResponse:
+    async def unhandled(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error")
-        return JSONResponse({"detail": INTERNAL_ERROR}, status_code=500)
+        return problem(500, INTERNAL_ERROR, instance=request.url.path)
+
+    _document_problem_media_type(app)
+
+
+def _document_problem_media_type(app: FastAPI) -> None:
+    """Error responses are documented with ``model=ErrorBody``, which FastAPI files under
+    ``application/json``; move them to ``application/problem+json``, the type they are sent as."""
+    generate = app.openapi
+    ref = "#/components/schemas/ErrorBody"
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
+                for code, reply in operation.get("responses", {}).items():
+                    content = reply.get("content", {})
+                    json_content = content.get("application/json", {})
+                    if str(code)[:1] in "45" and json_content.get("schema", {}).get("$ref") == ref:
+                        content[PROBLEM_JSON] = content.pop("application/json")
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def allowed_methods(request: Request) -> str:
@@ -125,12 +222,14 @@ def _count_storage_error(request: Request) -> None:
         state.metrics.storage_errors.labels("request").inc()
 
 
+def _field(error: Any) -> str:
+    """A validation error's field as a dotted path (without FastAPI's `body`/`query` prefix)."""
+    loc = ".".join(
+        str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "form")
+    )
+    return loc or "request"
+
+
 def describe_validation(errors: Any) -> str:
     """The first few validation errors as one line: ``field: message; ...``."""
-    parts = []
-    for e in list(errors)[:5]:
-        loc = ".".join(
-            str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "form")
-        )
-        parts.append(f"{loc or 'request'}: {e.get('msg', 'invalid')}")
-    return "; ".join(parts)
+    return "; ".join(f"{_field(e)}: {e.get('msg', 'invalid')}" for e in list(errors)[:5])

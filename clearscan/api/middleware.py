@@ -15,10 +15,11 @@ import time
 import uuid
 from collections.abc import Callable
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clearscan.api.cookies import HSTS
+from clearscan.api.errors import PROBLEM_JSON, error_response, problem_body
 from clearscan.api.ratelimit import RequestThrottle
 from clearscan.api.responses import NO_STORE
 from clearscan.errors import ClearScanError, TooLarge
@@ -167,7 +168,7 @@ class CoreMiddleware:
         API's body; the connection closes (the unread body cannot be skipped)."""
         response = self.refusal_page(scope, error) if self.refusal_page else None
         if response is None:
-            response = JSONResponse({"detail": error.detail}, status_code=error.status_code)
+            response = error_response(error, scope.get("path"))
         for name, value in (getattr(error, "headers", None) or {}).items():
             response.headers[name] = value
         response.headers["connection"] = "close"
@@ -202,13 +203,13 @@ def _route_of(scope: Scope) -> str:
 async def _json(send: Send, status: int, detail: str) -> None:
     import json
 
-    body = json.dumps({"detail": detail}).encode()
+    body = json.dumps(problem_body(status, detail)).encode()
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
+                (b"content-type", PROBLEM_JSON.encode()),
                 (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"),
             ],

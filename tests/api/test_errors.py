@@ -1,7 +1,9 @@
 """One error root, one translation: a ClearScanError raised below a route answers with its status
-and ``{"detail": ...}``; anything unexpected answers 500 without internals."""
+and an RFC 9457 problem details body; anything unexpected answers 500 without internals."""
 
 from __future__ import annotations
+
+from http import HTTPStatus
 
 import pytest
 from fastapi import FastAPI
@@ -59,7 +61,16 @@ def bare() -> TestClient:
 def test_domain_error_answers_its_status_and_detail(bare, kind, status, detail):
     r = bare.get(f"/boom/{kind}")
     assert r.status_code == status
-    assert r.json() == {"detail": detail}
+    assert r.headers["content-type"] == "application/problem+json"
+    title = {404: "Not Found", 409: "Conflict", 429: "Too Many Requests", 401: "Unauthorized"}
+    title |= {410: "Gone", 418: "I'm a Teapot"}
+    assert r.json() == {
+        "type": "about:blank",
+        "title": title[status],
+        "status": status,
+        "detail": detail,
+        "instance": f"/boom/{kind}",
+    }
 
 
 def test_domain_error_headers_travel(bare):
@@ -71,15 +82,19 @@ def test_domain_error_headers_travel(bare):
 def test_unexpected_exception_is_500_without_internals(bare):
     r = bare.get("/boom/crash")
     assert r.status_code == 500
-    assert r.json() == {"detail": api_errors.INTERNAL_ERROR}
+    assert r.json()["detail"] == api_errors.INTERNAL_ERROR and r.json()["status"] == 500
     assert SECRET not in r.text and "RuntimeError" not in r.text and "Traceback" not in r.text
 
 
 def test_framework_errors_keep_the_same_body(bare):
     r = bare.get("/nowhere")
-    assert r.status_code == 404 and r.json() == {"detail": "Not Found"}
+    assert r.status_code == 404 and r.json()["detail"] == "Not Found"
+    assert r.headers["content-type"] == "application/problem+json"
     r = bare.get("/items/seven")
     assert r.status_code == 422 and r.json()["detail"].startswith("n: ")
+    assert r.json()["title"] == HTTPStatus(422).phrase and r.json()["status"] == 422
+    [problem] = r.json()["errors"]
+    assert problem["field"] == "n" and "integer" in problem["message"]
 
 
 def test_error_classes_say_their_status():
@@ -103,7 +118,8 @@ def test_in_the_real_app_errors_are_json(app, client, admin_headers):
     browser = {**admin_headers, "Accept": "text/html,application/xhtml+xml,*/*"}
     for headers in (admin_headers, browser):
         r = client.get("/api/v1/cases/no-such-case", headers=headers)
-        assert r.status_code == 404 and r.json() == {"detail": "case no-such-case not found"}
+        assert r.status_code == 404 and r.json()["detail"] == "case no-such-case not found"
+        assert r.json()["instance"] == "/api/v1/cases/no-such-case"
         r = client.get("/api/v1/test-crash", headers=headers)
         assert r.status_code == 500 and SECRET not in r.text
-        assert r.json() == {"detail": api_errors.INTERNAL_ERROR}
+        assert r.json()["detail"] == api_errors.INTERNAL_ERROR

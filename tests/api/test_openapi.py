@@ -9,12 +9,14 @@ from fastapi.testclient import TestClient
 def test_every_error_is_documented_with_the_one_error_body(client: TestClient) -> None:
     spec = client.get("/api/v1/openapi.json").json()
     assert "HTTPValidationError" not in spec["components"]["schemas"]
-    assert spec["components"]["schemas"]["ErrorBody"]["required"] == ["detail"]
+    body = spec["components"]["schemas"]["ErrorBody"]
+    assert body["required"] == ["title", "status", "detail"]  # RFC 9457 problem details
     for path, ops in spec["paths"].items():
         for method, op in ops.items():
             for status, resp in op["responses"].items():
                 if status.startswith(("4", "5")):
-                    content = resp["content"]["application/json"]["schema"]
+                    assert list(resp["content"]) == ["application/problem+json"], (path, method)
+                    content = resp["content"]["application/problem+json"]["schema"]
                     assert content == {"$ref": "#/components/schemas/ErrorBody"}, (path, method)
     users = spec["paths"]["/api/v1/users/{user_id}"]["patch"]["responses"]
     assert {"401", "403", "404", "409", "413", "422"} <= set(users)

@@ -41,7 +41,8 @@ def _refused(r: Any, what: str) -> int:
     """The reply is the rate limit's 429: error body, Retry-After; returns the seconds."""
     assert r.status_code == 429, r.text
     retry = int(r.headers["retry-after"])
-    assert r.json() == {"detail": f"too many {what}; try again in {retry} s"}
+    assert r.json()["detail"] == f"too many {what}; try again in {retry} s"
+    assert r.json()["status"] == 429 and r.headers["content-type"] == "application/problem+json"
     assert r.headers["connection"] == "close" and r.headers["x-request-id"]
     return retry
 
@@ -111,7 +112,7 @@ def test_limited_routes_document_429(settings, model_cache):
         paths = c.get("/api/v1/openapi.json").json()["paths"]
     for path in (PREDICT, "/api/v1/auth/token"):
         reply = paths[path]["post"]["responses"]["429"]
-        assert reply["content"]["application/json"]["schema"] == {
+        assert reply["content"]["application/problem+json"]["schema"] == {
             "$ref": "#/components/schemas/ErrorBody"
         }
     assert "429" not in paths["/api/v1/cases"]["get"]["responses"]

@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from clearscan import __version__
 from clearscan.api.deps import SessionDep, StateDep, user_from_request
-from clearscan.api.errors import error_responses
+from clearscan.api.errors import error_responses, problem
 from clearscan.state import AppState
 from clearscan.storage import BlobError
 
@@ -136,9 +136,10 @@ def metrics(request: Request, state: StateDep) -> Response:
         given = request.headers.get("authorization", "")
         scheme, _, value = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
-            return JSONResponse(
-                {"detail": "metrics need the bearer token set in CLEARSCAN_METRICS_TOKEN"},
-                status_code=401,
+            return problem(
+                401,
+                "metrics need the bearer token set in CLEARSCAN_METRICS_TOKEN",
+                instance=request.url.path,
                 headers={"WWW-Authenticate": "Bearer"},
             )
     state.metrics.models_available.clear()  # a version removed since the last scrape goes
