@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -19,10 +20,11 @@ from starlette.types import Scope
 from clearscan import __version__
 from clearscan.api import errors as api_errors
 from clearscan.api.cookies import CookiePolicy
-from clearscan.api.middleware import CoreMiddleware
+from clearscan.api.middleware import ANALYSIS, UPLOAD, Authenticator, CoreMiddleware
 from clearscan.api.ratelimit import RequestThrottle
 from clearscan.api.router import API_PREFIX, API_ROUTERS, include_routers
-from clearscan.bootstrap import audit_check, build_state, initialise
+from clearscan.auth.service import NotAuthenticated
+from clearscan.bootstrap import audit_check, backup_schedule, build_state, flush_denials, initialise
 from clearscan.config import Settings
 from clearscan.errors import ClearScanError
 from clearscan.registry.cache import ModelCache
@@ -41,6 +43,19 @@ RATE_LIMITED: dict[tuple[str, str], str] = {
     ("POST", "/login"): "login",
 }
 """The requests the rate limits count, by rule (see CLEARSCAN_RATE_LIMIT_*)."""
+
+GUARDED: dict[tuple[str, str], str] = {
+    ("POST", f"{API_PREFIX}/models"): UPLOAD,
+    ("POST", f"{API_PREFIX}/datasets"): UPLOAD,
+    ("POST", "/datasets"): UPLOAD,  # the web import form
+    ("POST", f"{API_PREFIX}/batches"): UPLOAD,
+    ("POST", "/batches"): UPLOAD,
+    ("POST", f"{API_PREFIX}/predict"): ANALYSIS,
+    ("POST", "/analyze"): ANALYSIS,
+}
+"""The requests whose body can be large: answered 401 before the body is read when they carry
+no valid credentials; uploads also count against CLEARSCAN_MAX_CONCURRENT_UPLOADS (analyses are
+capped while they decode and run, by CLEARSCAN_MAX_CONCURRENT_ANALYSES)."""
 
 
 def app_from_env() -> FastAPI:
@@ -68,16 +83,22 @@ def create_app(
         initialise(settings)
     state = build_state(settings, model_cache=model_cache)
     audit_verify = audit_check(state)
+    backups = backup_schedule(state)  # None unless CLEARSCAN_BACKUP_SCHEDULE_HOURS is set
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         assert state.jobs is not None
         state.jobs.start()  # also picks up jobs queued before a restart
         audit_verify.start()  # exports the chain's verdict for the audit alert
+        if backups is not None:
+            backups.start()
         try:
             yield
         finally:
             audit_verify.stop()
+            flush_denials(state)  # the anonymous denials counted since the last summary
+            if backups is not None:
+                backups.stop()
             state.jobs.stop()
             state.metrics.close()
             state.engine.dispose()
@@ -119,8 +140,44 @@ def create_app(
         },
         throttle=_throttle(state),
         refusal_page=_refusal_page,
+        guarded=GUARDED,
+        authenticate=_authenticator(state),
+        uploads=state.uploads,
     )
     return app
+
+
+def _authenticator(state: AppState) -> Authenticator:
+    """The 401 of a request whose headers carry no valid credentials, or None (the API's own
+    check, in a worker thread: it reads the database). A database failure lets the request
+    through to its route, which answers it."""
+    import anyio.to_thread
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from clearscan.api.deps import has_credentials, refuse_anonymous
+
+    def check(scope: Scope) -> ClearScanError | None:
+        # a copy: nothing leaks into the real request's state; the guarded paths are literal
+        # routes, so the path is the route's template (the denial metrics' label)
+        own = {"request_id": scope.get("state", {}).get("request_id")}
+        request = Request({**scope, "state": own, "route": _LiteralRoute(scope["path"])})
+        try:
+            with state.sessions() as db:
+                if has_credentials(request, db, state):
+                    return None
+                return refuse_anonymous(request, db)
+        except SQLAlchemyError:
+            return None
+
+    async def authenticate(scope: Scope) -> ClearScanError | None:
+        return await anyio.to_thread.run_sync(check, scope)
+
+    return authenticate
+
+
+@dataclass(frozen=True)
+class _LiteralRoute:
+    path: str
 
 
 def _throttle(state: AppState) -> RequestThrottle | None:
@@ -149,12 +206,16 @@ def _document_rate_limits() -> None:
 
 
 def _refusal_page(scope: Scope, error: ClearScanError) -> Response | None:
-    """A refusal the middleware answers (429) as the web's error page for a page request (the
-    rate-limited paths outside the API are the web's forms)."""
+    """A refusal the middleware answers (429, 503) as the web's error page for a page request
+    (the guarded and rate-limited paths outside the API are the web's forms); a form posted
+    without a session goes to sign in, as the page itself would send it."""
     if scope.get("path", "").startswith(f"{API_PREFIX}/"):
         return None
     from clearscan.web.errors import ErrorPage, sentence
-    from clearscan.web.templating import render_page
+    from clearscan.web.templating import redirect, render_page
+
+    if isinstance(error, NotAuthenticated):
+        return redirect("/login")
 
     page = ErrorPage(code=error.status_code, title=error.title, message=sentence(error.detail))
     return render_page(Request(scope), page, status=error.status_code)

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from clearscan.audit import service as audit
+from clearscan.audit import upkeep as audit_upkeep
 from clearscan.audit.actions import Action
 from clearscan.auth import service as users
 from clearscan.auth.service import LoginLimiter
@@ -41,10 +42,13 @@ def initialise(settings: Settings) -> str | None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     blob_store(settings)  # a wrong CLEARSCAN_BLOB_URL or a missing bucket stops start-up here
     upgrade(settings.sqlalchemy_url)
+    audit.install(settings)  # the audit key and anchor sinks of this database
     engine = create_db_engine(settings.sqlalchemy_url)
     try:
         with make_session_factory(engine)() as db:
-            return users.ensure_admin(db=db, password=settings.admin_password)
+            generated = users.ensure_admin(db=db, password=settings.admin_password)
+            audit_upkeep.startup(db=db)
+            return generated
     finally:
         engine.dispose()
 
@@ -129,6 +133,7 @@ def build_state(settings: Settings, *, model_cache: ModelCache | None = None) ->
     `model_cache` holds the loaded versions; by default a new one, owned by this state alone.
     Apps built side by side in one process (tests) may share one: it is keyed by the version's
     folder and weights hash, so a shared cache never serves one app another's model."""
+    audit.install(settings)
     engine = create_db_engine(settings.sqlalchemy_url)
     sessions = make_session_factory(engine)
     if model_cache is None:
@@ -179,20 +184,45 @@ def build_worker_state(settings: Settings) -> WorkerState:
     return WorkerState(sessions=state.sessions, handlers=job_handlers(state), metrics=state.metrics)
 
 
-AUDIT_VERIFY_EVERY_S = 3600.0
-
-
 def audit_check(state: AppState) -> PeriodicCheck:
-    """Verify the audit hash chain now and every hour; the metrics export the verdict."""
+    """Verify the audit chain now and every CLEARSCAN_AUDIT_CHECK_INTERVAL_SECONDS (the metrics
+    export the verdict), then anchor its head and archive what is past the retention period."""
 
     def check() -> None:
-        with state.sessions() as db:
-            report = audit.verify_chain(db=db)
-        state.metrics.audit_verified(ok=report.ok, checked=report.checked)
-        if not report.ok:
-            log.error("audit chain broken at event %s: %s", report.first_bad_seq, report.reason)
+        audit_upkeep.check(
+            sessions=state.sessions,
+            settings=state.settings,
+            on_verified=lambda r: state.metrics.audit_verified(ok=r.ok, checked=r.checked),
+            before=lambda: flush_denials(state),
+        )
 
-    return PeriodicCheck("clearscan-audit-verify", check, AUDIT_VERIFY_EVERY_S)
+    interval = state.settings.audit_check_interval_seconds
+    return PeriodicCheck("clearscan-audit-verify", check, interval)
+
+
+def backup_schedule(state: AppState) -> PeriodicCheck | None:
+    """Submit a `backup` job per CLEARSCAN_BACKUP_SCHEDULE_HOURS slot (None when unscheduled).
+    A malformed CLEARSCAN_BACKUP_KEY or destination stops start-up here."""
+    from clearscan.backup import options, schedule
+    from clearscan.backup.errors import BackupError
+
+    hours = state.settings.backup_schedule_hours
+    if not hours:
+        return None
+    try:
+        options.key(state.settings)
+        options.destination(state.settings)
+    except BackupError as exc:
+        raise ConfigError(exc.detail) from None
+    check = schedule.scheduler(sessions=state.sessions, queue=lambda: state.jobs, hours=hours)
+    return PeriodicCheck("clearscan-backup-schedule", check, schedule.check_every_s(hours))
+
+
+def flush_denials(state: AppState) -> None:
+    """Write the anonymous denials counted so far as one audit summary event (if any)."""
+    if state.denials.pending():
+        with state.sessions() as db:
+            state.denials.flush(db=db)
 
 
 def job_handlers(state: AppState) -> dict[str, Handler]:
@@ -224,6 +254,7 @@ def job_handlers(state: AppState) -> dict[str, Handler]:
             blobs=state.blobs,
             limits=state.limits,
             default_model=state.settings.default_model,
+            deid=state.settings.deid_policy(),
             metrics=state.metrics,
         )
 
@@ -237,6 +268,7 @@ def job_handlers(state: AppState) -> dict[str, Handler]:
             tmp_dir=state.settings.data_dir,
             limits=state.limits,
             max_bytes=int(state.settings.max_dataset_upload_mb * 2**20),
+            deid=state.settings.deid_policy(),
         )
 
     def shadow(ctx: JobContext) -> dict[str, Any]:
@@ -248,7 +280,25 @@ def job_handlers(state: AppState) -> dict[str, Handler]:
             limits=state.limits,
         )
 
+    from clearscan.backup import options
+    from clearscan.backup.schedule import BACKUP_KIND, run_backup_job
+
+    def backup(ctx: JobContext) -> dict[str, Any]:
+        settings = state.settings
+        return run_backup_job(
+            ctx,
+            database_url=settings.sqlalchemy_url,
+            blobs=state.blobs,
+            models_root=state.store.root,
+            data_dir=settings.data_dir,
+            location=options.destination(settings),
+            key=options.key(settings),
+            keep=settings.backup_retention,
+            max_age_days=settings.backup_retention_days,
+        )
+
     return {
+        BACKUP_KIND: backup,
         TRAIN_KIND: train,
         EVAL_KIND: evaluate,
         BATCH_KIND: batch,

@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRET_MARKERS = {"", "changethis", "changeme", "secret", "insecure"}
 SECRET_KEY_FILE = "secret_key"  # noqa: S105 (a file name)
+PSEUDONYM_KEY_FILE = "pseudonym_key"  # the HMAC key of de-identification (a file name)
+AUDIT_KEY_FILE = "audit_key"  # the audit chain's HMAC key in embedded mode
 # The password policy of every account (API, CLI and the bootstrap admin): its length.
 PASSWORD_MIN_LENGTH = 10
 PASSWORD_MAX_LENGTH = 256
@@ -25,6 +27,7 @@ PASSWORD_MAX_LENGTH = 256
 
 if TYPE_CHECKING:
     from clearscan.imaging import Limits
+    from clearscan.imaging.deid import DeidPolicy
 
 
 class ConfigError(RuntimeError):
@@ -53,6 +56,23 @@ class Settings(BaseSettings):
     max_volume_voxels: int = Field(default=512_000_000, gt=0)
     max_dimension: int = 30_000
     max_files_per_request: int = 32
+    # memory decoding may hold (bytes, not pixels: channels, bit depth, DICOM frames and the
+    # float32 copies count), per image and for all the files of one analysis request together
+    max_decoded_mb: float = Field(default=1024.0, gt=0)
+    max_request_decoded_mb: float = Field(default=8192.0, gt=0)
+    # analyses (decoding + inference) one process runs at once; up to max_queued_analyses more
+    # wait at most analysis_queue_seconds for a slot; beyond that: 503 + Retry-After
+    max_concurrent_analyses: int = Field(default=4, ge=1, le=1024)
+    max_queued_analyses: int = Field(default=16, ge=0, le=4096)
+    analysis_queue_seconds: float = Field(default=10.0, ge=0, le=600)
+    # model, dataset and batch uploads one process receives at once; more answer 503
+    max_concurrent_uploads: int = Field(default=4, ge=1, le=1024)
+    # the Retry-After of those 503 replies
+    busy_retry_after_seconds: int = Field(default=5, ge=1, le=3600)
+    # the feature preview of a table dataset: rows it reads, and for a sensor stream the
+    # samples its windows cover (about rows / step x window length); over either: 422
+    preview_max_rows: int = Field(default=1_000_000, ge=1)
+    preview_max_window_samples: int = Field(default=20_000_000, ge=1)
     max_model_upload_mb: float = 2048.0
     max_dataset_upload_mb: float = 4096.0
 
@@ -100,6 +120,18 @@ class Settings(BaseSettings):
     model_cache_mb: float = Field(default=4096.0, gt=0)
     log_level: str = "INFO"
 
+    # --- de-identification of DICOM uploads (PS3.15 Annex E Basic profile; docs/security.md) ---
+    deidentify: bool = True  # off only where a site must store DICOM exactly as received
+    # the HMAC key of pseudonymous patient keys, replacement UIDs and date shifts; production:
+    # required (32+ characters); embedded: generated into <data dir>/pseudonym_key
+    pseudonym_key: SecretStr | None = None
+    # shift: dates moved by a per-patient offset; keep: dates as received; remove: Basic profile
+    deid_dates: Literal["shift", "keep", "remove"] = "shift"
+    # keep each DICOM upload as received, readable by admins only (audited)
+    keep_originals: bool = False
+    # refuse analysis of images marked BurnedInAnnotation=YES (they are flagged either way)
+    refuse_burned_in: bool = False
+
     # where blobs (uploads, heatmaps, dataset items) live: unset = <data dir>/blobs;
     # s3://bucket/prefix (the `s3` extra) or file:///path
     blob_url: str | None = None
@@ -107,6 +139,28 @@ class Settings(BaseSettings):
     s3_region: str | None = None  # unset: the AWS environment / config
     s3_access_key_id: str | None = None  # unset: the standard AWS credential chain
     s3_secret_access_key: SecretStr | None = None
+
+    # --- audit trail (docs/security.md) ---
+    # HMAC key of the audit chain (at least 32 characters), kept outside the database; required
+    # in production; unset in development: <data dir>/audit_key (0600, generated on first use)
+    audit_key: SecretStr | None = None
+    # keys of earlier rotations (JSON list): the events they signed still verify
+    audit_previous_keys: list[SecretStr] = Field(default_factory=list)
+    # the append-only file the chain head is anchored to (unset: <data dir>/audit-anchors.log)
+    audit_anchor_file: Path | None = None
+    audit_anchor_syslog: bool = False  # also send each anchor to syslog (LOG_AUTHPRIV)
+    # s3://bucket/prefix in a bucket with Object Lock: each anchor is an object retained so long
+    audit_anchor_s3_url: str | None = None
+    audit_anchor_retention_days: int = Field(default=2190, ge=1)
+    # the audit check (verify, then anchor) runs at start-up and then this often
+    audit_check_interval_seconds: float = Field(default=3600.0, ge=10)
+    # where `clearscan audit archive` writes archived events (unset: <data dir>/audit-archive)
+    audit_archive_dir: Path | None = None
+    # events older than this many days are archived by the audit check; 0: only on demand
+    audit_retention_days: int = Field(default=0, ge=0, le=36500)
+    # anonymous (401) denials are counted per route and address prefix and written to the
+    # chain as one summary event per key and interval, not one event per request
+    audit_denial_flush_seconds: float = Field(default=300.0, ge=1, le=86400)
 
     # jobs: unset = the in-process worker of `serve`; redis://host:6379/0 or amqp://user@host//
     # = Celery workers (`clearscan worker`, the `queue` extra); the API then runs no jobs itself
@@ -120,6 +174,20 @@ class Settings(BaseSettings):
     broker_visibility_timeout_seconds: int = Field(default=43200, ge=60)
     # which Celery queue carries each job kind, e.g. {"train": "gpu"} (JSON); others: "default"
     job_routes: dict[str, str] = Field(default_factory=dict)
+
+    # --- backups (docs/operations.md) ---
+    # where `clearscan backup create` and scheduled backups go: a folder or s3://bucket/prefix
+    # (the CLEARSCAN_S3_* settings reach it); unset: <data dir>/backups (same disk: copy it off)
+    backup_to: str | None = None
+    # 32 random bytes, base64 or hex (`clearscan backup keygen`): backups are encrypted with it
+    # (AES-256-GCM); unset: not encrypted
+    backup_key: SecretStr | None = None
+    # a backup job every N hours (slots from midnight UTC), run by the job system; 0: none
+    backup_schedule_hours: float = Field(default=0.0, ge=0, le=24 * 366)
+    # after each scheduled backup keep the newest N (0: no count limit) ...
+    backup_retention: int = Field(default=7, ge=0)
+    # ... and delete those older than N days (0: no age limit); the newest is always kept
+    backup_retention_days: float = Field(default=0.0, ge=0)
 
     @field_validator("data_dir", mode="after")
     @classmethod
@@ -150,6 +218,8 @@ class Settings(BaseSettings):
             max_pixels=self.max_pixels,
             max_dimension=self.max_dimension,
             max_volume_voxels=self.max_volume_voxels,
+            max_decoded_bytes=int(self.max_decoded_mb * 2**20),
+            max_request_decoded_bytes=int(self.max_request_decoded_mb * 2**20),
         )
 
     @property
@@ -199,9 +269,62 @@ class Settings(BaseSettings):
             )
         return _load_or_create_secret(self.data_dir / SECRET_KEY_FILE)
 
+    @cached_property
+    def resolved_audit_key(self) -> str:
+        """The audit chain's HMAC key. Production: must be set (at least 32 characters, not a
+        default). Embedded: stored in the data dir (0600), generated on first use."""
+        value = self.audit_key.get_secret_value() if self.audit_key is not None else None
+        usable = value is not None and value.strip().lower() not in DEFAULT_SECRET_MARKERS
+        if value is not None and usable and len(value) >= 32:
+            return value
+        if self.environment == "production":
+            raise ConfigError(
+                "CLEARSCAN_AUDIT_KEY is missing, a default value or shorter than 32 characters; "
+                "production mode refuses to start without a real audit key (keep it outside "
+                "the database and its backups)."
+            )
+        if value is not None and value.strip():
+            raise ConfigError(
+                "CLEARSCAN_AUDIT_KEY is a default value or shorter than 32 characters."
+            )
+        return _load_or_create_secret(self.data_dir / AUDIT_KEY_FILE)
+
+    @cached_property
+    def resolved_pseudonym_key(self) -> bytes:
+        """The de-identification key (pseudonymous patient keys, replacement UIDs, date
+        shifts). Production: must be set and not a default. Embedded: stored in the data dir
+        (0600), generated on first use. Changing it unlinks new uploads from earlier ones."""
+        raw = self.pseudonym_key.get_secret_value() if self.pseudonym_key is not None else None
+        if raw is not None and raw.strip().lower() not in DEFAULT_SECRET_MARKERS and len(raw) >= 32:
+            return raw.encode()
+        if self.environment == "production":
+            raise ConfigError(
+                "CLEARSCAN_PSEUDONYM_KEY is missing, a default value or shorter than 32 "
+                "characters; production mode refuses to start without a real key."
+            )
+        if raw is not None and raw.strip():
+            raise ConfigError(
+                "CLEARSCAN_PSEUDONYM_KEY is a default value or shorter than 32 characters."
+            )
+        return _load_or_create_secret(self.data_dir / PSEUDONYM_KEY_FILE).encode()
+
+    def deid_policy(self) -> DeidPolicy:
+        """What de-identification does with DICOM uploads, from these settings."""
+        from clearscan.imaging.deid import DeidPolicy
+
+        return DeidPolicy(
+            key=self.resolved_pseudonym_key,
+            enabled=self.deidentify,
+            dates=self.deid_dates,
+            keep_originals=self.keep_originals,
+            refuse_burned_in=self.refuse_burned_in,
+        )
+
     def check_production(self) -> None:
         """Raise ConfigError when the settings are unsafe for production."""
         _ = self.resolved_secret_key
+        _ = self.resolved_pseudonym_key
+        _ = self.resolved_audit_key
         if self.environment != "production":
             return
         if "*" in self.cors_origins:

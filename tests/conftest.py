@@ -28,6 +28,17 @@ PASSWORD = "correct-horse-battery"
 _counter = itertools.count()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def audit_default_key() -> Iterator[None]:
+    """Databases no app or CLI registered a key for (the service tests' engines) sign the audit
+    chain with this one; apps register their own (the key file in their data dir)."""
+    from clearscan.audit import keys
+
+    keys.set_default(keys.Keyring.of("test-audit-key-for-unregistered-databases-0123"))
+    yield
+    keys.set_default(None)
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(

@@ -27,7 +27,13 @@ def test_production_refuses_missing_or_default_secret(tmp_path, secret):
 
 
 def test_production_accepts_real_secret(tmp_path):
-    Settings(data_dir=tmp_path, environment="production", secret_key="x" * 40).check_production()
+    Settings(
+        data_dir=tmp_path,
+        environment="production",
+        secret_key="x" * 40,
+        pseudonym_key="p" * 40,
+        audit_key="a" * 40,
+    ).check_production()
 
 
 def test_env_prefix_and_database_url(monkeypatch, tmp_path):
@@ -108,7 +114,12 @@ def test_plain_postgresql_url_serves_on_the_real_server(settings):
 )
 def test_production_refuses_an_admin_password_against_the_policy(tmp_path, password, rule):
     s = Settings(
-        data_dir=tmp_path, environment="production", secret_key="x" * 40, admin_password=password
+        data_dir=tmp_path,
+        environment="production",
+        secret_key="x" * 40,
+        pseudonym_key="p" * 40,
+        audit_key="a" * 40,
+        admin_password=password,
     )
     with pytest.raises(
         ConfigError, match=f"CLEARSCAN_ADMIN_PASSWORD breaks the password policy: .*{rule}"
@@ -121,5 +132,7 @@ def test_production_refuses_an_admin_password_against_the_policy(tmp_path, passw
         data_dir=tmp_path,
         environment="production",
         secret_key="x" * 40,
+        pseudonym_key="p" * 40,
+        audit_key="a" * 40,
         admin_password="a-long-enough-one",
     ).check_production()

@@ -2,6 +2,13 @@
 is read), rate limits (429 before the body is read), security headers, Prometheus metrics and a
 one-line access log without query strings.
 
+Requests whose body can be large (uploads of models, datasets and batches, analyses: the
+``guarded`` routes) are checked further before their body is read: without credentials that
+name an active user they are answered 401 (so an anonymous client cannot make the server parse
+gigabytes of multipart body before the route's auth dependency runs), and uploads beyond the
+per-process cap on concurrent uploads are answered 503 with ``Retry-After``. The route still
+checks the user's role as for any request.
+
 API replies (under ``/api/v1/``) that set no Cache-Control of their own are sent
 `Cache-Control: no-store` and `Pragma: no-cache`: case and dataset JSON name patients' images
 and references. Files with patient data set the same headers themselves
@@ -13,7 +20,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,6 +30,7 @@ from clearscan.api.errors import PROBLEM_JSON, error_response, problem_body
 from clearscan.api.ratelimit import RequestThrottle
 from clearscan.api.responses import NO_STORE
 from clearscan.errors import ClearScanError, TooLarge
+from clearscan.inference.admission import Admission
 from clearscan.observability.logging import request_id_var
 from clearscan.observability.metrics import Metrics
 
@@ -60,6 +68,13 @@ RefusalPage = Callable[[Scope, ClearScanError], Response | None]
 """Renders a refusal as a web page when the request was for a page; None to answer with the
 API's JSON body."""
 
+Authenticator = Callable[[Scope], Awaitable[ClearScanError | None]]
+"""The refusal (401) of a request without credentials that name an active user, or None when it
+has them (headers and cookies only: the body is not read)."""
+
+UPLOAD = "upload"
+ANALYSIS = "analysis"
+
 
 class CoreMiddleware:
     def __init__(
@@ -72,6 +87,9 @@ class CoreMiddleware:
         large_bodies: dict[str, int] | None = None,
         throttle: RequestThrottle | None = None,
         refusal_page: RefusalPage | None = None,
+        guarded: Mapping[tuple[str, str], str] | None = None,
+        authenticate: Authenticator | None = None,
+        uploads: Admission | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
@@ -80,6 +98,10 @@ class CoreMiddleware:
         self.hsts = hsts
         self.throttle = throttle
         self.refusal_page = refusal_page
+        # (method, path) of the requests with large bodies: UPLOAD or ANALYSIS
+        self.guarded = dict(guarded or {})
+        self.authenticate = authenticate
+        self.uploads = uploads
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -156,6 +178,23 @@ class CoreMiddleware:
                     refused = True
                     await self._refuse(scope, receive, send_wrapper, refusal)
                     return
+            kind = self.guarded.get((scope["method"], path))
+            authenticate = self.authenticate if kind is not None else None
+            anonymous = await authenticate(scope) if authenticate is not None else None
+            if anonymous is not None:
+                refused = True
+                await self._refuse(scope, receive, send_wrapper, anonymous)
+                return
+            if kind == UPLOAD and self.uploads is not None:
+                if not self.uploads.try_acquire():
+                    refused = True
+                    await self._refuse(scope, receive, send_wrapper, self.uploads.busy())
+                    return
+                try:
+                    await self.app(scope, self._limited(receive, limit), send_wrapper)
+                finally:
+                    self.uploads.release()
+                return
             await self.app(scope, self._limited(receive, limit), send_wrapper)
         finally:
             record()

@@ -10,6 +10,7 @@ from fastapi.routing import APIRoute
 
 from clearscan.api.deps import get_current_user
 from clearscan.api.errors import error_responses
+from clearscan.api.routes.api_keys import router as api_keys_router
 from clearscan.api.routes.audit import router as audit_router
 from clearscan.api.routes.auth import router as auth_router
 from clearscan.api.routes.batches import router as batches_router
@@ -17,12 +18,15 @@ from clearscan.api.routes.cases import router as cases_router
 from clearscan.api.routes.datasets import router as datasets_router
 from clearscan.api.routes.health import router as health_router
 from clearscan.api.routes.models import router as models_router
+from clearscan.api.routes.teams import router as teams_router
 from clearscan.api.routes.training import router as training_router
 
 API_PREFIX = "/api/v1"
 
 API_ROUTERS: tuple[APIRouter, ...] = (
     auth_router,
+    teams_router,
+    api_keys_router,
     models_router,
     cases_router,
     batches_router,
@@ -47,17 +51,18 @@ def include_routers(app: FastAPI) -> None:
 
 def document_errors(router: APIRouter) -> None:
     """Add to each route's ``responses`` the error statuses it can answer, with the one error body
-    (:class:`~clearscan.api.errors.ErrorBody`): 401 behind the sign-in dependency, 403 behind a
-    role check, 404 with a path id, 422 with any parameter or body (this replaces FastAPI's
-    default validation-error schema), 400 (unparsable) and 413 with a body. A route names any
-    others itself (``responses=error_responses(409)``); what it names wins."""
+    (:class:`~clearscan.api.errors.ErrorBody`): 401 and 403 behind the sign-in dependency (an API
+    key's scopes), 403 behind a role check, 404 with a path id, 422 with any parameter or body
+    (this replaces FastAPI's default validation-error schema), 400 (unparsable) and 413 with a
+    body. A route names any others itself (``responses=error_responses(409)``); what it names
+    wins."""
     for route in router.routes:
         if not isinstance(route, APIRoute):
             continue
         codes: set[int] = set()
         for d in _walk(route.dependant):
             if d.call is get_current_user:
-                codes.add(401)
+                codes |= {401, 403}  # 403: an API key without the route's scope
             elif getattr(d.call, "__qualname__", "").startswith("require_roles."):
                 codes.add(403)
             if d.path_params:

@@ -1,5 +1,6 @@
-"""Append-only audit trail. Each row carries the sha256 of the previous row's hash and its own
-content, so an edited, deleted or reordered row breaks the chain (see service.verify_chain)."""
+"""Append-only audit trail. Each row carries an HMAC (keyed with the audit key, kept outside the
+database) of the previous row's hash and its own content, so an edited, deleted or reordered row
+breaks the chain, even for someone who can write to the database (see chain.check_chain)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ class AuditEvent(Base):
     client_addr: Mapped[str | None] = mapped_column(String(64), nullable=True)
     request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # the id of the audit key whose HMAC `hash` is; None: a plain sha256 event written before
+    # the chain was keyed (accepted only before the first keyed event)
+    key_id: Mapped[str | None] = mapped_column(String(16), nullable=True)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
 

@@ -6,6 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from clearscan.db.base import Base, UTCDateTime, utcnow
@@ -30,6 +31,9 @@ class User(Base):
     # carried by every API token as its `ver` claim; a password change or disabling the user
     # increments it, so every token issued before stops working
     token_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # a service account (a PACS router, a script): no password sign-in, no browser session;
+    # it authenticates with API keys only (clearscan.auth.apikeys)
+    is_service: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
 
 
 class UserSession(Base):
@@ -77,3 +81,28 @@ class KnownLoginAddress(Base):
 
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     until: Mapped[float] = mapped_column(Float, index=True)  # Unix time
+
+
+class ApiKey(Base):
+    """An API key of a service account. The key itself (``csk_<prefix>_<secret>``) is shown once;
+    the table holds its public `prefix` (to find the row and to name the key in lists and logs)
+    and the sha256 of the whole key (see clearscan.auth.apikeys for why a fast hash is right)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))  # sha256 hex of the whole key
+    scopes: Mapped[str] = mapped_column(String(64))  # space-separated, e.g. "predict read"
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # written at most once a minute per key (apikeys.LAST_USED_EVERY_SECONDS)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    @property
+    def scope_set(self) -> frozenset[str]:
+        return frozenset(self.scopes.split())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
@@ -18,11 +19,20 @@ class Token(BaseModel):
     expires_in: int
 
 
+TeamNames = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=64)]],
+    Field(max_length=100, description="names of existing teams; [] for none"),
+]
+
+
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     username: str = Field(pattern=USERNAME_PATTERN)
     password: str = Field(min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH)
     role: Role = Role.viewer
+    teams: TeamNames | None = Field(
+        default=None, description="the teams the user belongs to (default: the team general)"
+    )
 
 
 class UserUpdate(BaseModel):
@@ -31,6 +41,9 @@ class UserUpdate(BaseModel):
     disabled: StrictBool | None = None
     password: str | None = Field(
         default=None, min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH
+    )
+    teams: TeamNames | None = Field(
+        default=None, description="replaces the user's teams (absent: unchanged)"
     )
 
 
@@ -42,6 +55,7 @@ class UserPublic(BaseModel):
     disabled: bool
     created_at: datetime
     last_login_at: datetime | None
+    teams: list[str] = Field(default_factory=list, description="the teams the user belongs to")
 
 
 class UserList(BaseModel):

@@ -22,6 +22,7 @@ from clearscan.auth.security import (
 )
 from clearscan.auth.throttle import LoginLimiter
 from clearscan.errors import ClearScanError, Conflict, Forbidden, NotFound
+from clearscan.teams import service as teams
 
 
 class AuthError(ClearScanError):
@@ -48,6 +49,10 @@ class UserExists(Conflict, AuthError):
 
 class UserNotFound(NotFound, AuthError):
     pass
+
+
+class ServiceAccountRole(Conflict, AuthError):
+    """A service account may not be made an admin."""
 
 
 class LastAdmin(Conflict, AuthError):
@@ -94,20 +99,38 @@ def list_users(*, db: Session, limit: int = 100, offset: int = 0) -> tuple[Seque
     return rows.all(), total
 
 
+def team_names(*, db: Session, users: Sequence[User]) -> dict[int, list[str]]:
+    """Each user's team names, sorted, by user id."""
+    return teams.names_of(db=db, user_ids=[u.id for u in users])
+
+
 def create(
-    *, db: Session, ctx: audit.RequestContext, username: str, password: str, role: Role
+    *,
+    db: Session,
+    ctx: audit.RequestContext,
+    username: str,
+    password: str,
+    role: Role,
+    team_names: Sequence[str] | None = None,
 ) -> User:
+    """A new user in the teams `team_names` lists (None: the team general; []: none).
+    UserExists (409); TeamUnknown (422) naming a team that does not exist."""
     if get_by_username(db=db, username=username) is not None:
         raise UserExists(f"user {username!r} already exists")
     user = User(username=username, password_hash=hash_password(password), role=role.value)
     db.add(user)
     db.flush()
+    joined = teams.set_memberships(db=db, user_id=user.id, names=team_names)
     audit.append(
         audit.Entry(
             Action.USER_CREATE,
             object_type="user",
             object_id=str(user.id),
-            details={"username": username, "role": role.value},
+            details={
+                "username": username,
+                "role": role.value,
+                **({"teams": joined} if team_names is not None else {}),
+            },
         ),
         db=db,
         ctx=ctx,
@@ -124,13 +147,20 @@ def update(
     role: Role | None = None,
     disabled: bool | None = None,
     password: str | None = None,
+    team_names: Sequence[str] | None = None,
 ) -> User:
+    """Change what is given (None: unchanged); `team_names` replaces the user's teams."""
     changes: dict[str, object] = {}
     demotes_admin = user.role == Role.admin.value and (
         (role is not None and role != Role.admin) or disabled is True
     )
     if demotes_admin and not user.disabled and _active_admins(db) <= 1:
         raise LastAdmin("cannot demote or disable the last active admin")
+    if user.is_service and role is Role.admin:
+        # its keys could not reach admin routes, but as an admin it would see every team's rows
+        raise ServiceAccountRole(
+            f"{user.username} is a service account: its role is clinician or viewer, not admin"
+        )
     if role is not None and role.value != user.role:
         changes["role"] = [user.role, role.value]
         user.role = role.value
@@ -143,6 +173,11 @@ def update(
         user.password_hash = hash_password(password)
         changes["password"] = "changed"  # noqa: S105 (audit note, not a password)
         revoke_credentials(db=db, user=user)
+    if team_names is not None:
+        before = teams.names_of(db=db, user_ids=[user.id])[user.id]
+        after = teams.set_memberships(db=db, user_id=user.id, names=team_names)
+        if after != before:
+            changes["teams"] = [before, after]
     audit.append(
         audit.Entry(
             Action.USER_UPDATE,
@@ -163,10 +198,11 @@ def _active_admins(db: Session) -> int:
 
 
 def authenticate(*, db: Session, username: str, password: str) -> User | None:
-    """Return the user when the password matches and the account is enabled."""
+    """Return the user when the password matches and the account is enabled. A service account
+    never signs in with a password (even one an admin set): it uses API keys only."""
     user = get_by_username(db=db, username=username)
     ok = verify_password(user.password_hash if user else None, password)
-    if not ok or user is None or user.disabled:
+    if not ok or user is None or user.disabled or user.is_service:
         return None
     if needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
@@ -324,6 +360,7 @@ def ensure_admin(*, db: Session, password: str | None) -> str | None:
     user = User(username="admin", password_hash=hash_password(password), role=Role.admin.value)
     db.add(user)
     db.flush()
+    teams.set_memberships(db=db, user_id=user.id, names=None)
     audit.append(
         audit.Entry(
             Action.USER_CREATE,

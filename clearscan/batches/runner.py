@@ -34,6 +34,7 @@ from clearscan.cases.models import Case
 from clearscan.cases.workflow import PredictRejected, predict_images
 from clearscan.errors import ClearScanError, Unprocessable
 from clearscan.imaging import Limits
+from clearscan.imaging.deid import DeidPolicy
 from clearscan.inference.base import Model
 from clearscan.jobs.models import Job
 from clearscan.jobs.service import JobCancelled, JobContext, JobError, JobLeaseLost
@@ -205,6 +206,7 @@ def run_batch(
     blobs: BlobStore,
     limits: Limits,
     default_model: str,
+    deid: DeidPolicy,
     metrics: Metrics | None = None,
 ) -> dict[str, Any]:
     """The `batch` job handler. Reports ``done``, ``total`` and ``failed`` as it goes; stops
@@ -216,6 +218,8 @@ def run_batch(
         if user is None or user.disabled:
             raise BatchStopped("the user who submitted the batch is disabled or gone")
         db.expunge(user)
+        # the batch's cases belong to the batch's team
+        team_id = db.scalar(select(Job.team_id).where(Job.id == ctx.job_id))
     rows = _statuses(sessions, ctx.job_id)
     counts = Counts.of(rows)
     name, _, version = params.model.partition(":")
@@ -235,10 +239,12 @@ def run_batch(
             sessions=sessions,
             metrics=metrics,
             uploads=[data],
+            deid=deid,
             model_name=name,
             explain=params.explain,
             patient_ref=None,
             note=note,
+            team_id=team_id,
         )
         return case.id
 

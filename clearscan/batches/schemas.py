@@ -29,6 +29,11 @@ class BatchImagesCreate(BaseModel):
         "configured default model",
     )
     explain: bool = Field(default=True, description="compute a Grad-CAM heatmap per image")
+    team: str | None = Field(
+        default=None,
+        max_length=64,
+        description="the team the batch and its cases belong to, for a user in several",
+    )
 
 
 class BatchProgress(BaseModel):

@@ -24,7 +24,7 @@ from clearscan.auth.models import Role, User
 from clearscan.batches.archive import MAX_ITEMS, ArchiveLimits, read_archive
 from clearscan.batches.models import BATCH_KIND, BatchItem
 from clearscan.batches.schemas import BatchDetail, BatchItemPublic, BatchProgress, BatchPublic
-from clearscan.cases.models import Image, Prediction
+from clearscan.cases.models import Case, Image, Prediction
 from clearscan.inference.tasks import TaskKind, task_kind
 from clearscan.jobs import service as jobs
 from clearscan.jobs.delivery import JobQueue, commit_and_deliver
@@ -33,6 +33,8 @@ from clearscan.registry.errors import ModelUnavailable
 from clearscan.registry.ref import valid_name, valid_version
 from clearscan.registry.routing import ModelRegistry
 from clearscan.storage import BlobStore
+from clearscan.teams import service as teams
+from clearscan.teams.service import Scope
 
 __all__ = [
     "BATCH_KIND",
@@ -143,10 +145,12 @@ def submit(
     queue: JobQueue | None,
     idempotency_key: str | None = None,
     via: str | None = None,
+    team_id: int,
 ) -> Submitted:
-    """Write the batch: its job row, every item and the audit event in one transaction, commit
-    and deliver it to `queue` (QueueUnavailable, 503, and nothing written when the queue cannot
-    take it). `model` is what :func:`resolve_model` returned; the items' blobs are stored."""
+    """Write the batch (of team `team_id`, which its cases will belong to): its job row, every
+    item and the audit event in one transaction, commit and deliver it to `queue`
+    (QueueUnavailable, 503, and nothing written when the queue cannot take it). `model` is what
+    :func:`resolve_model` returned; the items' blobs are stored."""
     if not items:
         raise BatchRefused("a batch needs at least one image")
     if len(items) > MAX_ITEMS:
@@ -171,6 +175,7 @@ def submit(
             details=details,
             idempotency_key=idempotency_key,
         )
+        job.team_id = team_id
         db.execute(
             insert(BatchItem),
             [
@@ -211,12 +216,15 @@ def submit_archive(
     explain: bool = True,
     idempotency_key: str | None = None,
     via: str | None = None,
+    team: str | None = None,
 ) -> Submitted:
     """A batch of the images of a ZIP archive (see :mod:`clearscan.batches.archive` for what
-    is refused). Nothing but blobs is written unless the whole batch is accepted."""
+    is refused), in the user's team (`team` names one of several). Nothing but blobs is written
+    unless the whole batch is accepted."""
     jobs.check_key(idempotency_key)
     if idempotency_key and (earlier := _by_key(db=db, key=idempotency_key, user=user)):
         return Submitted(earlier, False)
+    team_id = teams.team_for_new_row(db=db, user=user, team=team)
     ref = resolve_model(registry=registry, model=model, default_model=default_model, user=user)
     items: list[NewItem] = []
     chunk: list[bytes] = []
@@ -248,6 +256,7 @@ def submit_archive(
         queue=queue,
         idempotency_key=idempotency_key,
         via=via,
+        team_id=team_id,
     )
 
 
@@ -264,19 +273,25 @@ def submit_images(
     explain: bool = True,
     idempotency_key: str | None = None,
     via: str | None = None,
+    team: str | None = None,
 ) -> Submitted:
-    """A batch of images already stored in cases (any signed-in user may see every case, so
-    every stored image may be named). An id that names no image, or an image that holds feature
-    values rather than pixels, refuses the batch (422)."""
+    """A batch of images already stored in cases the user may see (their teams' cases; every
+    case for an admin), in the user's team (`team` names one of several). An id that names no
+    image, or an image of a case the user may not see (the same reply), or an image that holds
+    feature values rather than pixels, refuses the batch (422)."""
     jobs.check_key(idempotency_key)
     if idempotency_key and (earlier := _by_key(db=db, key=idempotency_key, user=user)):
         return Submitted(earlier, False)
+    team_id = teams.team_for_new_row(db=db, user=user, team=team)
+    scope = teams.scope_of(db=db, user=user, ctx=ctx)
     ref = resolve_model(registry=registry, model=model, default_model=default_model, user=user)
     if len(image_ids) > MAX_ITEMS:
         raise errors.TooLarge(f"a batch holds at most {MAX_ITEMS:,} images")
     wanted = set(image_ids)
     rows = db.execute(
-        select(Image.id, Image.sha256, Image.format).where(Image.id.in_(wanted))
+        select(Image.id, Image.sha256, Image.format)
+        .join(Case, Case.id == Image.case_id)
+        .where(Image.id.in_(wanted), scope.where(Case.team_id))
     ).all()
     found = {r.id: r for r in rows}
     items = []
@@ -298,6 +313,7 @@ def submit_images(
         queue=queue,
         idempotency_key=idempotency_key,
         via=via,
+        team_id=team_id,
     )
 
 
@@ -305,10 +321,18 @@ def submit_images(
 
 
 def list_batches(
-    *, db: Session, limit: int = 50, offset: int = 0, status: str | None = None
+    *,
+    db: Session,
+    scope: Scope | None = None,
+    limit: int = 50,
+    offset: int = 0,
+    status: str | None = None,
 ) -> Batches:
-    """Batches newest first (ties by id), optionally of one status."""
+    """Batches `scope` may see (None: all), newest first (ties by id), optionally of one
+    status."""
     q = select(Job).where(Job.kind == BATCH_KIND)
+    if scope is not None:
+        q = q.where(scope.where(Job.team_id))
     if status:
         q = q.where(Job.status == status)
     total = db.scalar(select(func.count()).select_from(q.subquery())) or 0
@@ -316,10 +340,20 @@ def list_batches(
     return Batches(list(rows.all()), total)
 
 
-def get_batch(*, db: Session, batch_id: str) -> Job:
+def get_batch(*, db: Session, batch_id: str, scope: Scope | None = None) -> Job:
+    """The batch; BatchNotFound for a missing id and for a batch `scope` may not see."""
     job = db.get(Job, batch_id) if len(batch_id) <= 32 else None
+    missing = BatchNotFound(f"batch {batch_id} not found")
     if job is None or job.kind != BATCH_KIND:
-        raise BatchNotFound(f"batch {batch_id} not found")
+        raise missing
+    teams.check(
+        db=db,
+        scope=scope,
+        team_id=job.team_id,
+        object_type="job",
+        object_id=job.id,
+        missing=missing,
+    )
     return job
 
 
@@ -400,8 +434,9 @@ def cancel_batch(
 ) -> Job:
     """Cancel a queued batch at once, or stop a running one before its next image (the cases
     made so far are kept); audited. BatchNotFound (404), BatchForbidden (403) for another
-    clinician's batch, JobConflict (409) when it already ended."""
-    job = get_batch(db=db, batch_id=batch_id)
+    clinician's batch, JobConflict (409) when it already ended. A batch of a team the user is
+    not in is not found."""
+    job = get_batch(db=db, batch_id=batch_id, scope=teams.scope_of(db=db, user=user, ctx=ctx))
     if not may_cancel(job, user):
         raise BatchForbidden("only the clinician who submitted a batch, or an admin, may cancel it")
     try:

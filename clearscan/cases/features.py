@@ -22,6 +22,7 @@ from clearscan.inference.tasks import (
     task_kind,
 )
 from clearscan.storage import BlobStore
+from clearscan.teams import service as teams
 
 if TYPE_CHECKING:
     from clearscan.observability.metrics import Metrics
@@ -55,10 +56,15 @@ def predict_features(
     body: Any,
 ) -> tuple[Case, list[Prediction]]:
     """Predict from the JSON `body` ({"model", "features" or "window", "patient_ref"?,
-    "note"?}) and store the case. PredictRejected (audited, nothing stored) when refused."""
+    "note"?, "team"?}) and store the case in the user's team (`team` names one of several).
+    PredictRejected (audited, nothing stored) when refused."""
     with refusals(metrics, db, ctx):
         if not isinstance(body, dict):
             raise PredictRejected(422, 'send a JSON object: {"model": ..., "features": {...}}')
+        team = body.get("team")
+        if team is not None and (not isinstance(team, str) or len(team) > 64):
+            raise PredictRejected(422, "team must be a team name")
+        team_id = teams.team_for_new_row(db=db, user=user, team=team)
         name = body.get("model") or default_model
         values = body.get("features")
         window = body.get("window")
@@ -100,6 +106,7 @@ def predict_features(
         result=result,
         patient_ref=patient_ref,
         note=note,
+        team_id=team_id,
     )
     if metrics is not None:
         metrics.observe_prediction(

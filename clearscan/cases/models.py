@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.sql.expression import false
 
 from clearscan.db.base import Base, UTCDateTime, utcnow
 
@@ -24,6 +25,10 @@ class Case(Base):
     created_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     patient_ref: Mapped[str | None] = mapped_column(String(128), nullable=True)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # keyed HMAC of the DICOM PatientID (+ issuer): links one patient's cases without the ID
+    patient_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # the team it was created in; only that team's members (and admins) see it
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"), nullable=True, index=True)
 
     images: Mapped[list[Image]] = relationship(
         back_populates="case", order_by="Image.position", cascade="all, delete-orphan"
@@ -49,12 +54,30 @@ class Image(Base):
     study_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     series_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
     sop_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # the DICOM header said BurnedInAnnotation=YES: text (identifiers) may be in the pixels
+    burned_in_annotation: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false(), nullable=False
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     case: Mapped[Case] = relationship(back_populates="images")
     predictions: Mapped[list[Prediction]] = relationship(
         back_populates="image", order_by="Prediction.created_at", cascade="all, delete-orphan"
     )
+
+
+class OriginalImage(Base):
+    """An upload as received, before de-identification (CLEARSCAN_KEEP_ORIGINALS): its blob is
+    referenced from here only, and only the admin route serves it."""
+
+    __tablename__ = "original_images"
+
+    image_id: Mapped[str] = mapped_column(
+        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Prediction(Base):

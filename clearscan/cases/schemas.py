@@ -119,6 +119,8 @@ class ImagePublic(BaseModel):
     study_uid: str | None
     series_uid: str | None
     sop_uid: str | None
+    # DICOM BurnedInAnnotation=YES: text in the pixels may identify the patient
+    burned_in_annotation: bool = False
     file_url: str
     preview_url: str
     predictions: list[PredictionWithReviews] = Field(default_factory=list)
@@ -148,6 +150,7 @@ class ImagePublic(BaseModel):
             study_uid=im.study_uid,
             series_uid=im.series_uid,
             sop_uid=im.sop_uid,
+            burned_in_annotation=bool(im.burned_in_annotation),
             file_url=f"{API}/images/{im.id}/file",
             preview_url=f"{API}/images/{im.id}/preview.png",
             predictions=preds,
@@ -159,6 +162,8 @@ class CaseSummary(BaseModel):
     created_at: datetime
     created_by: str | None
     patient_ref: str | None
+    # keyed HMAC of the DICOM Patient ID: the same patient, the same key (no ID stored)
+    patient_key: str | None = None
     note: str | None
     image_count: int
     top_labels: list[str]
@@ -173,6 +178,7 @@ class CaseSummary(BaseModel):
             created_at=c.created_at,
             created_by=names.get(c.created_by_id),
             patient_ref=c.patient_ref,
+            patient_key=c.patient_key,
             note=c.note,
             image_count=len(c.images),
             top_labels=sorted({p.top_label for p in preds}),

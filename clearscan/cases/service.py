@@ -16,12 +16,15 @@ from clearscan import errors
 from clearscan.audit import service as audit
 from clearscan.audit.actions import Action
 from clearscan.auth.models import User
-from clearscan.cases.models import Case, Image, Prediction, Review, new_id
+from clearscan.cases.models import Case, Image, OriginalImage, Prediction, Review, new_id
 from clearscan.cases.schemas import CaseDetail, CaseSummary
 from clearscan.db.base import Base, utcnow
+from clearscan.imaging.deid import Deidentified
 from clearscan.inference.manifest import ModelManifest
 from clearscan.inference.tasks import ClassifiedImage, TabularResponse
 from clearscan.storage import BlobStore
+from clearscan.teams import service as teams
+from clearscan.teams.service import Scope
 
 
 class CaseError(errors.Invalid):
@@ -49,16 +52,24 @@ def save_case(
     patient_ref: str | None,
     note: str | None,
     explain_method: str | None = None,
+    team_id: int | None = None,
+    patient_key: str | None = None,
+    deid: Sequence[Deidentified | None] = (),
 ) -> tuple[Case, list[Prediction]]:
-    """Store the uploads and heatmaps, then write the case, one image and one prediction row per
-    upload (`results[i]` is the analysis of `uploads[i]`) and their audit events; commit."""
+    """Store the uploads and heatmaps, then write the case (of team `team_id`; None: the team
+    general), one image and one prediction row per upload (`results[i]` is the analysis of
+    `uploads[i]`) and their audit events; commit."""
     now = utcnow()
+    if team_id is None:
+        team_id = teams.default_team_id(db=db)
     case_row: dict[str, Any] = {
         "id": case_id or new_id(),
         "created_at": now,
         "created_by_id": user.id,
+        "team_id": team_id,
         "patient_ref": patient_ref or None,
         "note": note or None,
+        "patient_key": patient_key,
     }
     case_id = case_row["id"]
     entries = [audit.Entry(Action.CASE_CREATE, object_type="case", object_id=case_id)]
@@ -91,6 +102,7 @@ def save_case(
                 "study_uid": img.study_uid,
                 "series_uid": img.series_uid,
                 "sop_uid": img.sop_uid,
+                "burned_in_annotation": _burned_in(deid, pos),
                 "created_at": now,
             }
         )
@@ -133,6 +145,8 @@ def save_case(
     # Core inserts: append-only rows need no unit of work (about a third of the ORM's cost).
     db.execute(insert(_table(Case)), [case_row])
     db.execute(insert(_table(Image)), image_rows)
+    if originals := _originals(blobs, deid, [r["id"] for r in image_rows], now):
+        db.execute(insert(_table(OriginalImage)), originals)
     db.execute(insert(_table(Prediction)), pred_rows)
     case = Case(**case_row)  # detached copies of what was written, for the reply
     predictions = [Prediction(**row) for row in pred_rows]
@@ -154,9 +168,11 @@ def save_tabular_case(
     result: TabularResponse,
     patient_ref: str | None,
     note: str | None,
+    team_id: int | None = None,
 ) -> tuple[Case, Prediction]:
-    """Store the submitted values (and sensor window) as a JSON blob, then write the case, its
-    `features` image row and the prediction with per-feature contributions; commit."""
+    """Store the submitted values (and sensor window) as a JSON blob, then write the case (of
+    team `team_id`), its `features` image row and the prediction with per-feature contributions;
+    commit."""
     m = manifest
     feats = m.features or []
     payload = json.dumps(
@@ -169,9 +185,12 @@ def save_tabular_case(
         separators=(",", ":"),
     ).encode()
     digest = blobs.put(payload)
+    if team_id is None:
+        team_id = teams.default_team_id(db=db)
     case = Case(
         id=case_id or new_id(),
         created_by_id=user.id,
+        team_id=team_id,
         patient_ref=patient_ref or None,
         note=note or None,
     )
@@ -233,6 +252,23 @@ def save_tabular_case(
     return case, pred
 
 
+def _burned_in(deid: Sequence[Deidentified | None], pos: int) -> bool:
+    d = deid[pos] if pos < len(deid) else None
+    return d is not None and d.burned_in_annotation
+
+
+def _originals(
+    blobs: BlobStore, deid: Sequence[Deidentified | None], image_ids: list[str], now: datetime
+) -> list[dict[str, Any]]:
+    """Store the uploads as received where the site keeps originals: rows of original_images."""
+    kept = [(i, d.original) for i, d in zip(image_ids, deid, strict=False) if d and d.original]
+    digests = blobs.put_many([data for _, data in kept]) if kept else []
+    return [
+        {"image_id": i, "sha256": h, "size_bytes": len(data), "created_at": now}
+        for (i, data), h in zip(kept, digests, strict=True)
+    ]
+
+
 def _table(model: type[Base]) -> Table:
     return cast(Table, model.__table__)
 
@@ -240,14 +276,20 @@ def _table(model: type[Base]) -> Table:
 def list_cases(
     *,
     db: Session,
+    scope: Scope | None = None,
     limit: int = 20,
     offset: int = 0,
     label: str | None = None,
     username: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    patient_key: str | None = None,
 ) -> tuple[Sequence[Case], int]:
     q = select(Case)
+    if patient_key:
+        q = q.where(Case.patient_key == patient_key)
+    if scope is not None:
+        q = q.where(scope.where(Case.team_id))
     if label:
         q = q.where(exists().where(Prediction.case_id == Case.id, Prediction.top_label == label))
     if username:
@@ -266,7 +308,9 @@ def list_cases(
     return rows.all(), total
 
 
-def get_case(*, db: Session, case_id: str) -> Case:
+def get_case(*, db: Session, case_id: str, scope: Scope | None = None) -> Case:
+    """The case with its images, predictions and reviews; NotFound for a missing id and for a
+    case `scope` may not see (the same reply)."""
     case = db.execute(
         select(Case)
         .where(Case.id == case_id)
@@ -276,22 +320,63 @@ def get_case(*, db: Session, case_id: str) -> Case:
             .selectinload(Prediction.reviews)
         )
     ).scalar_one_or_none()
+    missing = NotFound(f"case {case_id} not found")
     if case is None:
-        raise NotFound(f"case {case_id} not found")
+        raise missing
+    teams.check(
+        db=db,
+        scope=scope,
+        team_id=case.team_id,
+        object_type="case",
+        object_id=case.id,
+        missing=missing,
+    )
     return case
 
 
-def get_image(*, db: Session, image_id: str) -> Image:
+def _case_team(db: Session, case_id: str) -> int | None:
+    return db.scalar(select(Case.team_id).where(Case.id == case_id))
+
+
+def get_image(*, db: Session, image_id: str, scope: Scope | None = None) -> Image:
+    """The image; NotFound for a missing id and for an image of a case `scope` may not see."""
     image = db.get(Image, image_id)
+    missing = NotFound(f"image {image_id} not found")
     if image is None:
-        raise NotFound(f"image {image_id} not found")
+        raise missing
+    teams.check(
+        db=db,
+        scope=scope,
+        team_id=_case_team(db, image.case_id),
+        object_type="image",
+        object_id=image.id,
+        missing=missing,
+    )
     return image
 
 
-def get_prediction(*, db: Session, prediction_id: str) -> Prediction:
+def get_original(*, db: Session, image: Image) -> OriginalImage:
+    """The upload as received (kept where CLEARSCAN_KEEP_ORIGINALS is on); NotFound otherwise."""
+    original = db.get(OriginalImage, image.id)
+    if original is None:
+        raise NotFound(f"image {image.id} has no kept original (only de-identified bytes)")
+    return original
+
+
+def get_prediction(*, db: Session, prediction_id: str, scope: Scope | None = None) -> Prediction:
+    """The prediction; NotFound for a missing id and for one of a case `scope` may not see."""
     pred = db.get(Prediction, prediction_id)
+    missing = NotFound(f"prediction {prediction_id} not found")
     if pred is None:
-        raise NotFound(f"prediction {prediction_id} not found")
+        raise missing
+    teams.check(
+        db=db,
+        scope=scope,
+        team_id=_case_team(db, pred.case_id),
+        object_type="prediction",
+        object_id=pred.id,
+        missing=missing,
+    )
     return pred
 
 
@@ -349,6 +434,7 @@ def usernames(*, db: Session, ids: set[int]) -> dict[int, str]:
 def list_case_summaries(
     *,
     db: Session,
+    scope: Scope | None = None,
     limit: int = 20,
     offset: int = 0,
     label: str | None = None,
@@ -359,6 +445,7 @@ def list_case_summaries(
     """One page of :func:`list_cases` as summaries naming their creators, and the total."""
     rows, total = list_cases(
         db=db,
+        scope=scope,
         limit=limit,
         offset=offset,
         label=label,
@@ -370,10 +457,12 @@ def list_case_summaries(
     return [CaseSummary.of(c, names) for c in rows], total
 
 
-def view_case(*, db: Session, ctx: audit.RequestContext, case_id: str) -> CaseDetail:
+def view_case(
+    *, db: Session, ctx: audit.RequestContext, case_id: str, scope: Scope | None = None
+) -> CaseDetail:
     """A case with its images, predictions and reviews, naming who made them (NotFound
-    otherwise); the view is audited and committed."""
-    case = get_case(db=db, case_id=case_id)
+    otherwise, and for a case `scope` may not see); the view is audited and committed."""
+    case = get_case(db=db, case_id=case_id, scope=scope)
     ids = {case.created_by_id} | {
         r.user_id for im in case.images for p in im.predictions for r in p.reviews
     }

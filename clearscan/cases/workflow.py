@@ -12,7 +12,7 @@ import functools
 import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,6 +25,8 @@ from clearscan.cases.models import Case, Prediction, new_id
 from clearscan.cases.shadow import queue_shadow
 from clearscan.errors import ClearScanError
 from clearscan.imaging import Limits
+from clearscan.imaging.deid import Deidentified, DeidPolicy, deidentify_all
+from clearscan.inference.admission import Admission
 from clearscan.inference.base import Model
 from clearscan.inference.manifest import ModelManifest
 from clearscan.inference.tasks import (
@@ -39,6 +41,7 @@ from clearscan.inference.types import ExplainMethod
 from clearscan.jobs.delivery import JobQueue
 from clearscan.registry.service import ShadowComparison, record_shadow
 from clearscan.storage import BlobStore
+from clearscan.teams import service as teams
 
 if TYPE_CHECKING:
     from clearscan.observability.metrics import Metrics
@@ -95,17 +98,31 @@ def predict_images(
     patient_ref: str | None,
     note: str | None,
     shadow_queue: JobQueue | None = None,
+    deid: DeidPolicy,
+    team: str | None = None,
+    team_id: int | None = None,
+    admission: Admission | None = None,
 ) -> tuple[Case, list[Prediction]]:
     """Analyse uploaded images with `model_name` (default: `default_model`) and store the case.
     PredictRejected (audited, nothing stored) when the request or an image is refused. A shadow
     version, if the name has one, then runs on the same inputs: as a job when `shadow_queue`
     hands jobs to workers, else on a background thread of this process (`sessions` opens the
-    session that stores its comparison)."""
-    with refusals(metrics, db, ctx):
+    session that stores its comparison). The case belongs to team `team_id` when given (a batch:
+    its own team), else to the user's team (`team` names one of several; NoTeam, 422, for a
+    user in no team).
+
+    `admission` caps the analyses this process decodes and runs at once: when all its slots are
+    taken the request is refused at once with Busy (503 + Retry-After; not audited, counted in
+    the metrics). The uploads are decoded and preprocessed one at a time within the request's
+    decoded-bytes budget (`limits`)."""
+    with admission.slot() if admission is not None else nullcontext(), refusals(metrics, db, ctx):
+        if team_id is None:
+            team_id = teams.team_for_new_row(db=db, user=user, team=team)
         if not uploads:
             raise PredictRejected(422, "no file uploaded: send one or more 'file' parts")
         if len(uploads) > max_files:
             raise PredictRejected(413, f"too many files: at most {max_files} per request")
+        uploads, cleaned, patient_key = deidentify_uploads(uploads, deid, limits)
         name = model_name or default_model
         case_id = new_id()
         method = ExplainMethod.parse(explain_method)
@@ -133,6 +150,9 @@ def predict_images(
         patient_ref=patient_ref,
         note=note,
         explain_method=method.value if explain else None,
+        team_id=team_id,
+        patient_key=patient_key,
+        deid=cleaned,
     )
     if metrics is not None:
         for p, item in zip(preds, result.items, strict=True):
@@ -167,6 +187,33 @@ def predict_images(
             preds,
         )
     return case, preds
+
+
+def deidentify_uploads(
+    uploads: Sequence[bytes], policy: DeidPolicy, limits: Limits
+) -> tuple[list[bytes], list[Deidentified | None], str | None]:
+    """De-identify the DICOM uploads (clearscan.imaging.deid): the bytes to analyse and store,
+    what de-identification learnt of each, and the case's pseudonymous patient key.
+    PredictRejected (422) for images of two patients, or with burned-in annotation where the
+    site refuses them."""
+    cleaned = deidentify_all(uploads, policy=policy, limits=limits)
+    keys = {d.patient_key for d in cleaned if d is not None and d.patient_key}
+    if len(keys) > 1:
+        raise PredictRejected(
+            422,
+            f"the images belong to {len(keys)} different patients (DICOM Patient ID): "
+            "send one patient's images per analysis",
+        )
+    if policy.refuse_burned_in:
+        for pos, d in enumerate(cleaned, start=1):
+            if d is not None and d.burned_in_annotation:
+                raise PredictRejected(
+                    422,
+                    f"image {pos} is marked BurnedInAnnotation=YES (text in its pixels may "
+                    "identify the patient): this site refuses such images for analysis",
+                )
+    data = [d.data if d is not None else u for d, u in zip(cleaned, uploads, strict=True)]
+    return data, cleaned, next(iter(keys), None)
 
 
 @functools.cache

@@ -80,6 +80,7 @@ def import_(
                     options=options,
                     limits=settings.image_limits(),
                     max_bytes=int(settings.max_dataset_upload_mb * 2**20),
+                    deid=settings.deid_policy(),
                 )
         except DatasetError as exc:
             raise fail(exc.detail) from None

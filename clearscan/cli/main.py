@@ -9,7 +9,7 @@ import typer
 from rich.panel import Panel
 
 from clearscan import __version__
-from clearscan.cli import datasets, models, users
+from clearscan.cli import apikeys, audit, backup, datasets, models, teams, users
 from clearscan.cli.common import DataDirOpt, console, fail, load_settings
 from clearscan.cli.evaluate import evaluate
 from clearscan.cli.predict import predict
@@ -24,8 +24,13 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(users.app, name="users")
+app.add_typer(teams.app, name="teams")
+app.add_typer(audit.app, name="audit")
+app.add_typer(apikeys.accounts_app, name="service-accounts")
+app.add_typer(apikeys.keys_app, name="api-keys")
 app.add_typer(models.app, name="models")
 app.add_typer(datasets.app, name="datasets")
+app.add_typer(backup.app, name="backup")
 db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.command("predict")(predict)

@@ -12,6 +12,7 @@ from clearscan.auth import service
 from clearscan.auth.models import Role
 from clearscan.auth.schemas import UserCreate, UserUpdate
 from clearscan.cli.common import DataDirOpt, cli_context, console, db_session, fail, load_settings
+from clearscan.teams import service as teams
 
 app = typer.Typer(help="Create, list and change user accounts.", no_args_is_help=True)
 
@@ -22,6 +23,10 @@ def create(
     role: Annotated[Role, typer.Option(help="admin, clinician or viewer")] = Role.viewer,
     password: Annotated[
         str | None, typer.Option(help="Password (prompted, hidden, when omitted).")
+    ] = None,
+    team: Annotated[
+        list[str] | None,
+        typer.Option("--team", help="A team to join (repeatable; default: the team general)."),
     ] = None,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -41,10 +46,15 @@ def create(
                 username=body.username,
                 password=body.password,
                 role=body.role,
+                team_names=team or None,
             )
-        except service.UserExists as exc:
+            joined = service.team_names(db=db, users=[user])[user.id]
+        except (service.UserExists, teams.TeamUnknown) as exc:
             raise fail(str(exc)) from None
-    console.print(f"created user [bold]{user.username}[/bold] (id {user.id}, role {user.role})")
+    console.print(
+        f"created user [bold]{user.username}[/bold] (id {user.id}, role {user.role}, "
+        f"teams {', '.join(joined) or 'none'})"
+    )
 
 
 @app.command("list")
@@ -52,12 +62,14 @@ def list_users(data_dir: DataDirOpt = None) -> None:
     """List users."""
     with db_session(load_settings(data_dir)) as db:
         rows, _ = service.list_users(db=db, limit=10_000)
-    table = Table("id", "username", "role", "disabled", "last login")
+        names = service.team_names(db=db, users=rows)
+    table = Table("id", "username", "role", "teams", "disabled", "last login")
     for u in rows:
         table.add_row(
             str(u.id),
             u.username,
             u.role,
+            ", ".join(names.get(u.id, [])),
             "yes" if u.disabled else "",
             u.last_login_at.isoformat(timespec="seconds") if u.last_login_at else "",
         )
@@ -76,6 +88,19 @@ def _change(
         except service.LastAdmin as exc:
             raise fail(str(exc)) from None
     console.print(f"updated user [bold]{username}[/bold]: {shown or changes}")
+
+
+@app.command("set-teams")
+def set_teams(
+    username: str,
+    team: Annotated[list[str] | None, typer.Argument(help="Team names (none: no team).")] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Replace a user's teams."""
+    try:
+        _change(username, data_dir, team_names=list(team or []))
+    except teams.TeamUnknown as exc:
+        raise fail(str(exc)) from None
 
 
 @app.command("set-role")

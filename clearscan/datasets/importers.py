@@ -14,7 +14,7 @@ import io
 import math
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -22,6 +22,7 @@ import numpy as np
 
 from clearscan.errors import Unprocessable
 from clearscan.imaging import ImagingError, Limits, decode
+from clearscan.imaging.deid import DeidPolicy, deidentify, is_dicom
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {
@@ -67,12 +68,20 @@ class ImageSource:
 # --- image folders (a directory or a zip of one) ---------------------------------------------
 
 
+def describe(parts: tuple[str, ...]) -> str:
+    """An entry of an image folder or zip for messages: its folders (split and class), never
+    its file name, which may name a patient."""
+    return f"a file in {'/'.join(parts[:-1])!r}" if len(parts) > 1 else "a file at the top level"
+
+
 def _layout(parts: tuple[str, ...], where: str) -> tuple[str | None, str]:
     if len(parts) >= 3 and parts[-3].lower() in _SPLIT_ALIASES:
         return _SPLIT_ALIASES[parts[-3].lower()], parts[-2]
     if len(parts) >= 2:
         return None, parts[-2]
-    raise DatasetError(f"{where}: images must be inside one folder per class (<class>/<image>)")
+    raise DatasetError(
+        f"{describe(parts)}: images must be inside one folder per class (<class>/<image>)"
+    )
 
 
 def _hidden(parts: tuple[str, ...]) -> bool:
@@ -85,7 +94,7 @@ def _folder_entries(root: Path) -> Iterator[tuple[tuple[str, ...], Path]]:
         if _hidden(rel) or p.is_dir():
             continue
         if p.is_symlink():
-            raise DatasetError(f"{'/'.join(rel)}: symbolic links are not followed")
+            raise DatasetError(f"{describe(rel)}: symbolic links are not followed")
         yield rel, p
 
 
@@ -97,14 +106,14 @@ def _zip_members(zf: zipfile.ZipFile, max_bytes: int) -> list[tuple[tuple[str, .
             continue
         parts = PurePosixPath(m.filename).parts
         if m.filename.startswith(("/", "\\")) or ".." in parts or "\\" in m.filename:
-            raise DatasetError(f"zip entry {m.filename!r} points outside the dataset")
+            raise DatasetError("a zip entry points outside the dataset (an absolute or .. path)")
         if _hidden(parts):
             continue
         total += m.file_size
         if total > max_bytes:
             raise DatasetError(f"zip unpacks to more than {max_bytes / 2**20:.0f} MB; refusing")
         if m.file_size > MAX_IMAGE_BYTES:
-            raise DatasetError(f"{m.filename}: larger than {MAX_IMAGE_BYTES // 2**20} MB")
+            raise DatasetError(f"{describe(parts)}: larger than {MAX_IMAGE_BYTES // 2**20} MB")
         out.append((parts, m.filename))
     tops = {p[0] for p, _ in out}
     if len(tops) == 1 and any(len(p) >= 3 for p, _ in out):  # one wrapping folder
@@ -114,31 +123,45 @@ def _zip_members(zf: zipfile.ZipFile, max_bytes: int) -> list[tuple[tuple[str, .
     return out
 
 
-def _record(data: bytes, parts: tuple[str, ...], limits: Limits) -> ImageRecord:
+def _clean(data: bytes, deid: DeidPolicy | None, limits: Limits) -> bytes:
+    """A DICOM item de-identified like an analysis upload (no original kept); other formats as
+    they are. Deterministic, so both passes over the source see the same bytes."""
+    if deid is None or not deid.enabled or not is_dicom(data):
+        return data
+    return deidentify(data, policy=replace(deid, keep_originals=False), limits=limits).data
+
+
+def _record(
+    data: bytes, parts: tuple[str, ...], limits: Limits, deid: DeidPolicy | None = None
+) -> ImageRecord:
     where = "/".join(parts)
     split, label = _layout(parts, where)
     try:
+        data = _clean(data, deid, limits)
         img = decode(data, limits=limits)
     except ImagingError as exc:
-        raise DatasetError(f"{where}: {exc.detail}") from None
+        raise DatasetError(f"{describe(parts)}: {exc.detail}") from None
     key = hashlib.sha256(data).hexdigest()
     return ImageRecord(split, label, img.height, img.width, img.channels, where, key=key)
 
 
-def read_image_folder(path: Path, *, limits: Limits, max_bytes: int) -> ImageSource:
+def read_image_folder(
+    path: Path, *, limits: Limits, max_bytes: int, deid: DeidPolicy | None = None
+) -> ImageSource:
+    """An image folder (or a zip of one); DICOM items de-identified under `deid` when given."""
     records: list[ImageRecord] = []
     if path.is_dir():
         files = {}
         for parts, p in _folder_entries(path):
             if p.stat().st_size > MAX_IMAGE_BYTES:
-                raise DatasetError(f"{'/'.join(parts)}: larger than {MAX_IMAGE_BYTES // 2**20} MB")
-            records.append(_record(p.read_bytes(), parts, limits))
+                raise DatasetError(f"{describe(parts)}: larger than {MAX_IMAGE_BYTES // 2**20} MB")
+            records.append(_record(p.read_bytes(), parts, limits, deid))
             files[records[-1].source] = p
             _check_count(len(records))
 
         def read_dir(recs: list[ImageRecord]) -> Iterator[bytes]:
             for r in recs:
-                yield files[r.source].read_bytes()
+                yield _clean(files[r.source].read_bytes(), deid, limits)
 
         return ImageSource("folder", records, _classes(records), read_dir)
 
@@ -150,14 +173,14 @@ def read_image_folder(path: Path, *, limits: Limits, max_bytes: int) -> ImageSou
         members = _zip_members(zf, max_bytes)
         names = {}
         for parts, name in members:
-            records.append(_record(zf.read(name), parts, limits))
+            records.append(_record(zf.read(name), parts, limits, deid))
             names[records[-1].source] = name
             _check_count(len(records))
 
     def read_zip(recs: list[ImageRecord]) -> Iterator[bytes]:
         with zipfile.ZipFile(path) as z:
             for r in recs:
-                yield z.read(names[r.source])
+                yield _clean(z.read(names[r.source]), deid, limits)
 
     return ImageSource("folder", records, _classes(records), read_zip)
 
@@ -405,8 +428,10 @@ def read_csv(
                 if splits is not None and s_i is not None:
                     split_name = _SPLIT_ALIASES.get(row[s_i].strip().lower())
                     if split_name is None:
+                        # row numbers and column names only: a cell may hold an identifier
                         raise DatasetError(
-                            f"row {row_no}: split {row[s_i]!r} is not one of train, val, test"
+                            f"row {row_no}: the split column holds a value that is not one of "
+                            "train, val, test"
                         )
                     splits.append(split_name)
         except (csv.Error, UnicodeDecodeError) as exc:
@@ -418,15 +443,15 @@ def read_csv(
         if st.name in special:
             continue
         if st.numeric and st.non_numeric and st.first_bad:
-            row_no, value = st.first_bad
+            row_no, _value = st.first_bad
             raise DatasetError(
-                f"column {st.name!r} is numeric but row {row_no} holds {value!r} "
+                f"column {st.name!r} is numeric but row {row_no} holds a non-numeric value "
                 f"({st.non_numeric} non-numeric values in all)"
             )
     classes = sorted(set(targets), key=_natural)
     if len(classes) < 2:
         raise DatasetError(
-            f"the target column {target!r} has one class ({classes[0]!r}); "
+            f"the target column {target!r} holds one class in all {len(targets)} rows; "
             "a classifier needs at least two"
         )
     features = [st.name for st in stats if st.name not in special]

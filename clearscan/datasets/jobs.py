@@ -36,11 +36,14 @@ from clearscan.datasets.importers import DatasetError
 from clearscan.datasets.models import Dataset
 from clearscan.datasets.schemas import DatasetImportPublic
 from clearscan.imaging import Limits
+from clearscan.imaging.deid import DeidPolicy
 from clearscan.jobs import service as job_service
 from clearscan.jobs.delivery import JobQueue, commit_and_deliver
 from clearscan.jobs.models import Job
 from clearscan.jobs.service import JobContext
 from clearscan.storage import BlobIntegrityError, BlobStore
+from clearscan.teams import service as teams
+from clearscan.teams.service import Scope
 
 __all__ = [
     "DATASET_IMPORT_KIND",
@@ -136,8 +139,10 @@ def submit_import(
     max_upload_bytes: int,
     queue: JobQueue | None,
     idempotency_key: str | None = None,
+    team_id: int | None = None,
 ) -> Submitted:
-    """Accept an import to run as a job: refuse what can be refused now (audited as the
+    """Accept an import to run as a job (the dataset will belong to team `team_id`; None: the
+    team general): refuse what can be refused now (audited as the
     synchronous import does), store the upload as a blob, write the job and its audit event,
     commit and deliver it (QueueUnavailable, 503, and nothing written when the queue cannot
     take it)."""
@@ -171,6 +176,7 @@ def submit_import(
             details={"name": options.name, "sha256": digest, "size": size},
             idempotency_key=idempotency_key,
         )
+        job.team_id = team_id if team_id is not None else teams.default_team_id(db=db)
         commit_and_deliver(db=db, queue=queue, jobs=[job])
     except IntegrityError:
         # another request with the same key committed first: that one is the import
@@ -185,10 +191,20 @@ def submit_import(
 # --- reading ------------------------------------------------------------------------------------
 
 
-def get_import(*, db: Session, import_id: str) -> Job:
+def get_import(*, db: Session, import_id: str, scope: Scope | None = None) -> Job:
+    """The import; ImportNotFound for a missing id and for an import `scope` may not see."""
     job = db.get(Job, import_id) if len(import_id) <= 32 else None
+    missing = ImportNotFound(f"dataset import {import_id} not found")
     if job is None or job.kind != DATASET_IMPORT_KIND:
-        raise ImportNotFound(f"dataset import {import_id} not found")
+        raise missing
+    teams.check(
+        db=db,
+        scope=scope,
+        team_id=job.team_id,
+        object_type="job",
+        object_id=job.id,
+        missing=missing,
+    )
     return job
 
 
@@ -234,8 +250,10 @@ def run_import(
     tmp_dir: Path,
     limits: Limits,
     max_bytes: int,
+    deid: DeidPolicy | None = None,
 ) -> dict[str, Any]:
-    """The ``dataset-import`` job handler (see the module's docstring)."""
+    """The ``dataset-import`` job handler (see the module's docstring); DICOM items are
+    de-identified under `deid`."""
     p = ImportParams.of(ctx.params)
     audit_ctx = audit.RequestContext(
         actor=p.actor, client_addr=p.client_addr, request_id=ctx.job_id
@@ -255,6 +273,7 @@ def run_import(
             )
             ctx.report(force=True, stage="importing", bytes=p.size, total_bytes=p.size)
             with sessions() as db:
+                team_id = db.scalar(select(Job.team_id).where(Job.id == ctx.job_id))
                 ds = service.import_dataset(
                     db=db,
                     blobs=blobs,
@@ -264,6 +283,8 @@ def run_import(
                     limits=limits,
                     max_bytes=max_bytes,
                     before_commit=end_job,
+                    team_id=team_id,
+                    deid=deid,
                 )
                 return result_of(ds)
     except OSError as exc:  # the data dir, not the data

@@ -26,6 +26,8 @@ class Dataset(Base):
     info: Mapped[dict[str, Any]] = mapped_column(JSON)  # summaries, split recipe, warnings
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # the team it was imported in; only that team's members (and admins) see it
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"), nullable=True, index=True)
 
 
 class DatasetItem(Base):

@@ -36,7 +36,10 @@ from clearscan.datasets.importers import (
 from clearscan.datasets.models import Dataset, DatasetItem
 from clearscan.errors import Conflict, NotFound, TooLarge
 from clearscan.imaging import Limits
+from clearscan.imaging.deid import DeidPolicy
 from clearscan.storage.base import BlobStore
+from clearscan.teams import service as teams
+from clearscan.teams.service import Scope
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 VAL_FRACTION = 0.15
@@ -133,6 +136,8 @@ def import_upload(
     options: ImportOptions,
     limits: Limits,
     max_bytes: int,
+    team_id: int | None = None,
+    deid: DeidPolicy | None = None,
 ) -> Dataset:
     """Import an uploaded file: it goes to a temporary file in `tmp_dir` (see `spooled`)."""
     with spooled(upload, tmp_dir) as (path, _):
@@ -144,6 +149,8 @@ def import_upload(
             options=options,
             limits=limits,
             max_bytes=max_bytes,
+            team_id=team_id,
+            deid=deid,
         )
 
 
@@ -178,8 +185,11 @@ def import_dataset(
     limits: Limits,
     max_bytes: int,
     before_commit: Callable[[Session, Dataset], None] | None = None,
+    team_id: int | None = None,
+    deid: DeidPolicy | None = None,
 ) -> Dataset:
-    """Import `source` (a folder, a .zip, a .npz or a CSV) as the dataset `options` names: the
+    """Import `source` (a folder, a .zip, a .npz or a CSV) as the dataset `options` names, of
+    team `team_id` (None: the team general): the
     dataset, its items and its audit event commit in one transaction. `before_commit(db,
     dataset)` runs in that transaction once the dataset is written (a job ends itself there, so
     the dataset and the job's end commit together); when it raises, nothing is committed."""
@@ -192,7 +202,7 @@ def import_dataset(
             src = (
                 read_npz(source, class_names=options.labels)
                 if fmt == "npz"
-                else read_image_folder(source, limits=limits, max_bytes=max_bytes)
+                else read_image_folder(source, limits=limits, max_bytes=max_bytes, deid=deid)
             )
             ds = _import_images(db, blobs, src, options)
     except IntegrityError:  # another import took the name meanwhile
@@ -207,6 +217,7 @@ def import_dataset(
         record_rejection(db=db, ctx=ctx, reason=exc.detail)
         raise
     ds.created_by = ctx.actor
+    ds.team_id = team_id if team_id is not None else teams.default_team_id(db=db)
     if options.license:
         ds.info = {**ds.info, "license": options.license[:2000]}
     try:
@@ -240,8 +251,10 @@ def _import_images(
     channels = Counter(r.channels for r in records)
     if len(channels) > 1:
         seen = ", ".join(f"{c} channel(s): {n} images" for c, n in sorted(channels.items()))
-        example = next(r.source for r in records if r.channels != channels.most_common(1)[0][0])
-        raise DatasetError(f"images of mixed channel counts ({seen}); e.g. {example}")
+        example = next(r.label for r in records if r.channels != channels.most_common(1)[0][0])
+        raise DatasetError(
+            f"images of mixed channel counts ({seen}); e.g. one of class {example!r}"
+        )
     if len(src.classes) < 2:
         raise DatasetError(
             f"only one class ({src.classes[0]!r}); a classifier needs at least two class folders"
@@ -453,18 +466,34 @@ def _class_warnings(counts: dict[str, dict[str, int]], noun: str = "images") -> 
 # --- queries ------------------------------------------------------------------------------------
 
 
-def get(*, db: Session, ref: str) -> Dataset:
-    """By id or by name."""
+def get(*, db: Session, ref: str, scope: Scope | None = None) -> Dataset:
+    """By id or by name; DatasetNotFound for neither, and for a dataset `scope` may not see
+    (None: every dataset)."""
     ds = db.get(Dataset, ref) or db.scalar(select(Dataset).where(Dataset.name == ref))
+    missing = DatasetNotFound(f"dataset {ref!r} not found")
     if ds is None:
-        raise DatasetNotFound(f"dataset {ref!r} not found")
+        raise missing
+    teams.check(
+        db=db,
+        scope=scope,
+        team_id=ds.team_id,
+        object_type="dataset",
+        object_id=ds.id,
+        missing=missing,
+    )
     return ds
 
 
-def list_datasets(*, db: Session, limit: int, offset: int) -> tuple[list[Dataset], int]:
-    total = db.scalar(select(func.count()).select_from(Dataset)) or 0
+def list_datasets(
+    *, db: Session, limit: int, offset: int, scope: Scope | None = None
+) -> tuple[list[Dataset], int]:
+    """Datasets `scope` may see (None: all), newest first."""
+    q = select(Dataset)
+    if scope is not None:
+        q = q.where(scope.where(Dataset.team_id))
+    total = db.scalar(select(func.count()).select_from(q.subquery())) or 0
     rows = db.scalars(
-        select(Dataset).order_by(Dataset.created_at.desc()).limit(limit).offset(offset)
+        q.order_by(Dataset.created_at.desc(), Dataset.id).limit(limit).offset(offset)
     ).all()
     return list(rows), total
 

@@ -2,6 +2,7 @@
 
 from clearscan.audit.models import AuditEvent, AuditHead
 from clearscan.auth.models import (
+    ApiKey,
     KnownLoginAddress,
     LoginFailure,
     RateLimitState,
@@ -9,12 +10,14 @@ from clearscan.auth.models import (
     UserSession,
 )
 from clearscan.batches.models import BatchItem
-from clearscan.cases.models import Case, Image, Prediction, Review
+from clearscan.cases.models import Case, Image, OriginalImage, Prediction, Review
 from clearscan.datasets.models import Dataset, DatasetItem
 from clearscan.jobs.models import Job
 from clearscan.registry.models import ModelState, ShadowResult
+from clearscan.teams.models import Team, TeamMember
 
 __all__ = [
+    "ApiKey",
     "AuditEvent",
     "AuditHead",
     "BatchItem",
@@ -26,10 +29,13 @@ __all__ = [
     "KnownLoginAddress",
     "LoginFailure",
     "ModelState",
+    "OriginalImage",
     "Prediction",
     "RateLimitState",
     "Review",
     "ShadowResult",
+    "Team",
+    "TeamMember",
     "User",
     "UserSession",
 ]

@@ -17,10 +17,11 @@ messages are safe to show the user (a decode error names the file)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
@@ -137,7 +138,7 @@ class ImageRequest:
 class PreparedImages:
     """Every upload decoded, checked and turned into the model's input."""
 
-    images: list[DecodedImage]
+    images: list[DecodedImage]  # metadata only: the pixel arrays are dropped once preprocessed
     tensors: list[np.ndarray]  # C x H x W float32 each, normalised as the manifest says
     boxes: list[tuple[int, int, int, int]]  # region of each image the model saw (x0, y0, x1, y1)
     prep_ms: list[float]  # preprocessing time of each image
@@ -147,11 +148,17 @@ class PreparedImages:
 
 OutT = TypeVar("OutT")
 ResT = TypeVar("ResT")
+_NO_PIXELS = np.zeros((0, 0), np.float32)  # a prepared image's pixels: only the tensor is kept
 
 
 class ImageTask(InferenceTask[ImageRequest, PreparedImages, OutT, ResT]):
-    """Tasks on images: decode and check every upload before anything runs (a bad file refuses
-    the whole request, naming the file), then preprocess as the manifest's input says."""
+    """Tasks on images: decode, check and preprocess every upload before anything runs (a bad
+    file refuses the whole request, naming the file).
+
+    One file at a time: each upload is decoded, turned into the model's (small) input tensor, and
+    its full-resolution arrays dropped before the next is decoded, so a request holds at most one
+    decoded image, never 32. The files of one request share a decoded-bytes budget
+    (`Limits.max_request_decoded_bytes`), checked from each file's header before it is decoded."""
 
     def check(self, img: DecodedImage) -> None:
         """IncompatibleImage when the model cannot take `img` (modality, size)."""
@@ -169,31 +176,34 @@ class ImageTask(InferenceTask[ImageRequest, PreparedImages, OutT, ResT]):
                 f"{min_side} pixels on each side"
             )
 
-    def decode(self, uploads: Sequence[bytes], limits: Limits) -> list[DecodedImage]:
-        """Decode and check every upload. Errors name the file (1-based)."""
-        images = []
+    def decode(self, uploads: Sequence[bytes], limits: Limits) -> Iterator[DecodedImage]:
+        """Decode and check the uploads one at a time, each within what is left of the request's
+        budget. Errors name the file (1-based)."""
+        used = 0
         for i, data in enumerate(uploads, 1):
             try:
-                img = decode(data, limits=limits)
+                img = decode(data, limits=limits.for_request(used))
             except ImagingError as exc:
                 raise type(exc)(f"file {i}: {exc.detail}") from None
             try:
                 self.check(img)
             except IncompatibleImage as exc:
                 raise IncompatibleImage(f"file {i}: {exc.detail}") from None
-            images.append(img)
-        return images
+            used += img.decoded_bytes
+            yield img
 
     def preprocess(self, request: ImageRequest) -> PreparedImages:
-        images = self.decode(request.uploads, request.limits)
         spec = self.manifest.image
-        tensors, boxes, prep_ms = [], [], []
-        for img in images:
+        images, tensors, boxes, prep_ms = [], [], [], []
+        for img in self.decode(request.uploads, request.limits):
             t0 = time.perf_counter()
             prep = preprocess(img.pixels, spec)
             prep_ms.append((time.perf_counter() - t0) * 1000)
             tensors.append(prep.tensor)
             boxes.append(prep.box)
+            # keep the metadata, drop the full-resolution arrays before the next file decodes
+            images.append(dataclasses.replace(img, pixels=_NO_PIXELS, values=None))
+            del img
         return PreparedImages(
             images=images,
             tensors=tensors,
@@ -349,8 +359,9 @@ class TabularClassificationTask(
                     try:
                         v = float(str(v))
                     except ValueError:
+                        # the name only: the value may identify a patient (it is audited)
                         raise InvalidFeatures(
-                            f"feature {f.name!r} is numeric; got {str(v)[:40]!r}"
+                            f"feature {f.name!r} is numeric; got a value that is not a number"
                         ) from None
                 if not math.isfinite(float(v)):
                     raise InvalidFeatures(f"feature {f.name!r} must be a finite number")

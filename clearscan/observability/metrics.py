@@ -258,6 +258,21 @@ class Metrics:
             ["status"],
             registry=own,
         )
+        self.in_flight = Gauge(
+            "clearscan_in_flight",
+            "Requests holding a slot of a per-process concurrency limit now: analysis "
+            "(decoding + inference), upload (model, dataset and batch uploads)",
+            ["kind"],
+            registry=own,
+            multiprocess_mode="livesum",
+        )
+        self.busy_refusals = Counter(
+            "clearscan_busy_refusals_total",
+            "Requests answered 503 + Retry-After because every slot of their concurrency limit "
+            "was taken",
+            ["kind"],
+            registry=own,
+        )
         self.models_available = ScrapeGauge(  # set by GET /metrics before it collects
             "clearscan_model_available", "1 when the model can serve", ["model", "version"]
         )
@@ -289,6 +304,13 @@ class Metrics:
             "1 when the blob store accepted a probe write at the last scrape",
         )
         self.registry.register(self.storage_writable)
+        self.anonymous_denials = Counter(
+            "clearscan_anonymous_denials_total",
+            "Requests refused 401 without a known user (counted here; the audit trail gets one "
+            "summary event per interval, not one event each)",
+            ["route"],
+            registry=own,
+        )
         # Every API process verifies the chain; with many, the latest verdict of a live one
         self.audit_chain_ok = Gauge(
             "clearscan_audit_chain_ok",

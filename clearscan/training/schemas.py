@@ -19,6 +19,9 @@ class TrainingRunCreate(BaseModel):
     model_name: str | None = Field(default=None, max_length=64, description="default: dataset")
     window: int | None = Field(default=None, ge=4, le=100_000, description="sensor streams")
     step: int | None = Field(default=None, ge=1, le=100_000, description="sensor streams")
+    team: str | None = Field(
+        default=None, max_length=64, description="the team it belongs to, for an admin in several"
+    )
 
 
 class EvaluationCreate(BaseModel):
@@ -26,6 +29,9 @@ class EvaluationCreate(BaseModel):
     model: str = Field(max_length=128, description="NAME (its active version) or NAME:VERSION")
     dataset: str = Field(max_length=64, description="dataset name or id")
     split: str = Field(default="test", pattern="^(train|val|test)$")
+    team: str | None = Field(
+        default=None, max_length=64, description="the team it belongs to, for an admin in several"
+    )
 
 
 class TrainingRunPublic(BaseModel):

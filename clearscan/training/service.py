@@ -20,6 +20,8 @@ from clearscan.jobs.delivery import JobQueue, commit_and_deliver
 from clearscan.jobs.models import Job
 from clearscan.registry.routing import ModelRegistry
 from clearscan.storage.base import BlobError, BlobStore
+from clearscan.teams import service as teams
+from clearscan.teams.service import Scope
 from clearscan.training.evaluation import EVAL_KIND, EvalRequest, compare, resolve
 from clearscan.training.runs import TRAIN_KIND, TrainRequest, check_request
 
@@ -81,13 +83,17 @@ def list_runs(
     model: str | None = None,
     dataset: str | None = None,
     status: str | None = None,
+    scope: Scope | None = None,
 ) -> Runs:
     """Runs of `kind`, newest first (ties by id), filtered and paged in SQL.
 
     `model` is NAME or NAME:VERSION (see :func:`_model_filter`); `dataset` the name or id the
-    run was asked for; `status` one job status (queued, running, succeeded, failed, cancelled).
+    run was asked for; `status` one job status (queued, running, succeeded, failed, cancelled);
+    `scope` the teams whose runs may be seen (None: all).
     """
     q = select(Job).where(Job.kind == kind)
+    if scope is not None:
+        q = q.where(scope.where(Job.team_id))
     if model:
         q = q.where(_model_filter(kind, model))
     if dataset:
@@ -99,9 +105,21 @@ def list_runs(
     return Runs(list(rows.all()), total)
 
 
-def get_run(*, db: Session, run_id: str, kind: RunKind = TRAIN_KIND) -> Job:
-    """The run of this id and kind (JobNotFound, 404, otherwise)."""
-    return jobs.get(db=db, job_id=run_id, kind=kind)
+def get_run(
+    *, db: Session, run_id: str, kind: RunKind = TRAIN_KIND, scope: Scope | None = None
+) -> Job:
+    """The run of this id and kind (JobNotFound, 404, otherwise, and for a run `scope` may not
+    see)."""
+    job = jobs.get(db=db, job_id=run_id, kind=kind)
+    teams.check(
+        db=db,
+        scope=scope,
+        team_id=job.team_id,
+        object_type="job",
+        object_id=job.id,
+        missing=jobs.JobNotFound(f"job {run_id!r} not found"),
+    )
+    return job
 
 
 def _via(details: dict[str, Any], via: str | None) -> dict[str, Any]:
@@ -116,10 +134,12 @@ def submit_run(
     queue: JobQueue | None,
     via: str | None = None,
     max_attempts: int = jobs.DEFAULT_MAX_ATTEMPTS,
+    team_id: int | None = None,
 ) -> Job:
-    """Queue a training run and its audit event, and deliver it to `queue` (None: the caller
-    runs it). TrainingError (422) for a request that cannot run; QueueUnavailable (503) when
-    the queue cannot take it, and then nothing is written. `via` ("web") is audited."""
+    """Queue a training run (of team `team_id`; None: the team general) and its audit event,
+    and deliver it to `queue` (None: the caller runs it). TrainingError (422) for a request
+    that cannot run; QueueUnavailable (503) when the queue cannot take it, and then nothing is
+    written. `via` ("web") is audited."""
     ds = check_request(db, request)
     params = request.to_params()
     job = jobs.submit_audited(
@@ -131,6 +151,7 @@ def submit_run(
         details=_via({**params, "dataset": ds.name, "dataset_hash": ds.content_hash}, via),
         max_attempts=max_attempts,
     )
+    job.team_id = team_id if team_id is not None else teams.default_team_id(db=db)
     commit_and_deliver(db=db, queue=queue, jobs=[job])
     return job
 
@@ -144,10 +165,11 @@ def submit_evaluation(
     queue: JobQueue | None,
     via: str | None = None,
     max_attempts: int = jobs.DEFAULT_MAX_ATTEMPTS,
+    team_id: int | None = None,
 ) -> Job:
-    """Queue an evaluation of the version `request.model` names (pinned: NAME alone becomes the
-    active version's NAME:VERSION) and its audit event; EvaluationError (422) for what does not
-    fit."""
+    """Queue an evaluation (of team `team_id`; None: the team general) of the version
+    `request.model` names (pinned: NAME alone becomes the active version's NAME:VERSION) and its
+    audit event; EvaluationError (422) for what does not fit."""
     entry, ds, _ = resolve(db, registry, request)
     params = {**request.to_params(), "model": entry.manifest.ref}
     job = jobs.submit_audited(
@@ -159,15 +181,23 @@ def submit_evaluation(
         details=_via({**params, "dataset_hash": ds.content_hash}, via),
         max_attempts=max_attempts,
     )
+    job.team_id = team_id if team_id is not None else teams.default_team_id(db=db)
     commit_and_deliver(db=db, queue=queue, jobs=[job])
     return job
 
 
 def cancel_run(
-    *, db: Session, ctx: audit.RequestContext, run_id: str, via: str | None = None
+    *,
+    db: Session,
+    ctx: audit.RequestContext,
+    run_id: str,
+    via: str | None = None,
+    scope: Scope | None = None,
 ) -> Job:
     """Cancel a queued training run at once, or ask a running one to stop at its next progress
-    report; audited. JobNotFound (404), or JobConflict (409) when the run already ended."""
+    report; audited. JobNotFound (404, also for a run `scope` may not see), or JobConflict (409)
+    when the run already ended."""
+    get_run(db=db, run_id=run_id, kind=TRAIN_KIND, scope=scope)
     job = jobs.cancel(db=db, job_id=run_id, kind=TRAIN_KIND)
     entry = audit.Entry(Action.TRAINING_CANCEL, object_type="job", object_id=job.id)
     entry.details = _via({}, via)
@@ -176,24 +206,28 @@ def cancel_run(
     return job
 
 
-def succeeded_evaluation(*, db: Session, eval_id: str) -> Job:
+def succeeded_evaluation(*, db: Session, eval_id: str, scope: Scope | None = None) -> Job:
     """The evaluation of this id, with its result (RunNotFinished, 409, until it succeeded)."""
-    job = get_run(db=db, run_id=eval_id, kind=EVAL_KIND)
+    job = get_run(db=db, run_id=eval_id, kind=EVAL_KIND, scope=scope)
     if job.status != "succeeded" or not job.result:
         raise RunNotFinished(f"evaluation {eval_id} has not succeeded ({job.status})")
     return job
 
 
-def compare_evaluations(*, db: Session, a: str, b: str) -> dict[str, Any]:
+def compare_evaluations(
+    *, db: Session, a: str, b: str, scope: Scope | None = None
+) -> dict[str, Any]:
     """Two succeeded evaluations of the same dataset split side by side (b minus a)."""
-    ra = succeeded_evaluation(db=db, eval_id=a).result or {}
-    rb = succeeded_evaluation(db=db, eval_id=b).result or {}
+    ra = succeeded_evaluation(db=db, eval_id=a, scope=scope).result or {}
+    rb = succeeded_evaluation(db=db, eval_id=b, scope=scope).result or {}
     return compare(ra, rb)
 
 
-def evaluation_report(*, db: Session, blobs: BlobStore, eval_id: str) -> str:
+def evaluation_report(
+    *, db: Session, blobs: BlobStore, eval_id: str, scope: Scope | None = None
+) -> str:
     """The self-contained HTML report of a succeeded evaluation."""
-    job = succeeded_evaluation(db=db, eval_id=eval_id)
+    job = succeeded_evaluation(db=db, eval_id=eval_id, scope=scope)
     try:
         return blobs.get((job.result or {})["report_blob"]).decode("utf-8")
     except BlobError as exc:

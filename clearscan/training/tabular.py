@@ -17,6 +17,7 @@ from clearscan.datasets.importers import SPLITS
 from clearscan.datasets.models import Dataset
 from clearscan.errors import Unprocessable
 from clearscan.storage.base import BlobStore
+from clearscan.training.previews import PreviewBounds, PreviewCache, check_bounds, content_key
 
 __all__ = [
     "Table",
@@ -29,6 +30,10 @@ __all__ = [
 
 class TabularError(Unprocessable, ValueError):
     """A table that cannot become features or a model (422)."""
+
+
+PREVIEWS = PreviewCache(size=32)
+"""The feature previews this process computed (keyed by dataset content and parameters)."""
 
 
 @dataclass
@@ -136,9 +141,25 @@ def preview(
     length: int | None = None,
     step: int | None = None,
     limit: int = 20,
+    bounds: PreviewBounds | None = None,
 ) -> dict[str, Any]:
     """The feature table a training run would use (first `limit` rows) and the permutation
-    importance of the latest model trained on the dataset."""
+    importance of the latest model trained on the dataset. Bounded before anything is read
+    (PreviewTooLarge, 422, over `bounds`) and cached per dataset content and parameters (see
+    clearscan.training.previews); the importance is read afresh each time."""
+    from clearscan.training import features as wf
+
+    length = length or wf.DEFAULT_LENGTH
+    step = step or wf.DEFAULT_STEP
+    check_bounds(ds, length=length, step=step, bounds=bounds or PreviewBounds())
+    key = (ds.id, content_key(ds), length, step, limit)
+    table_part = PREVIEWS.get(key, lambda: _preview_rows(blobs, ds, length, step, limit))
+    return {**table_part, "importance": latest_importance(db, ds)}
+
+
+def _preview_rows(
+    blobs: BlobStore, ds: Dataset, length: int, step: int, limit: int
+) -> dict[str, Any]:
     table = load_table(blobs, ds, length=length, step=step)
     names = [f["name"] for f in table.features]
 
@@ -161,7 +182,6 @@ def preview(
         "window": table.window,
         "n_rows": len(table.y),
         "rows": rows,
-        "importance": latest_importance(db, ds),
     }
 
 

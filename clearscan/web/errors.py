@@ -91,7 +91,10 @@ def _render(request: Request, exc: ClearScanError) -> Response:
         title, message = words or (exc.title, sentence(exc.detail))
     page = ErrorPage(code=exc.status_code, title=title, message=message)
     ws = getattr(request.state, "web_session", None)
-    return render_page(request, page, ws=ws, status=exc.status_code)
+    response = render_page(request, page, ws=ws, status=exc.status_code)
+    for name, value in (getattr(exc, "headers", None) or {}).items():  # Retry-After of a 503
+        response.headers[name] = value
+    return response
 
 
 def browser_not_found(request: Request) -> Response | None:

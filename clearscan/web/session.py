@@ -18,6 +18,8 @@ from clearscan.auth import service as users
 from clearscan.auth.models import Role, User
 from clearscan.auth.security import check_csrf, csrf_token
 from clearscan.state import AppState
+from clearscan.teams import service as teams
+from clearscan.teams.service import Scope
 from clearscan.web.errors import LoginRequired, PageError
 from clearscan.web.forms import safe_next
 
@@ -64,6 +66,18 @@ def current_session(request: Request, db: SessionDep, state: StateDep) -> WebSes
 
 
 WebSessionDep = Annotated[WebSession, Depends(current_session)]
+
+
+def scope_for(request: Request, db: Session, ws: WebSession) -> Scope:
+    """What the signed-in user may see: their teams' rows, or every row for an admin."""
+    return teams.scope_of(db=db, user=ws.user, ctx=request_context(request, ws.username))
+
+
+def web_scope(request: Request, ws: WebSessionDep, db: SessionDep) -> Scope:
+    return scope_for(request, db, ws)
+
+
+WebScope = Annotated[Scope, Depends(web_scope)]
 
 
 def deny(

@@ -28,6 +28,7 @@ put() {
 put postgres_password "$(random 24)"
 put database_url "postgresql://clearscan:$(tr -d '\n' < "$dir/postgres_password")@postgres:5432/clearscan"
 put secret_key "$(random 32)"
+put pseudonym_key "$(random 32)"
 put admin_password "$(random 12)"
 put metrics_token "$(random 24)"
 put minio_root_password "$(random 24)"

@@ -41,6 +41,9 @@ CONTENT_CHECKED = (
     "import_model_api_v1_models_post",
     "create_run_api_v1_training_runs_post",
     "create_evaluation_api_v1_evaluations_post",
+    # an API key's `expires_at` must lie in the future; a service account's teams must exist
+    "create_api_key_api_v1_api_keys_post",
+    "create_service_account_api_v1_service_accounts_post",
 )
 CONFIG = """
 [[operations]]

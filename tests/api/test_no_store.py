@@ -22,7 +22,11 @@ FILE_ROUTES = {
     "/api/v1/predictions/{prediction_id}/heatmap.png",
     "/api/v1/datasets/{dataset_id}/items/{idx}/image.png",
     "/api/v1/evaluations/{eval_id}/report.html",
+    "/api/v1/images/{image_id}/original",
+    "/api/v1/audit/export",
 }
+# needs CLEARSCAN_KEEP_ORIGINALS and a DICOM upload: checked in tests/cases/test_deid_api.py
+ELSEWHERE = {"/api/v1/images/{image_id}/original"}
 
 
 def file_routes() -> set[str]:
@@ -71,7 +75,7 @@ def test_every_file_route_is_sent_no_store(client, admin_headers, monkeypatch):
         "idx": "0",
         "eval_id": "0" * 32,
     }
-    for template in sorted(FILE_ROUTES):
+    for template in sorted(FILE_ROUTES - ELSEWHERE):
         names = re.findall(r"{(\w+)}", template)
         assert set(names) <= set(params), f"no test value for a parameter of {template}"
         path = template.format(**params)

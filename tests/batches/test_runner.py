@@ -68,6 +68,7 @@ def run(app: FastAPI, ctx: JobContext) -> dict:
         blobs=state.blobs,
         limits=state.limits,
         default_model=state.settings.default_model,
+        deid=state.settings.deid_policy(),
     )
 
 

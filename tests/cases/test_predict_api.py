@@ -193,7 +193,8 @@ def test_image_file_and_preview_behind_auth(client, clinician_headers):
     image_id = body["predictions"][0]["image_id"]
     assert client.get(f"/api/v1/images/{image_id}/file").status_code == 401
     f = client.get(f"/api/v1/images/{image_id}/file", headers=clinician_headers)
-    assert f.status_code == 200 and f.content == data
+    assert f.status_code == 200 and f.content[128:132] == b"DICM"
+    assert b"Doe^Jane" not in f.content and b"PID-4711" not in f.content  # de-identified
     pv = client.get(f"/api/v1/images/{image_id}/preview.png", headers=clinician_headers)
     assert pv.status_code == 200 and pv.content[:8] == b"\x89PNG\r\n\x1a\n"
 

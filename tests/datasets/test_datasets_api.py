@@ -175,15 +175,16 @@ RAGGED = np.array([np.zeros(3), np.zeros(4)], dtype=object)
 
 BAD = {
     "one-class": (zip_bytes(class_zip({"only": 6})), {}, ["one class"]),
-    "mixed-channels": (_mixed_channels(), {}, ["mixed channel", "colour.png"]),
-    "not-an-image": (_not_an_image(), {}, ["a/notes.txt"]),
-    "zip-slip": (_zip_slip(), {}, ["../evil.png", "outside"]),
+    # folder (class) names, never a file name: it may name a patient
+    "mixed-channels": (_mixed_channels(), {}, ["mixed channel", "class 'b'"]),
+    "not-an-image": (_not_an_image(), {}, ["a file in 'a'"]),
+    "zip-slip": (_zip_slip(), {}, ["outside"]),
     "mixed-layouts": (_mixed_layouts(), {}, ["mixed layouts"]),
     "pickle": (pickle.dumps({"a": 1}, protocol=4), {}, ["pickle"]),
     "random-bytes": (b"\x17" + np.random.default_rng(0).bytes(6000), {}, ["not a dataset"]),
     "csv-no-target-option": (CSV.encode(), {}, ["target column"]),
     "csv-unknown-target": (CSV.encode(), {"target": "diagnosis"}, ["'diagnosis'", "x, z, label"]),
-    "csv-non-numeric": (NON_NUMERIC.encode(), {"target": "label"}, ["'z'", "row 9", "'abc'"]),
+    "csv-non-numeric": (NON_NUMERIC.encode(), {"target": "label"}, ["'z'", "row 9", "non-numeric"]),
     "csv-empty": (b"", {"target": "label"}, ["empty"]),
     "csv-header-only": (b"x,z,label\n", {"target": "label"}, ["no rows"]),
     "npz-no-train": (

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Path, Query, Request
+from sqlalchemy.orm import Session
 
 from clearscan.api.deps import AdminUser, Offset, SessionDep, StateDep, request_context
 from clearscan.api.errors import error_responses
 from clearscan.auth import service
+from clearscan.auth.models import User
 from clearscan.auth.schemas import Token, UserCreate, UserList, UserPublic, UserUpdate
 from clearscan.auth.security import create_access_token
 
@@ -55,14 +58,24 @@ def token(
     responses=error_responses(409),
 )
 def create_user(body: UserCreate, request: Request, db: SessionDep, admin: AdminUser) -> UserPublic:
+    """Without `teams` the user joins the team `general`; an unknown team name answers 422."""
     user = service.create(
         db=db,
         ctx=request_context(request, admin.username),
         username=body.username,
         password=body.password,
         role=body.role,
+        team_names=body.teams,
     )
-    return UserPublic.model_validate(user)
+    return _public(db, [user])[0]
+
+
+def _public(db: Session, users: Sequence[User]) -> list[UserPublic]:
+    names = service.team_names(db=db, users=users)
+    return [
+        UserPublic.model_validate(u).model_copy(update={"teams": names.get(u.id, [])})
+        for u in users
+    ]
 
 
 @router.get("/users", response_model=UserList, tags=["users"])
@@ -73,7 +86,7 @@ def list_users(
     offset: Offset = 0,
 ) -> UserList:
     rows, total = service.list_users(db=db, limit=limit, offset=offset)
-    return UserList(items=[UserPublic.model_validate(u) for u in rows], total=total)
+    return UserList(items=_public(db, rows), total=total)
 
 
 @router.patch(
@@ -93,5 +106,6 @@ def update_user(
         role=body.role,
         disabled=body.disabled,
         password=body.password,
+        team_names=body.teams,
     )
-    return UserPublic.model_validate(user)
+    return _public(db, [user])[0]

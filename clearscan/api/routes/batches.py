@@ -9,7 +9,14 @@ from fastapi import APIRouter, File, Form, Header, Query, Request, Response, Upl
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
-from clearscan.api.deps import AnyUser, ClinicianUser, Offset, SessionDep, StateDep, request_context
+from clearscan.api.deps import (
+    ClinicianUser,
+    Offset,
+    SessionDep,
+    StateDep,
+    TeamScope,
+    request_context,
+)
 from clearscan.api.errors import error_responses
 from clearscan.batches import service
 from clearscan.batches.archive import MAX_ITEMS, ArchiveLimits
@@ -57,6 +64,9 @@ async def create_batch(
         str | None, Form(max_length=128, description="NAME or NAME:VERSION (default model)")
     ] = None,
     explain: Annotated[bool, Form()] = True,
+    team: Annotated[
+        str | None, Form(max_length=64, description="the batch's team, for a user in several")
+    ] = None,
     idempotency_key: Annotated[
         str | None,
         Header(alias="Idempotency-Key", max_length=128, description="names one batch"),
@@ -80,6 +90,7 @@ async def create_batch(
             explain=body.explain,
             queue=state.jobs,
             idempotency_key=idempotency_key,
+            team=body.team or None,
         )
     else:
         if file is None:
@@ -100,6 +111,7 @@ async def create_batch(
             explain=explain,
             queue=state.jobs,
             idempotency_key=idempotency_key,
+            team=team or None,
         )
     if not submitted.created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -111,18 +123,20 @@ async def create_batch(
 @router.get("/batches", response_model=BatchList)
 def list_batches(
     db: SessionDep,
-    user: AnyUser,
+    scope: TeamScope,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Offset = 0,
     status: Annotated[str | None, Query(pattern=_STATUS)] = None,
 ) -> BatchList:
-    rows, total = service.list_batches(db=db, limit=limit, offset=offset, status=status)
+    rows, total = service.list_batches(
+        db=db, scope=scope, limit=limit, offset=offset, status=status
+    )
     return BatchList(items=service.summaries(db=db, jobs=rows), total=total)
 
 
 @router.get("/batches/{batch_id}", response_model=BatchDetail)
-def get_batch(batch_id: str, db: SessionDep, user: AnyUser) -> BatchDetail:
-    return service.detail(db=db, job=service.get_batch(db=db, batch_id=batch_id))
+def get_batch(batch_id: str, db: SessionDep, scope: TeamScope) -> BatchDetail:
+    return service.detail(db=db, job=service.get_batch(db=db, batch_id=batch_id, scope=scope))
 
 
 @router.post(

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from pydantic import AfterValidator, BeforeValidator
 
-from clearscan.api.deps import AnyUser, ClinicianUser, Offset, SessionDep, StateDep, request_context
+from clearscan.api.deps import (
+    AdminUser,
+    AnyUser,
+    ClinicianUser,
+    DateTimeQuery,
+    Offset,
+    SessionDep,
+    StateDep,
+    TeamScope,
+    request_context,
+)
 from clearscan.api.errors import error_responses
 from clearscan.api.responses import PHIResponse
 from clearscan.audit import service as audit
@@ -30,27 +37,6 @@ from clearscan.cases.workflow import PredictRejected, predict_images
 from clearscan.imaging import decode, render_png
 
 router = APIRouter(tags=["cases"])
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-
-
-def _not_a_number(value: object) -> object:
-    """Refuse a bare number, which pydantic would read as a Unix time (``until=0.5``)."""
-    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-        raise ValueError("an ISO 8601 date-time expected, not a number")
-    return value
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    """A date-time without an offset is taken as UTC."""
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-
-
-DateTimeQuery = Annotated[
-    datetime | None,
-    BeforeValidator(_not_a_number),
-    AfterValidator(_utc),
-    Query(description="ISO 8601 date-time (UTC unless it has an offset)"),
-]
 
 
 @router.post(
@@ -59,7 +45,9 @@ DateTimeQuery = Annotated[
     summary="Analyse one or more images (multipart), or feature values (JSON)",
     description="Images: multipart/form-data with one or more `file` parts. Tabular models: "
     'Content-Type application/json with `{"model": NAME, "features": {NAME: VALUE, ...}, '
-    '"patient_ref"?, "note"?}`; the reply has `contributions` instead of a heatmap.',
+    '"patient_ref"?, "note"?, "team"?}`; the reply has `contributions` instead of a heatmap. '
+    "The case belongs to the user's team; a user in several teams names one in `team`, and a "
+    "user in no team cannot create cases (422).",
     responses=error_responses(404, 415, 503),
 )
 async def predict_endpoint(
@@ -75,6 +63,9 @@ async def predict_endpoint(
     ] = "gradcam",
     patient_ref: Annotated[str | None, Form(max_length=128)] = None,
     note: Annotated[str | None, Form(max_length=4000)] = None,
+    team: Annotated[
+        str | None, Form(max_length=64, description="the case's team, for a user in several")
+    ] = None,
 ) -> PredictResponse:
     ctx = request_context(request, user.username)
     if request.headers.get("content-type", "").startswith("application/json"):
@@ -114,31 +105,61 @@ async def predict_endpoint(
             patient_ref=patient_ref,
             note=note,
             shadow_queue=state.jobs,
+            deid=state.settings.deid_policy(),
+            admission=state.analyses,
+            team=team or None,
         )
     return PredictResponse(case_id=case.id, predictions=[PredictionPublic.of(p) for p in preds])
 
 
 @router.get("/cases", response_model=CaseList)
 def list_cases(
+    request: Request,
     db: SessionDep,
     user: AnyUser,
+    scope: TeamScope,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     offset: Offset = 0,
     label: Annotated[str | None, Query(max_length=128)] = None,
     user_: Annotated[str | None, Query(alias="user", max_length=64)] = None,
     since: DateTimeQuery = None,
     until: DateTimeQuery = None,
+    patient_key: Annotated[
+        str | None,
+        Query(
+            pattern="^[0-9a-f]{64}$",
+            description="one patient's cases: the pseudonymous key a case carries",
+        ),
+    ] = None,
 ) -> CaseList:
     rows, total = service.list_cases(
-        db=db, limit=limit, offset=offset, label=label, username=user_, since=since, until=until
+        db=db,
+        scope=scope,
+        limit=limit,
+        offset=offset,
+        label=label,
+        username=user_,
+        since=since,
+        until=until,
+        patient_key=patient_key,
     )
     names = service.usernames(db=db, ids={c.created_by_id for c in rows})
+    filters = {"label": label, "user": user_, "since": since, "until": until}
+    audit.record(
+        audit.case_list_entry(
+            filters, patient_key=patient_key is not None, offset=offset, rows=len(rows), total=total
+        ),
+        db=db,
+        ctx=request_context(request, user.username),
+    )
     return CaseList(items=[CaseSummary.of(c, names) for c in rows], total=total)
 
 
 @router.get("/cases/{case_id}", response_model=CaseDetail)
-def get_case(case_id: str, request: Request, db: SessionDep, user: AnyUser) -> CaseDetail:
-    case = service.get_case(db=db, case_id=case_id)
+def get_case(
+    case_id: str, request: Request, db: SessionDep, user: AnyUser, scope: TeamScope
+) -> CaseDetail:
+    case = service.get_case(db=db, case_id=case_id, scope=scope)
     ids = {case.created_by_id} | {
         r.user_id for im in case.images for p in im.predictions for r in p.reviews
     }
@@ -158,13 +179,18 @@ def get_case(case_id: str, request: Request, db: SessionDep, user: AnyUser) -> C
     responses=error_responses(409),
 )
 def review(
-    prediction_id: str, body: ReviewCreate, request: Request, db: SessionDep, user: ClinicianUser
+    prediction_id: str,
+    body: ReviewCreate,
+    request: Request,
+    db: SessionDep,
+    user: ClinicianUser,
+    scope: TeamScope,
 ) -> ReviewPublic:
     r = service.add_review(
         db=db,
         ctx=request_context(request, user.username),
         user=user,
-        prediction=service.get_prediction(db=db, prediction_id=prediction_id),
+        prediction=service.get_prediction(db=db, prediction_id=prediction_id, scope=scope),
         agree=body.agree,
         correct_label=body.correct_label,
         comment=body.comment,
@@ -174,9 +200,14 @@ def review(
 
 @router.get("/images/{image_id}/file", response_class=Response, summary="The original upload")
 def image_file(
-    image_id: str, request: Request, db: SessionDep, state: StateDep, user: AnyUser
+    image_id: str,
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    user: AnyUser,
+    scope: TeamScope,
 ) -> Response:
-    image = service.get_image(db=db, image_id=image_id)
+    image = service.get_image(db=db, image_id=image_id, scope=scope)
     data = state.blobs.get(image.sha256)
     audit.record(
         audit.Entry(
@@ -198,6 +229,41 @@ def image_file(
 
 
 @router.get(
+    "/images/{image_id}/original",
+    response_class=Response,
+    summary="The DICOM upload as received, before de-identification (admins; audited)",
+    description="Only where the site keeps originals (CLEARSCAN_KEEP_ORIGINALS); everyone else, "
+    "and `/file`, get the de-identified bytes. 404 when no original was kept.",
+)
+def image_original(
+    image_id: str,
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    user: AdminUser,
+    scope: TeamScope,
+) -> Response:
+    image = service.get_image(db=db, image_id=image_id, scope=scope)
+    original = service.get_original(db=db, image=image)
+    data = state.blobs.get(original.sha256)
+    audit.record(
+        audit.Entry(
+            Action.IMAGE_ORIGINAL_VIEW,
+            object_type="image",
+            object_id=image.id,
+            details={"bytes": len(data)},
+        ),
+        db=db,
+        ctx=request_context(request, user.username),
+    )
+    return PHIResponse(
+        data,
+        media_type="application/dicom",
+        headers={"Content-Disposition": f'attachment; filename="{image.id}.original.dcm"'},
+    )
+
+
+@router.get(
     "/images/{image_id}/preview.png",
     response_class=Response,
     summary="The image rendered as PNG, optionally with a window/level preset",
@@ -209,10 +275,11 @@ def image_preview(
     db: SessionDep,
     state: StateDep,
     user: AnyUser,
+    scope: TeamScope,
     preset: Annotated[str | None, Query(max_length=32)] = None,
     max_side: Annotated[int, Query(ge=64, le=4096)] = 1024,
 ) -> Response:
-    image = service.get_image(db=db, image_id=image_id)
+    image = service.get_image(db=db, image_id=image_id, scope=scope)
     data = state.blobs.get(image.sha256)
     img = decode(data, limits=state.limits, frame=image.frame_index if image.frames > 1 else None)
     png = render_png(img, preset=preset, max_side=max_side)
@@ -234,8 +301,21 @@ def image_preview(
     response_class=Response,
     summary="Grad-CAM heatmap (RGBA PNG at the model's native resolution)",
 )
-def heatmap(prediction_id: str, db: SessionDep, state: StateDep, user: AnyUser) -> Response:
-    pred = service.get_prediction(db=db, prediction_id=prediction_id)
+def heatmap(
+    prediction_id: str,
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    user: AnyUser,
+    scope: TeamScope,
+) -> Response:
+    pred = service.get_prediction(db=db, prediction_id=prediction_id, scope=scope)
     if not pred.heatmap_sha256:
         raise service.NotFound(f"prediction {prediction_id} has no heatmap (explain was off)")
-    return PHIResponse(state.blobs.get(pred.heatmap_sha256), media_type="image/png")
+    data = state.blobs.get(pred.heatmap_sha256)
+    audit.record(
+        audit.Entry(Action.HEATMAP_VIEW, object_type="prediction", object_id=pred.id),
+        db=db,
+        ctx=request_context(request, user.username),
+    )
+    return PHIResponse(data, media_type="image/png")

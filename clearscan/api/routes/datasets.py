@@ -10,9 +10,19 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 
-from clearscan.api.deps import AdminUser, AnyUser, Offset, SessionDep, StateDep, request_context
+from clearscan.api.deps import (
+    AdminUser,
+    AnyUser,
+    Offset,
+    SessionDep,
+    StateDep,
+    TeamScope,
+    request_context,
+)
 from clearscan.api.errors import error_responses
 from clearscan.api.responses import PHIResponse
+from clearscan.audit import service as audit
+from clearscan.audit.actions import Action
 from clearscan.datasets import jobs, service
 from clearscan.datasets.importers import DatasetError
 from clearscan.datasets.schemas import (
@@ -22,6 +32,7 @@ from clearscan.datasets.schemas import (
     DatasetPublic,
 )
 from clearscan.imaging import decode, render_png
+from clearscan.teams import service as teams
 
 router = APIRouter(tags=["datasets"])
 
@@ -85,6 +96,10 @@ def import_dataset(
     license: Annotated[
         str | None, Form(max_length=2000, description="licence and attribution of the data")
     ] = None,
+    team: Annotated[
+        str | None,
+        Form(max_length=64, description="the dataset's team, for an admin in several"),
+    ] = None,
     prefer: Annotated[
         str | None,
         Header(
@@ -111,6 +126,7 @@ def import_dataset(
         labels=[x.strip() for x in labels.split(",") if x.strip()] if labels else None,
         license=license or None,
     )
+    team_id = teams.team_for_new_row(db=db, user=admin, team=team or None)
     if respond_async(prefer):
         submitted = jobs.submit_import(
             db=db,
@@ -123,6 +139,7 @@ def import_dataset(
             max_upload_bytes=int(state.settings.max_dataset_upload_mb * 2**20),
             queue=state.jobs,
             idempotency_key=idempotency_key,
+            team_id=team_id,
         )
         body = jobs.public(db=db, job=submitted.job)
         headers = {"Location": body.url, "Preference-Applied": RESPOND_ASYNC}
@@ -138,6 +155,8 @@ def import_dataset(
         options=options,
         limits=state.limits,
         max_bytes=int(state.settings.max_dataset_upload_mb * 2**20),
+        team_id=team_id,
+        deid=state.settings.deid_policy(),
     )
     return DatasetDetail.of_detail(ds, service.samples(db=db, ds=ds))
 
@@ -147,24 +166,26 @@ def import_dataset(
     response_model=DatasetImportPublic,
     summary="A dataset import run as a job: its status, progress, and the dataset once done",
 )
-def get_dataset_import(import_id: str, db: SessionDep, admin: AdminUser) -> DatasetImportPublic:
-    return jobs.public(db=db, job=jobs.get_import(db=db, import_id=import_id))
+def get_dataset_import(
+    import_id: str, db: SessionDep, admin: AdminUser, scope: TeamScope
+) -> DatasetImportPublic:
+    return jobs.public(db=db, job=jobs.get_import(db=db, import_id=import_id, scope=scope))
 
 
 @router.get("/datasets", response_model=DatasetList)
 def list_datasets(
     db: SessionDep,
-    user: AnyUser,
+    scope: TeamScope,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Offset = 0,
 ) -> DatasetList:
-    rows, total = service.list_datasets(db=db, limit=limit, offset=offset)
+    rows, total = service.list_datasets(db=db, limit=limit, offset=offset, scope=scope)
     return DatasetList(items=[DatasetPublic.of(d) for d in rows], total=total)
 
 
 @router.get("/datasets/{dataset_id}", response_model=DatasetDetail)
-def get_dataset(dataset_id: str, db: SessionDep, user: AnyUser) -> DatasetDetail:
-    ds = service.get(db=db, ref=dataset_id)
+def get_dataset(dataset_id: str, db: SessionDep, scope: TeamScope) -> DatasetDetail:
+    ds = service.get(db=db, ref=dataset_id, scope=scope)
     return DatasetDetail.of_detail(ds, service.samples(db=db, ds=ds))
 
 
@@ -177,15 +198,22 @@ def get_dataset(dataset_id: str, db: SessionDep, user: AnyUser) -> DatasetDetail
 async def item_image(
     dataset_id: str,
     idx: Annotated[int, Path(ge=0, le=10**9)],
+    request: Request,
     db: SessionDep,
     state: StateDep,
     user: AnyUser,
+    scope: TeamScope,
 ) -> Response:
-    ds = service.get(db=db, ref=dataset_id)
+    ds = service.get(db=db, ref=dataset_id, scope=scope)
     row = service.item(db=db, ds=ds, idx=idx)
 
     def render() -> bytes:
-        return render_png(decode(state.blobs.get(row.blob), limits=state.limits))
+        png = render_png(decode(state.blobs.get(row.blob), limits=state.limits))
+        entry = audit.Entry(
+            Action.DATASET_ITEM_VIEW, object_type="dataset", object_id=ds.id, details={"item": idx}
+        )
+        audit.record(entry, db=db, ctx=request_context(request, user.username))
+        return png
 
     png = await run_in_threadpool(render)
     return PHIResponse(png, media_type="image/png")
@@ -198,16 +226,36 @@ async def item_image(
 )
 def features_preview(
     dataset_id: str,
+    request: Request,
     db: SessionDep,
     state: StateDep,
     user: AnyUser,
+    scope: TeamScope,
     window: Annotated[int | None, Query(ge=4, le=100_000)] = None,
     step: Annotated[int | None, Query(ge=1, le=100_000)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
 ) -> dict[str, Any]:
+    from clearscan.training.previews import preview_bounds
     from clearscan.training.tabular import preview
 
-    ds = service.get(db=db, ref=dataset_id)
+    ds = service.get(db=db, ref=dataset_id, scope=scope)
     if ds.kind != "table":
         raise DatasetError(f"dataset {ds.name!r} holds images: features are for tables")
-    return preview(db, state.blobs, ds, length=window, step=step, limit=limit)
+    found = preview(
+        db,
+        state.blobs,
+        ds,
+        length=window,
+        step=step,
+        limit=limit,
+        bounds=preview_bounds(state.settings),
+    )
+    details = {"window": window, "step": step, "limit": limit, "returned": len(found["rows"])}
+    audit.record(
+        audit.Entry(
+            Action.FEATURES_PREVIEW, object_type="dataset", object_id=ds.id, details=details
+        ),
+        db=db,
+        ctx=request_context(request, user.username),
+    )
+    return found

@@ -8,9 +8,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from clearscan.api.deps import AdminUser, AnyUser, Offset, SessionDep, StateDep, request_context
+from clearscan.api.deps import (
+    AdminUser,
+    Offset,
+    SessionDep,
+    StateDep,
+    TeamScope,
+    request_context,
+)
 from clearscan.api.errors import error_responses
 from clearscan.api.responses import PHIResponse
+from clearscan.teams import service as teams
 from clearscan.training import service
 from clearscan.training.evaluation import EVAL_KIND, EvalRequest
 from clearscan.training.runs import TRAIN_KIND, TrainRequest
@@ -35,25 +43,26 @@ def create_run(
     body: TrainingRunCreate, request: Request, db: SessionDep, state: StateDep, admin: AdminUser
 ) -> TrainingRunPublic:
     ctx = request_context(request, admin.username)
-    req = TrainRequest(**body.model_dump())
-    job = service.submit_run(db=db, ctx=ctx, request=req, queue=state.jobs)
+    team_id = teams.team_for_new_row(db=db, user=admin, team=body.team)
+    req = TrainRequest(**body.model_dump(exclude={"team"}))
+    job = service.submit_run(db=db, ctx=ctx, request=req, queue=state.jobs, team_id=team_id)
     return TrainingRunPublic.of(job)
 
 
 @router.get("/training-runs", response_model=TrainingRunList)
 def list_runs(
     db: SessionDep,
-    user: AnyUser,
+    scope: TeamScope,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Offset = 0,
 ) -> TrainingRunList:
-    rows, total = service.list_runs(db=db, kind=TRAIN_KIND, limit=limit, offset=offset)
+    rows, total = service.list_runs(db=db, kind=TRAIN_KIND, limit=limit, offset=offset, scope=scope)
     return TrainingRunList(items=[TrainingRunPublic.of(j) for j in rows], total=total)
 
 
 @router.get("/training-runs/{run_id}", response_model=TrainingRunPublic)
-def get_run(run_id: str, db: SessionDep, user: AnyUser) -> TrainingRunPublic:
-    return TrainingRunPublic.of(service.get_run(db=db, run_id=run_id, kind=TRAIN_KIND))
+def get_run(run_id: str, db: SessionDep, scope: TeamScope) -> TrainingRunPublic:
+    return TrainingRunPublic.of(service.get_run(db=db, run_id=run_id, kind=TRAIN_KIND, scope=scope))
 
 
 @router.post(
@@ -62,10 +71,10 @@ def get_run(run_id: str, db: SessionDep, user: AnyUser) -> TrainingRunPublic:
     responses=error_responses(409),
 )
 def cancel_run(
-    run_id: str, request: Request, db: SessionDep, admin: AdminUser
+    run_id: str, request: Request, db: SessionDep, admin: AdminUser, scope: TeamScope
 ) -> TrainingRunPublic:
     ctx = request_context(request, admin.username)
-    return TrainingRunPublic.of(service.cancel_run(db=db, ctx=ctx, run_id=run_id))
+    return TrainingRunPublic.of(service.cancel_run(db=db, ctx=ctx, run_id=run_id, scope=scope))
 
 
 # --- evaluations ----------------------------------------------------------------------------------
@@ -83,9 +92,10 @@ def create_evaluation(
     body: EvaluationCreate, request: Request, db: SessionDep, state: StateDep, admin: AdminUser
 ) -> TrainingRunPublic:
     ctx = request_context(request, admin.username)
-    req = EvalRequest(**body.model_dump())
+    team_id = teams.team_for_new_row(db=db, user=admin, team=body.team)
+    req = EvalRequest(**body.model_dump(exclude={"team"}))
     job = service.submit_evaluation(
-        db=db, ctx=ctx, registry=state.registry, request=req, queue=state.jobs
+        db=db, ctx=ctx, registry=state.registry, request=req, queue=state.jobs, team_id=team_id
     )
     return TrainingRunPublic.of(job)
 
@@ -93,12 +103,14 @@ def create_evaluation(
 @router.get("/evaluations", response_model=TrainingRunList, tags=["evaluations"])
 def list_evaluations(
     db: SessionDep,
-    user: AnyUser,
+    scope: TeamScope,
     model: Annotated[str | None, Query(max_length=128, description="NAME or NAME:VERSION")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Offset = 0,
 ) -> TrainingRunList:
-    rows, total = service.list_runs(db=db, kind=EVAL_KIND, model=model, limit=limit, offset=offset)
+    rows, total = service.list_runs(
+        db=db, kind=EVAL_KIND, model=model, limit=limit, offset=offset, scope=scope
+    )
     return TrainingRunList(items=[TrainingRunPublic.of(j) for j in rows], total=total)
 
 
@@ -112,14 +124,14 @@ def compare_evaluations(
     a: Annotated[str, Query(max_length=64)],
     b: Annotated[str, Query(max_length=64)],
     db: SessionDep,
-    user: AnyUser,
+    scope: TeamScope,
 ) -> dict[str, Any]:
-    return service.compare_evaluations(db=db, a=a, b=b)
+    return service.compare_evaluations(db=db, a=a, b=b, scope=scope)
 
 
 @router.get("/evaluations/{eval_id}", response_model=TrainingRunPublic, tags=["evaluations"])
-def get_evaluation(eval_id: str, db: SessionDep, user: AnyUser) -> TrainingRunPublic:
-    return TrainingRunPublic.of(service.get_run(db=db, run_id=eval_id, kind=EVAL_KIND))
+def get_evaluation(eval_id: str, db: SessionDep, scope: TeamScope) -> TrainingRunPublic:
+    return TrainingRunPublic.of(service.get_run(db=db, run_id=eval_id, kind=EVAL_KIND, scope=scope))
 
 
 @router.get(
@@ -132,7 +144,8 @@ def get_evaluation(eval_id: str, db: SessionDep, user: AnyUser) -> TrainingRunPu
         **error_responses(409),
     },
 )
-def evaluation_report(eval_id: str, db: SessionDep, state: StateDep, user: AnyUser) -> Response:
+def evaluation_report(eval_id: str, db: SessionDep, state: StateDep, scope: TeamScope) -> Response:
     return PHIResponse(
-        service.evaluation_report(db=db, blobs=state.blobs, eval_id=eval_id), media_type="text/html"
+        service.evaluation_report(db=db, blobs=state.blobs, eval_id=eval_id, scope=scope),
+        media_type="text/html",
     )

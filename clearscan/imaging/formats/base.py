@@ -48,6 +48,8 @@ class DecodedImage:
     sop_uid: str | None = None
     window: tuple[float, float] | None = None
     transfer_syntax: str | None = None
+    # the memory decoding it was counted to need (clearscan.imaging.limits.decoded_bytes)
+    decoded_bytes: int = 0
 
 
 class FormatDecoder(Protocol):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import re
-import struct
 import zlib
 from collections.abc import Sequence
 from io import BytesIO
@@ -33,10 +32,11 @@ from clearscan.imaging.formats.base import (
     min_max,
     rescale,
 )
+from clearscan.imaging.formats.codestream import j2k_frame_size, jpeg_frame_size
 from clearscan.imaging.inflate import inflate_prefix
-from clearscan.imaging.limits import Limits, check_size
+from clearscan.imaging.limits import Limits, check_bytes, check_size, decoded_bytes
 
-__all__ = ["PLUGIN_ORDER", "decode"]
+__all__ = ["PLUGIN_ORDER", "decode", "read_dataset"]
 
 _DEFLATED_TS = "1.2.840.10008.1.2.1.99"
 _DICOM_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -102,6 +102,13 @@ def _read_dicom(data: bytes, limits: Limits) -> tuple[Any, str | None]:
         return pydicom.dcmread(BytesIO(data), force=True), None
     except Exception as exc:
         raise CorruptImage(f"could not parse DICOM file: {describe_exc(exc)}") from exc
+
+
+def read_dataset(data: bytes, limits: Limits) -> Any:
+    """The parsed dataset (a deflated one inflated under the cap, its transfer syntax then
+    Explicit VR Little Endian); CorruptImage / ImageTooLarge otherwise. For de-identification
+    (:mod:`clearscan.imaging.deid`), which rewrites the header and keeps the pixel data."""
+    return _read_dicom(data, limits)[0]
 
 
 def _dicom_int(ds: Any, keyword: str, default: int | None = None) -> int:
@@ -236,6 +243,13 @@ def decode(data: bytes, *, limits: Limits, frame: int | None = None) -> DecodedI
         ) from None
     if not decoder.is_available:
         raise UnsupportedFormat(f"no decoder is installed for DICOM transfer syntax {ts.name}")
+    need = _decoded_bytes(ts, rows, cols, samples, bits_allocated, frames, photometric)
+    check_bytes(
+        f"DICOM image ({cols} x {rows}, {samples} sample(s) of {bits_allocated} bits, "
+        f"{frames} frame(s))",
+        need,
+        limits,
+    )
 
     if not ts.is_compressed:
         try:
@@ -301,6 +315,29 @@ def decode(data: bytes, *, limits: Limits, frame: int | None = None) -> DecodedI
         sop_uid=_dicom_text(ds, "SOPInstanceUID", _UID_RE),
         window=window,
         transfer_syntax=stored_ts or str(ts),
+        decoded_bytes=need,
+    )
+
+
+def _decoded_bytes(
+    ts: Any, rows: int, cols: int, samples: int, bits: int, frames: int, photometric: str
+) -> int:
+    """The memory decoding one frame holds, from the header (clearscan.imaging.limits): native
+    pixel data of every frame as the dataset holds it (Rows x Columns x SamplesPerPixel x
+    NumberOfFrames x BitsAllocated / 8), the decoded frame, and for grayscale the float64 modality
+    LUT output, a float32 window temporary and the float32 values; for palette colour the RGB
+    lookup output."""
+    sample_bytes = max(bits // 8, 1)
+    raw: float = samples * sample_bytes  # the decoded frame
+    if not ts.is_encapsulated:
+        raw += frames * samples * bits / 8  # the pixel data element, every frame
+    colour = samples == 3 or photometric == "PALETTE COLOR"
+    if photometric == "PALETTE COLOR":
+        raw += 3 * 2
+    elif not colour:
+        raw += 8 + 4
+    return decoded_bytes(
+        rows * cols, raw_bytes_per_pixel=raw, channels=3 if colour else 1, values=not colour
     )
 
 
@@ -364,9 +401,9 @@ def _check_compressed_frame(
     )
 
     if ts in JPEG2000TransferSyntaxes:
-        parse = _j2k_frame_size
+        parse = j2k_frame_size
     elif ts in JPEGTransferSyntaxes or ts in JPEGLSTransferSyntaxes:
-        parse = _jpeg_frame_size
+        parse = jpeg_frame_size
     else:
         return  # RLE (output sized from Rows/Columns) or syntaxes without a decoder
     extended = None
@@ -393,65 +430,6 @@ def _check_compressed_frame(
             f"DICOM compressed frame is {width} x {height} but the header says {cols} x {rows}"
         )
     check_size("DICOM compressed frame", width, height, components, limits)
-
-
-_JPEG_SOF = frozenset({*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC} | {0xF7})  # + JPEG-LS SOF55
-
-
-def _jpeg_frame_size(buf: bytes) -> tuple[int, int, int, int | None] | None:
-    """(width, height, components, precision) from a JPEG or JPEG-LS SOF segment, else None."""
-    if buf[:2] != b"\xff\xd8":
-        return None
-    pos, end = 2, len(buf)
-    while pos + 4 <= end:
-        if buf[pos] != 0xFF:
-            return None
-        marker = buf[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # standalone markers
-            pos += 2
-            continue
-        if marker in (0xD9, 0xDA):  # EOI / SOS before any SOF
-            return None
-        (length,) = struct.unpack_from(">H", buf, pos + 2)
-        if marker in _JPEG_SOF:
-            if pos + 10 > end:
-                return None
-            height, width = struct.unpack_from(">HH", buf, pos + 5)
-            return width, height, buf[pos + 9], buf[pos + 4]
-        if length < 2:
-            return None
-        pos += 2 + length
-    return None
-
-
-def _j2k_frame_size(buf: bytes) -> tuple[int, int, int, int | None] | None:
-    """(width, height, components, None) from a JPEG 2000 SIZ segment (raw or JP2-boxed), else
-    None (the precision is per component there)."""
-    offset = 0
-    if buf.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n"):
-        offset = 12
-        while offset + 8 <= len(buf):
-            (length,) = struct.unpack_from(">I", buf, offset)
-            header = 8
-            if length == 1 and offset + 16 <= len(buf):  # 64-bit XLBox
-                (length,) = struct.unpack_from(">Q", buf, offset + 8)
-                header = 16
-            if buf[offset + 4 : offset + 8] == b"jp2c":
-                offset += header
-                break
-            if length < header:
-                return None
-            offset += length
-        else:
-            return None
-    if buf[offset : offset + 4] != b"\xff\x4f\xff\x51" or offset + 42 > len(buf):
-        return None
-    xsiz, ysiz, x_off, y_off = struct.unpack_from(">IIII", buf, offset + 8)
-    (components,) = struct.unpack_from(">H", buf, offset + 40)
-    return xsiz - x_off, ysiz - y_off, components, None
 
 
 def _color_to_unit(arr: np.ndarray, bits: int) -> np.ndarray:

@@ -1,9 +1,11 @@
 """NIfTI-1 and NIfTI-2 volumes (``.nii``, and ``.nii.gz`` through the bounded inflater).
 
 The header is parsed first (from at most 540 inflated bytes) and the volume's size checked
-against the limits; then only the chosen slice of the first 3D volume is read: a strided view of
-a ``.nii``, or a ``.nii.gz`` inflated one plane at a time and only as far as needed. The slice is
-reoriented to the closest canonical (RAS+) orientation and shown anterior up.
+against the limits, and so are the bytes decoding the slice will hold (the slice in the stored
+type, its rescaled and float32 copies, the plane buffer of a ``.nii.gz``); then only the chosen
+slice of the first 3D volume is read: a strided view of a ``.nii``, or a ``.nii.gz`` inflated one
+plane at a time and only as far as needed. The slice is reoriented to the closest canonical (RAS+)
+orientation and shown anterior up.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 from clearscan.imaging.errors import CorruptImage, ImageTooLarge, UnsupportedFormat
 from clearscan.imaging.formats.base import DecodedImage, describe_exc, finite, min_max, rescale
 from clearscan.imaging.inflate import GZIP_MAGIC, gunzip_prefix, inflate_chunks
-from clearscan.imaging.limits import Limits, check_size
+from clearscan.imaging.limits import Limits, check_bytes, check_size, decoded_bytes
 
 __all__ = ["decode"]
 
@@ -218,6 +220,18 @@ def decode(data: bytes, *, limits: Limits, frame: int | None = None) -> DecodedI
         )
     side = [d for axis, d in enumerate(spatial) if axis != in_axis]
     check_size("NIfTI slice", side[0], side[1], 1, limits)
+    # held at the peak: the slice as stored, its float64 rescale, the float32 copies made for the
+    # percentiles and the contiguous values; a .nii.gz also holds about three planes and a chunk
+    held = hdr.bytes_per_voxel + (8 if slope is not None else 0) + 4 + 4
+    plane = nx * ny * hdr.bytes_per_voxel
+    need = decoded_bytes(
+        side[0] * side[1],
+        raw_bytes_per_pixel=held,
+        channels=1,
+        values=True,
+        extra=3 * plane + _INFLATE_PLANE_CHUNK if compressed else 0,
+    )
+    check_bytes(f"NIfTI slice ({side[0]} x {side[1]}, {dtype})", need, limits)
     source_index = index if ornt[in_axis, 1] > 0 else n_slices - 1 - index
 
     # Only the first 3D volume is read (4D+: the first time point), one z-plane at a time.
@@ -246,4 +260,5 @@ def decode(data: bytes, *, limits: Limits, frame: int | None = None) -> DecodedI
         bit_depth=hdr.bytes_per_voxel * 8,
         frames=n_slices,
         frame_index=index,
+        decoded_bytes=need,
     )

@@ -1,7 +1,9 @@
 """PNG and JPEG uploads, decoded with Pillow.
 
-The image size is read by Pillow's lazy ``Image.open`` and checked against the limits before any
-pixels are loaded; Pillow's own decompression-bomb guard is turned into an error as well. Only the
+The image size and mode are read by Pillow's lazy ``Image.open`` and checked against the limits
+before any pixels are loaded: the pixel count, and the bytes decoding will hold (Pillow's image
+memory for that mode, the conversions and array copies :func:`_pil_pixels` makes, the float32
+output); Pillow's own decompression-bomb guard is turned into an error as well. Only the
 first frame of an animated PNG is used, and a JPEG's EXIF orientation is applied.
 """
 
@@ -16,7 +18,7 @@ import numpy as np
 
 from clearscan.imaging.errors import CorruptImage, ImageTooLarge, UnsupportedFormat
 from clearscan.imaging.formats.base import DecodedImage, describe_exc, finite, min_max, rescale
-from clearscan.imaging.limits import Limits, check_size
+from clearscan.imaging.limits import Limits, check_bytes, check_size, decoded_bytes
 from clearscan.imaging.sniff import JPEG_SOI, PNG_SIGNATURE
 
 __all__ = ["decode"]
@@ -52,6 +54,9 @@ def decode(data: bytes, *, limits: Limits, frame: int | None = None) -> DecodedI
     with im:
         width, height = im.size
         check_size(f"{name} image", width, height, 1, limits)
+        raw, out_channels = _raster_bytes(im.mode, fmt)
+        need = decoded_bytes(width * height, raw_bytes_per_pixel=raw, channels=out_channels)
+        check_bytes(f"{name} image ({width} x {height}, mode {im.mode})", need, limits)
         bit_depth = 8
         if fmt == "png" and len(data) > 24 and data[12:16] == b"IHDR":
             bit_depth = data[24] or 8
@@ -79,7 +84,37 @@ def decode(data: bytes, *, limits: Limits, frame: int | None = None) -> DecodedI
         height=h,
         channels=channels,
         bit_depth=bit_depth,
+        decoded_bytes=need,
     )
+
+
+# Pillow's image memory per pixel by mode: one byte for 1/L/P, two for 16-bit grayscale, four for
+# 32-bit grayscale and every multi-band mode (Pillow stores those in 32-bit pixels).
+_PIL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+_GRAY_OUT = {"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def _raster_bytes(mode: str, fmt: str) -> tuple[int, int]:
+    """(bytes per pixel held besides the float32 output, output channels) for a Pillow mode, as
+    :func:`_pil_pixels` converts it: the Pillow image, any converted image (RGBA for palettes with
+    transparency, L or RGB), the integer array copied out of it, and for 32-bit modes the float32
+    temporaries of their scaling. Palettes count as colour (the worst case)."""
+    own = _PIL_BYTES.get(mode, 4)
+    if fmt == "jpeg":
+        own *= 2  # the EXIF-transposed copy
+    if mode in ("I", "F"):
+        return own + 4 + 4, 1  # the array and one float32 temporary
+    if mode.startswith("I;16"):
+        return own + 2, 1
+    if mode == "L":
+        return own + 1, 1
+    if mode in _GRAY_OUT:  # 1, LA, La -> L
+        return own + 1 + 1, 1
+    if mode == "RGB":
+        return own + 3, 3
+    if mode in ("P", "PA"):
+        return own + 4 + 4 + 3, 3  # -> RGBA -> RGB, then the array
+    return own + 4 + 3, 3  # RGBA/RGBX/CMYK/YCbCr/LAB/... -> RGB, then the array
 
 
 def _pil_pixels(im: Any) -> tuple[np.ndarray, int]:

@@ -25,7 +25,13 @@ from clearscan.web.present.batches import (
     batch_rows,
     model_choices,
 )
-from clearscan.web.session import ClinicianSession, WebSession, WebSessionDep, require_csrf
+from clearscan.web.session import (
+    ClinicianSession,
+    WebSession,
+    WebSessionDep,
+    require_csrf,
+    scope_for,
+)
 from clearscan.web.templating import redirect, render_page
 
 router = page_router()
@@ -43,7 +49,9 @@ def _list_page(
     error: str | None = None,
     status: int = 200,
 ) -> HTMLResponse:
-    found = batches.list_batches(db=db, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+    found = batches.list_batches(
+        db=db, scope=scope_for(request, db, ws), limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
+    )
     view = BatchesPage(
         rows=batch_rows(batches.summaries(db=db, jobs=found.items)),
         pages=Pagination(page, PAGE_SIZE, found.total, {}),
@@ -76,6 +84,7 @@ def batches_submit(
     file: Annotated[UploadFile | None, File()] = None,
     model: FormStr = None,
     explain: FormStr = None,
+    team: FormStr = None,
     submit_key: FormStr = None,
     csrf_token: FormStr = None,
 ) -> Response:
@@ -106,6 +115,7 @@ def batches_submit(
             queue=state.jobs,
             idempotency_key=key,
             via="web",
+            team=(team or "").strip()[:64] or None,
         )
     except ClearScanError as exc:  # shown on the form
         db.rollback()
@@ -132,7 +142,7 @@ def _batch_page(
     status: int = 200,
 ) -> HTMLResponse:
     try:
-        job = batches.get_batch(db=db, batch_id=batch_id)
+        job = batches.get_batch(db=db, batch_id=batch_id, scope=scope_for(request, db, ws))
     except batches.BatchNotFound:
         raise PageError(404, "Batch not found", "This batch does not exist.") from None
     page = batch_page(
@@ -151,7 +161,7 @@ def batch_view(
     notice = BATCH_NOTICES.get(done or "")
     if done == "cancel":
         try:
-            job = batches.get_batch(db=db, batch_id=batch_id)
+            job = batches.get_batch(db=db, batch_id=batch_id, scope=scope_for(request, db, ws))
         except batches.BatchNotFound:
             job = None
         if job is not None and job.status == "cancelled":

@@ -7,8 +7,10 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.orm import Session
 
 from clearscan.api.deps import SessionDep, StateDep, request_context
+from clearscan.audit import service as audit
 from clearscan.cases import service as cases
 from clearscan.state import AppState
+from clearscan.teams.service import Scope
 from clearscan.web.errors import PageError, page_router
 from clearscan.web.forms import (
     FormStr,
@@ -20,7 +22,13 @@ from clearscan.web.forms import (
     parse_page,
 )
 from clearscan.web.present.cases import CasesPage, case_page
-from clearscan.web.session import ClinicianSession, WebSession, WebSessionDep, require_csrf
+from clearscan.web.session import (
+    ClinicianSession,
+    WebScope,
+    WebSession,
+    WebSessionDep,
+    require_csrf,
+)
 from clearscan.web.templating import redirect, render_page
 
 router = page_router()
@@ -33,6 +41,7 @@ def cases_page(
     db: SessionDep,
     state: StateDep,
     ws: WebSessionDep,
+    scope: WebScope,
     since: QueryStr = None,
     until: QueryStr = None,
     label: QueryStr = None,
@@ -58,12 +67,21 @@ def cases_page(
     number = parse_page(page)
     items, total = cases.list_case_summaries(
         db=db,
+        scope=scope,
         limit=PAGE_SIZE,
         offset=(number - 1) * PAGE_SIZE,
         label=params["label"] or None,
         username=params["user"] or None,
         since=day_start(d_since) if d_since else None,
         until=day_after(d_until) if d_until else None,
+    )
+    offset = (number - 1) * PAGE_SIZE
+    audit.record(
+        audit.case_list_entry(
+            dict(params), patient_key=False, offset=offset, rows=len(items), total=total
+        ),
+        db=db,
+        ctx=request_context(request, ws.username),
     )
     view = CasesPage(
         errors=errors,
@@ -80,22 +98,30 @@ def _case_page(
     db: Session,
     state: AppState,
     ws: WebSession,
+    scope: Scope,
     case_id: str,
     *,
     review_error: dict[str, str] | None = None,
     review_form: dict[str, dict[str, str]] | None = None,
     status: int = 200,
 ) -> HTMLResponse:
-    detail = cases.view_case(db=db, ctx=request_context(request, ws.username), case_id=case_id)
+    detail = cases.view_case(
+        db=db, ctx=request_context(request, ws.username), case_id=case_id, scope=scope
+    )
     page = case_page(detail, state.registry, review_error=review_error, review_form=review_form)
     return render_page(request, page, ws=ws, status=status)
 
 
 @router.get("/cases/{case_id}", response_class=HTMLResponse)
 def case_view(
-    case_id: str, request: Request, db: SessionDep, state: StateDep, ws: WebSessionDep
+    case_id: str,
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    ws: WebSessionDep,
+    scope: WebScope,
 ) -> Response:
-    return _case_page(request, db, state, ws, case_id)
+    return _case_page(request, db, state, ws, scope, case_id)
 
 
 def _review_problem(verdict: str | None, correct_label: str | None, comment: str) -> str | None:
@@ -116,6 +142,7 @@ def review_submit(
     db: SessionDep,
     state: StateDep,
     ws: ClinicianSession,
+    scope: WebScope,
     verdict: FormStr = None,
     correct_label: FormStr = None,
     comment: FormStr = None,
@@ -123,7 +150,7 @@ def review_submit(
 ) -> Response:
     require_csrf(request, db, state, ws, csrf_token)
     try:
-        pred = cases.get_prediction(db=db, prediction_id=prediction_id)
+        pred = cases.get_prediction(db=db, prediction_id=prediction_id, scope=scope)
     except cases.NotFound:
         pred = None
     if pred is None or pred.case_id != case_id:  # a prediction of another case is not found
@@ -155,6 +182,7 @@ def review_submit(
         db,
         state,
         ws,
+        scope,
         case_id,
         status=422,
         review_error={prediction_id: problem},

@@ -14,11 +14,19 @@ from clearscan.datasets.importers import DatasetError
 from clearscan.datasets.models import Dataset
 from clearscan.datasets.schemas import DatasetDetail
 from clearscan.state import AppState
+from clearscan.teams import service as teams
+from clearscan.training.previews import PreviewTooLarge, preview_bounds
 from clearscan.training.tabular import TabularError, preview
 from clearscan.web.errors import page_router, sentence
 from clearscan.web.forms import FormStr, Pagination, QueryStr, parse_page
 from clearscan.web.present.datasets import FIELDS, DatasetsPage, dataset_page, empty_form
-from clearscan.web.session import AdminSession, WebSession, WebSessionDep, require_csrf
+from clearscan.web.session import (
+    AdminSession,
+    WebSession,
+    WebSessionDep,
+    require_csrf,
+    scope_for,
+)
 from clearscan.web.templating import redirect, render_page
 
 router = page_router()
@@ -36,7 +44,12 @@ def _datasets_page(
     form: dict[str, str] | None = None,
     status: int = 200,
 ) -> HTMLResponse:
-    rows, total = datasets.list_datasets(db=db, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+    rows, total = datasets.list_datasets(
+        db=db,
+        limit=PAGE_SIZE,
+        offset=(page - 1) * PAGE_SIZE,
+        scope=scope_for(request, db, ws),
+    )
     view = DatasetsPage(
         items=rows,
         pages=Pagination(page, PAGE_SIZE, total, {}),
@@ -102,6 +115,7 @@ def datasets_import(
         license=form["license"] or None,
     )
     try:
+        team_id = teams.team_for_new_row(db=db, user=ws.user)
         ds = datasets.import_upload(
             db=db,
             blobs=state.blobs,
@@ -111,8 +125,11 @@ def datasets_import(
             options=options,
             limits=state.limits,
             max_bytes=int(state.settings.max_dataset_upload_mb * 2**20),
+            team_id=team_id,
+            deid=state.settings.deid_policy(),
         )
-    except DatasetError as exc:  # shown on the form, with what was entered
+    # shown on the form, with what was entered
+    except (DatasetError, teams.NoTeam, teams.TeamUnknown) as exc:
         db.rollback()
         return _datasets_page(
             request, db, state, ws, error=sentence(exc.detail), form=form, status=exc.status_code
@@ -124,8 +141,8 @@ def _features(db: Session, state: AppState, ds: Dataset) -> dict[str, Any]:
     """The first rows of the feature table a training run would use, and the latest feature
     importance; {"error": ...} when the table cannot be turned into features."""
     try:
-        return preview(db, state.blobs, ds, limit=10)
-    except TabularError as exc:
+        return preview(db, state.blobs, ds, limit=10, bounds=preview_bounds(state.settings))
+    except (TabularError, PreviewTooLarge) as exc:
         return {"error": str(exc)}
 
 
@@ -133,7 +150,8 @@ def _features(db: Session, state: AppState, ds: Dataset) -> dict[str, Any]:
 def dataset_view(
     ref: str, request: Request, db: SessionDep, state: StateDep, ws: WebSessionDep
 ) -> Response:
-    ds = datasets.get(db=db, ref=ref)  # DatasetNotFound: the "Dataset not found" page
+    # DatasetNotFound (also for another team's dataset): the "Dataset not found" page
+    ds = datasets.get(db=db, ref=ref, scope=scope_for(request, db, ws))
     per_class = 4 if len(ds.classes) <= 10 else 2
     items = datasets.samples(db=db, ds=ds, per_class=per_class) if ds.kind == "images" else []
     page = dataset_page(

@@ -16,6 +16,7 @@ from clearscan.registry.errors import RegistryError
 from clearscan.registry.routing import ModelRegistry
 from clearscan.registry.schemas import ModelDetail, ModelVersionPublic
 from clearscan.state import AppState
+from clearscan.teams import service as teams
 from clearscan.training import service as training
 from clearscan.training.evaluation import EvalRequest, EvaluationError
 from clearscan.training.schemas import TrainingRunPublic
@@ -28,7 +29,13 @@ from clearscan.web.present.models import (
     model_page,
     rollout_form_of,
 )
-from clearscan.web.session import AdminSession, WebSession, WebSessionDep, require_csrf
+from clearscan.web.session import (
+    AdminSession,
+    WebSession,
+    WebSessionDep,
+    require_csrf,
+    scope_for,
+)
 from clearscan.web.templating import redirect, render_page
 
 router = page_router()
@@ -85,7 +92,13 @@ def _model_page(
         report = _shadow_report(
             db, reg, name, shadow["version"] if isinstance(shadow, dict) else None
         )
-    evals = training.list_runs(db=db, kind=training.EVAL_KIND, model=name, limit=EVALUATIONS_SHOWN)
+    evals = training.list_runs(
+        db=db,
+        kind=training.EVAL_KIND,
+        model=name,
+        limit=EVALUATIONS_SHOWN,
+        scope=scope_for(request, db, ws),
+    )
     runs = [TrainingRunPublic.of(j) for j in evals.items]
     named = datasets.briefs(db=db, refs=(str(r.params.get("dataset", "")) for r in runs))
     page = model_page(
@@ -281,7 +294,8 @@ def model_evaluate(
             request=EvalRequest(f"{name}:{form['version']}", form["dataset"], form["split"]),
             queue=state.jobs,
             via="web",
+            team_id=teams.team_for_new_row(db=db, user=ws.user),
         )
-    except (EvaluationError, QueueUnavailable) as exc:
+    except (EvaluationError, QueueUnavailable, teams.NoTeam, teams.TeamUnknown) as exc:
         return _refused(request, db, state, ws, name, exc, eval_form=form)
     return redirect(f"/models/{name}?done=evaluate")

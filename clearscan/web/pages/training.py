@@ -16,6 +16,7 @@ from clearscan.jobs.service import JobNotFound
 from clearscan.registry.errors import RegistryError
 from clearscan.registry.routing import ModelRegistry
 from clearscan.state import AppState
+from clearscan.teams import service as teams
 from clearscan.training import service as training
 from clearscan.training.runs import TrainingError
 from clearscan.training.schemas import TrainingRunPublic
@@ -29,7 +30,13 @@ from clearscan.web.present.training import (
     run_list,
     run_page,
 )
-from clearscan.web.session import AdminSession, WebSession, WebSessionDep, require_csrf
+from clearscan.web.session import (
+    AdminSession,
+    WebSession,
+    WebSessionDep,
+    require_csrf,
+    scope_for,
+)
 from clearscan.web.templating import redirect, render_page
 
 router = page_router()
@@ -48,7 +55,11 @@ def _training_page(
     status: int = 200,
 ) -> HTMLResponse:
     found = training.list_runs(
-        db=db, kind=training.TRAIN_KIND, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
+        db=db,
+        kind=training.TRAIN_KIND,
+        limit=PAGE_SIZE,
+        offset=(page - 1) * PAGE_SIZE,
+        scope=scope_for(request, db, ws),
     )
     runs = [TrainingRunPublic.of(j) for j in found.items]
     named = datasets.briefs(db=db, refs=(str(r.params.get("dataset", "")) for r in runs))
@@ -134,8 +145,10 @@ def training_submit(
             request=req,
             queue=state.jobs,
             via="web",
+            team_id=teams.team_for_new_row(db=db, user=ws.user),
         )
-    except (TrainingError, QueueUnavailable) as exc:  # shown on the form, with what was entered
+    # shown on the form, with what was entered
+    except (TrainingError, QueueUnavailable, teams.NoTeam, teams.TeamUnknown) as exc:
         detail = exc.detail.replace("model_name:", "model name:")  # the API's field name
         return _training_page(
             request, db, ws, form=form, error=sentence(detail), status=exc.status_code
@@ -167,7 +180,9 @@ def _run_page(
     status: int = 200,
 ) -> HTMLResponse:
     # JobNotFound: the "Training run not found" page
-    run = TrainingRunPublic.of(training.get_run(db=db, run_id=run_id))
+    run = TrainingRunPublic.of(
+        training.get_run(db=db, run_id=run_id, scope=scope_for(request, db, ws))
+    )
     ref = str(run.params.get("dataset", ""))
     page = run_page(
         run,
@@ -193,7 +208,7 @@ def training_run_view(
     notice = None
     if done == "cancel":
         try:
-            job = training.get_run(db=db, run_id=run_id)
+            job = training.get_run(db=db, run_id=run_id, scope=scope_for(request, db, ws))
         except JobNotFound:
             job = None
         if job is not None and job.status == "cancelled":
@@ -215,7 +230,11 @@ def training_cancel(
     require_csrf(request, db, state, ws, csrf_token)
     try:  # JobNotFound: the "Training run not found" page
         training.cancel_run(
-            db=db, ctx=request_context(request, ws.username), run_id=run_id, via="web"
+            db=db,
+            ctx=request_context(request, ws.username),
+            run_id=run_id,
+            via="web",
+            scope=scope_for(request, db, ws),
         )
     except Conflict as exc:  # already finished: said on the run's page
         db.rollback()

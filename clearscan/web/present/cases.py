@@ -46,6 +46,7 @@ class AnalyzeForm:
     explain: bool = True
     patient_ref: str = ""
     note: str = ""
+    team: str = ""  # for a user in several teams: the team the case belongs to
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +57,7 @@ class AnalyzePage(Page):
     values: AnalyzeForm
     settings: Settings
     error: str | None = None
+    teams: list[str] = field(default_factory=list)  # the user's teams (a choice when several)
 
 
 def analyze_page(
@@ -63,6 +65,7 @@ def analyze_page(
     settings: Settings,
     values: AnalyzeForm | None = None,
     error: str | None = None,
+    teams: Sequence[str] = (),
 ) -> AnalyzePage:
     return AnalyzePage(
         entries=entries,
@@ -70,6 +73,7 @@ def analyze_page(
         values=values or AnalyzeForm(model=settings.default_model),
         settings=settings,
         error=error,
+        teams=list(teams),
     )
 
 
