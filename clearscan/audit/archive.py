@@ -29,28 +29,14 @@ from sqlalchemy.orm import Session
 
 from clearscan.audit import keys, service
 from clearscan.audit.actions import Action
-from clearscan.audit.chain import GENESIS, keyed_digest
+from clearscan.audit.chain import GENESIS, PAYLOAD_FIELDS, keyed_digest
 from clearscan.audit.models import AuditEvent
 
 if TYPE_CHECKING:
     from clearscan.config import Settings
 
 FORMAT = "clearscan-audit-archive/1"
-_STORED = (
-    "seq",
-    "at",
-    "actor",
-    "action",
-    "object_type",
-    "object_id",
-    "outcome",
-    "client_addr",
-    "request_id",
-    "details",
-    "key_id",
-    "prev_hash",
-    "hash",
-)
+_STORED = (*PAYLOAD_FIELDS, "key_id", "prev_hash", "hash")
 
 
 class ArchiveError(Exception):

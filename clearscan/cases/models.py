@@ -11,6 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.sql.expression import false
 
 from clearscan.db.base import Base, UTCDateTime, utcnow
+from clearscan.teams import models as _teams  # noqa: F401  (the table team_id references)
 
 
 def new_id() -> str:
