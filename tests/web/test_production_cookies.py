@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from clearscan.api.cookies import CookiePolicy
 from clearscan.api.ratelimit import _credentials
@@ -27,7 +28,8 @@ def host_cookie(header: str) -> None:
 
 @pytest.fixture
 def production(settings):
-    return settings.model_copy(update={"environment": "production"})
+    keys = {"pseudonym_key": SecretStr("p" * 40), "audit_key": SecretStr("a" * 40)}
+    return settings.model_copy(update={"environment": "production", **keys})
 
 
 @pytest.mark.parametrize("mode", ["auto", "always"])
