@@ -345,3 +345,27 @@ def test_openapi_declares_both_security_schemes(client):
     assert len(security) == 2  # either one
     assert "403" in spec["paths"]["/api/v1/cases"]["get"]["responses"]
     assert "security" not in spec["paths"]["/api/v1/auth/token"]["post"]
+
+
+def test_a_listed_origin_may_send_a_key(settings, model_cache):
+    """CORS (off by default) lets a listed origin send `X-API-Key` and revoke with DELETE."""
+    from fastapi.testclient import TestClient
+
+    from clearscan.app import create_app
+
+    origin = "https://router.example.org"
+    listed = settings.model_copy(update={"cors_origins": [origin]})
+    app = create_app(listed, model_cache=model_cache)
+    with TestClient(app) as c:
+        r = c.options(
+            "/api/v1/api-keys/1",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "DELETE",
+                "Access-Control-Request-Headers": "x-api-key",
+            },
+        )
+    assert r.status_code == 200, r.text
+    assert r.headers["access-control-allow-origin"] == origin
+    assert "DELETE" in r.headers["access-control-allow-methods"]
+    assert "x-api-key" in r.headers["access-control-allow-headers"].lower()
