@@ -15,6 +15,7 @@ from clearscan.batches import service as batches
 from clearscan.batches.archive import MAX_ITEMS, ArchiveLimits
 from clearscan.errors import ClearScanError
 from clearscan.state import AppState
+from clearscan.teams import service as teams
 from clearscan.web.errors import PageError, page_router, sentence
 from clearscan.web.forms import FormStr, Pagination, QueryStr, parse_page
 from clearscan.web.present.batches import (
@@ -64,6 +65,9 @@ def _list_page(
         max_items=MAX_ITEMS,
         max_upload_mb=state.settings.max_upload_mb,
         error=error,
+        teams=tuple(teams.names_of(db=db, user_ids=[ws.user.id])[ws.user.id])
+        if ws.can_analyze
+        else (),
     )
     return render_page(request, view, ws=ws, status=status)
 
@@ -92,6 +96,7 @@ def batches_submit(
     form = BatchForm(
         model=(model or state.settings.default_model).strip()[:128],
         explain=(explain or "").lower() in ("on", "true", "1", "yes"),
+        team=(team or "").strip()[:64],
     )
     # a browser sends one empty part when no file is chosen
     if file is None or not file.size:
@@ -115,7 +120,7 @@ def batches_submit(
             queue=state.jobs,
             idempotency_key=key,
             via="web",
-            team=(team or "").strip()[:64] or None,
+            team=form.team or None,
         )
     except ClearScanError as exc:  # shown on the form
         db.rollback()

@@ -56,6 +56,7 @@ def _datasets_page(
         error=error,
         form=form or empty_form(),
         max_upload_mb=state.settings.max_dataset_upload_mb,
+        teams=tuple(teams.names_of(db=db, user_ids=[ws.user.id])[ws.user.id]),
     )
     return render_page(request, view, ws=ws, status=status)
 
@@ -98,10 +99,11 @@ def datasets_import(
     group_column: FormStr = None,
     labels: FormStr = None,
     license: FormStr = None,
+    team: FormStr = None,
     csrf_token: FormStr = None,
 ) -> Response:
     require_csrf(request, db, state, ws, csrf_token)
-    given = (name, target, time_column, group_column, labels, license)
+    given = (name, target, time_column, group_column, labels, license, team)
     form = {k: (v or "").strip() for k, v in zip(FIELDS, given, strict=True)}
     problem = _import_problem(file, form)
     if problem or file is None:
@@ -115,7 +117,7 @@ def datasets_import(
         license=form["license"] or None,
     )
     try:
-        team_id = teams.team_for_new_row(db=db, user=ws.user)
+        team_id = teams.team_for_new_row(db=db, user=ws.user, team=form["team"] or None)
         ds = datasets.import_upload(
             db=db,
             blobs=state.blobs,

@@ -30,6 +30,7 @@ class ModelChoice:
 class BatchForm:
     model: str
     explain: bool = True
+    team: str = ""  # one of the user's teams, when they are in several
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class BatchesPage(Page):
     max_items: int
     max_upload_mb: float
     error: str | None = None
+    teams: tuple[str, ...] = ()  # the user's teams: a picker when there are several
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ FIELDS = {  # import form field -> (title, longest accepted value)
     "group_column": ("Group column", 200),
     "labels": ("Class names", 4000),
     "license": ("Licence and attribution", 2000),
+    "team": ("Team", 64),
 }
 SPLIT_FACTS = {"validation": "Validation split", "fraction": "Share of train", "seed": "Seed"}
 BAR_SLOTS = 8  # colours of the class-balance bars (.seg-c0 .. .seg-c7)
@@ -33,6 +34,7 @@ class DatasetsPage(Page):
     error: str | None
     form: dict[str, str]
     max_upload_mb: float
+    teams: tuple[str, ...] = ()  # the admin's teams: a picker when there are several
 
 
 def empty_form() -> dict[str, str]:
