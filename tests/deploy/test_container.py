@@ -314,6 +314,7 @@ def stack(docker: str, image: str, database: str, broker: str, tmp_path: Path) -
         "CLEARSCAN_DATABASE_URL_FILE": "/run/secrets/database_url",
         "CLEARSCAN_SECRET_KEY_FILE": "/run/secrets/secret_key",
         "CLEARSCAN_PSEUDONYM_KEY": "container-test-pseudonym-key-0123456789-abcdef",
+        "CLEARSCAN_AUDIT_KEY": "container-test-audit-key-0123456789-abcdefghij",
         "CLEARSCAN_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "CLEARSCAN_BROKER_URL": broker,
     }

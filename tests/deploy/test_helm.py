@@ -34,6 +34,7 @@ SECRET_SETTINGS = {
     "DATABASE_URL",
     "CLEARSCAN_SECRET_KEY",
     "CLEARSCAN_PSEUDONYM_KEY",
+    "CLEARSCAN_AUDIT_KEY",
     "CLEARSCAN_BROKER_URL",
     "CLEARSCAN_REDIS_URL",
     "CLEARSCAN_ADMIN_PASSWORD",
@@ -331,6 +332,7 @@ def test_secrets_only_by_reference(rendered):
     assert refs["CLEARSCAN_DATABASE_URL"] == ("clearscan", "database-url")
     assert refs["CLEARSCAN_SECRET_KEY"] == ("clearscan", "secret-key")
     assert refs["CLEARSCAN_PSEUDONYM_KEY"] == ("clearscan", "pseudonym-key")
+    assert refs["CLEARSCAN_AUDIT_KEY"] == ("clearscan", "audit-key")
     assert refs["CLEARSCAN_ADMIN_PASSWORD"] == ("clearscan", "admin-password")
     assert "CLEARSCAN_BROKER_URL" in refs
 

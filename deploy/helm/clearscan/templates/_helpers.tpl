@@ -108,7 +108,7 @@ Refuse values that render valid objects but cannot work. Included once, by the A
 {{- fail (printf "%s.autoscaling.minReplicas (%d) is above maxReplicas (%d)" $name (int $a.minReplicas) (int $a.maxReplicas)) }}
 {{- end }}
 {{- end }}
-{{- $secretSettings := dict "CLEARSCAN_DATABASE_URL" "secrets.databaseUrl" "CLEARSCAN_SECRET_KEY" "secrets.secretKey" "CLEARSCAN_PSEUDONYM_KEY" "secrets.pseudonymKey" "CLEARSCAN_BROKER_URL" "secrets.brokerUrl" "CLEARSCAN_REDIS_URL" "secrets.redisUrl" "CLEARSCAN_ADMIN_PASSWORD" "secrets.adminPassword" "CLEARSCAN_METRICS_TOKEN" "secrets.metricsToken" "CLEARSCAN_S3_ACCESS_KEY_ID" "storage.s3.credentials" "CLEARSCAN_S3_SECRET_ACCESS_KEY" "storage.s3.credentials" }}
+{{- $secretSettings := dict "CLEARSCAN_DATABASE_URL" "secrets.databaseUrl" "CLEARSCAN_SECRET_KEY" "secrets.secretKey" "CLEARSCAN_PSEUDONYM_KEY" "secrets.pseudonymKey" "CLEARSCAN_AUDIT_KEY" "secrets.auditKey" "CLEARSCAN_BROKER_URL" "secrets.brokerUrl" "CLEARSCAN_REDIS_URL" "secrets.redisUrl" "CLEARSCAN_ADMIN_PASSWORD" "secrets.adminPassword" "CLEARSCAN_METRICS_TOKEN" "secrets.metricsToken" "CLEARSCAN_S3_ACCESS_KEY_ID" "storage.s3.credentials" "CLEARSCAN_S3_SECRET_ACCESS_KEY" "storage.s3.credentials" }}
 {{- $chartSettings := dict "CLEARSCAN_ENVIRONMENT" "always production" "CLEARSCAN_DATA_DIR" "dataDir" "CLEARSCAN_BLOB_URL" "storage.s3" "CLEARSCAN_S3_ENDPOINT_URL" "storage.s3.endpointUrl" "CLEARSCAN_S3_REGION" "storage.s3.region" "CLEARSCAN_DEVICE" "gpuWorker" "CLEARSCAN_JOB_ROUTES" "gpuWorker.jobKinds" }}
 {{- range $setting, $_ := $v.config }}
 {{- with get $secretSettings $setting }}
@@ -156,6 +156,7 @@ Environment of every ClearScan container. Call with (dict "root" $ "component" "
 {{ include "clearscan.secretEnv" (dict "root" $root "ref" $v.secrets.databaseUrl "name" "CLEARSCAN_DATABASE_URL" "what" "secrets.databaseUrl") }}
 {{ include "clearscan.secretEnv" (dict "root" $root "ref" $v.secrets.secretKey "name" "CLEARSCAN_SECRET_KEY" "what" "secrets.secretKey") }}
 {{ include "clearscan.secretEnv" (dict "root" $root "ref" $v.secrets.pseudonymKey "name" "CLEARSCAN_PSEUDONYM_KEY" "what" "secrets.pseudonymKey") }}
+{{ include "clearscan.secretEnv" (dict "root" $root "ref" $v.secrets.auditKey "name" "CLEARSCAN_AUDIT_KEY" "what" "secrets.auditKey") }}
 {{- if ne .component "migrations" }}
 {{- /* The image's entrypoint creates the first admin before `serve` and before `worker`,
 whichever starts first: both need the password (else one is generated into that pod's log). */}}
