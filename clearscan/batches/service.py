@@ -342,19 +342,8 @@ def list_batches(
 
 def get_batch(*, db: Session, batch_id: str, scope: Scope | None = None) -> Job:
     """The batch; BatchNotFound for a missing id and for a batch `scope` may not see."""
-    job = db.get(Job, batch_id) if len(batch_id) <= 32 else None
     missing = BatchNotFound(f"batch {batch_id} not found")
-    if job is None or job.kind != BATCH_KIND:
-        raise missing
-    teams.check(
-        db=db,
-        scope=scope,
-        team_id=job.team_id,
-        object_type="job",
-        object_id=job.id,
-        missing=missing,
-    )
-    return job
+    return jobs.get_owned(db=db, job_id=batch_id, kind=BATCH_KIND, scope=scope, missing=missing)
 
 
 def progress_of(*, db: Session, batch_ids: Iterable[str]) -> dict[str, BatchProgress]:

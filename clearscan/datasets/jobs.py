@@ -193,19 +193,10 @@ def submit_import(
 
 def get_import(*, db: Session, import_id: str, scope: Scope | None = None) -> Job:
     """The import; ImportNotFound for a missing id and for an import `scope` may not see."""
-    job = db.get(Job, import_id) if len(import_id) <= 32 else None
     missing = ImportNotFound(f"dataset import {import_id} not found")
-    if job is None or job.kind != DATASET_IMPORT_KIND:
-        raise missing
-    teams.check(
-        db=db,
-        scope=scope,
-        team_id=job.team_id,
-        object_type="job",
-        object_id=job.id,
-        missing=missing,
+    return job_service.get_owned(
+        db=db, job_id=import_id, kind=DATASET_IMPORT_KIND, scope=scope, missing=missing
     )
-    return job
 
 
 def public(*, db: Session, job: Job) -> DatasetImportPublic:

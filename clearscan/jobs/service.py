@@ -27,9 +27,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from clearscan.audit import service as audit
 from clearscan.audit.actions import Action
-from clearscan.errors import Conflict, Invalid, NotFound, Unprocessable
+from clearscan.errors import ClearScanError, Conflict, Invalid, NotFound, Unprocessable
 from clearscan.jobs.models import Job
 from clearscan.observability.metrics import JobQueueRow, Metrics
+from clearscan.teams import service as teams
+from clearscan.teams.service import Scope
 
 log = logging.getLogger(__name__)
 LEASE_S = 60.0  # a running job whose heartbeat is older than this lost its runner
@@ -254,6 +256,25 @@ def get(*, db: Session, job_id: str, kind: str | None = None) -> Job:
     job = db.get(Job, job_id)
     if job is None or (kind is not None and job.kind != kind):
         raise JobNotFound(f"job {job_id!r} not found")
+    return job
+
+
+def get_owned(
+    *, db: Session, job_id: str, kind: str, scope: Scope | None, missing: ClearScanError
+) -> Job:
+    """The `kind` job `job_id`; `missing` (the caller's "not found") for an unknown id, another
+    kind, or a job of a team `scope` may not see (same reply: ids of other teams do not leak)."""
+    job = db.get(Job, job_id) if len(job_id) <= 32 else None
+    if job is None or job.kind != kind:
+        raise missing
+    teams.check(
+        db=db,
+        scope=scope,
+        team_id=job.team_id,
+        object_type="job",
+        object_id=job.id,
+        missing=missing,
+    )
     return job
 
 
