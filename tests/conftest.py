@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,10 +40,40 @@ def audit_default_key() -> Iterator[None]:
     keys.set_default(None)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def quick_password_hashing() -> Iterator[None]:
+    """Argon2id with its smallest parameters for the run: every test signs users in, and the
+    production parameters cost about 80 ms per hash or check. Hashing and verification stay
+    real (the same library and algorithm); tests/auth checks the production parameters."""
+    from argon2 import PasswordHasher
+
+    from clearscan.auth import security
+
+    saved = security._hasher, security._DUMMY_HASH
+    security._hasher = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+    security._DUMMY_HASH = security._hasher.hash("no-such-user")
+    yield
+    security._hasher, security._DUMMY_HASH = saved
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty database at this code's schema head, migrated once for the run: each test's
+    data dir starts from a copy (start-up finds it current; tests/db migrate from scratch)."""
+    from clearscan.db.migrate import upgrade
+
+    path = tmp_path_factory.mktemp("template") / "clearscan.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, migrated_sqlite: Path) -> Settings:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    shutil.copyfile(migrated_sqlite, data_dir / "clearscan.db")
     return Settings(
-        data_dir=tmp_path / "data",
+        data_dir=data_dir,
         admin_password=ADMIN_PASSWORD,
         secret_key="test-secret-key-that-is-long-enough-0123456789",
     )

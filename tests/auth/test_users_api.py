@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from argon2 import PasswordHasher
+
 from clearscan.auth.security import hash_password, verify_password
 from tests.conftest import login
 
@@ -11,6 +13,18 @@ def test_argon2id_hashes():
     assert h.startswith("$argon2id$")
     assert verify_password(h, "a long password") and not verify_password(h, "wrong")
     assert not verify_password(None, "anything")
+
+
+def test_production_parameters_meet_owasp_minimum():
+    from argon2 import Type, extract_parameters
+
+    from clearscan.auth.security import PARAMETERS
+
+    assert PARAMETERS.type is Type.ID
+    assert PARAMETERS.time_cost >= 2 and PARAMETERS.memory_cost >= 19 * 1024
+    # what a hash made with them records (the suite hashes with smaller ones, see conftest)
+    made = PasswordHasher.from_parameters(PARAMETERS).hash("a long password")
+    assert extract_parameters(made) == PARAMETERS
 
 
 def test_token_wrong_password_401(client):
