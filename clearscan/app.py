@@ -24,7 +24,14 @@ from clearscan.api.middleware import ANALYSIS, UPLOAD, Authenticator, CoreMiddle
 from clearscan.api.ratelimit import RequestThrottle
 from clearscan.api.router import API_PREFIX, API_ROUTERS, include_routers
 from clearscan.auth.service import NotAuthenticated
-from clearscan.bootstrap import audit_check, backup_schedule, build_state, flush_denials, initialise
+from clearscan.bootstrap import (
+    audit_check,
+    backup_schedule,
+    build_state,
+    flush_denials,
+    initialise,
+    staging_sweep,
+)
 from clearscan.config import Settings
 from clearscan.errors import ClearScanError
 from clearscan.registry.cache import ModelCache
@@ -84,18 +91,21 @@ def create_app(
     state = build_state(settings, model_cache=model_cache)
     audit_verify = audit_check(state)
     backups = backup_schedule(state)  # None unless CLEARSCAN_BACKUP_SCHEDULE_HOURS is set
+    sweep = staging_sweep(state)  # raw uploads of ended jobs that their runner left behind
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         assert state.jobs is not None
         state.jobs.start()  # also picks up jobs queued before a restart
         audit_verify.start()  # exports the chain's verdict for the audit alert
+        sweep.start()
         if backups is not None:
             backups.start()
         try:
             yield
         finally:
             audit_verify.stop()
+            sweep.stop()
             flush_denials(state)  # the anonymous denials counted since the last summary
             if backups is not None:
                 backups.stop()

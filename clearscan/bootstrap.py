@@ -218,6 +218,38 @@ def backup_schedule(state: AppState) -> PeriodicCheck | None:
     return PeriodicCheck("clearscan-backup-schedule", check, schedule.check_every_s(hours))
 
 
+STAGING_GRACE_S = 3600.0
+"""Staged inputs younger than this are never swept: their submission may not have committed."""
+STAGING_SWEEP_S = 3600.0
+
+
+def sweep_staging(state: AppState, *, grace_s: float = STAGING_GRACE_S) -> int:
+    """Delete the staged inputs (raw uploads of batches and dataset imports) that no job still
+    to run needs: those of jobs that ended while their runner could not discard them (a worker
+    killed on its last attempt, a batch cancelled before it ran). Returns how many."""
+    from clearscan.batches.runner import staged_in_use as batch_inputs
+    from clearscan.datasets.jobs import staged_in_use as import_inputs
+
+    candidates = state.blobs.staged_keys(grace_s)
+    if not candidates:
+        return 0
+    with state.sessions() as db:
+        needed = batch_inputs(db) | import_inputs(db)
+    gone = [key for key in candidates if key not in needed]
+    for key in gone:
+        state.blobs.discard_staged(key)
+    if gone:
+        log.info("staging sweep: deleted %d staged inputs no job needs", len(gone))
+    return len(gone)
+
+
+def staging_sweep(state: AppState) -> PeriodicCheck:
+    def sweep() -> None:
+        sweep_staging(state)
+
+    return PeriodicCheck("clearscan-staging-sweep", sweep, STAGING_SWEEP_S)
+
+
 def flush_denials(state: AppState) -> None:
     """Write the anonymous denials counted so far as one audit summary event (if any)."""
     if state.denials.pending():

@@ -25,7 +25,10 @@ class BatchItem(Base):
         String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
     )
     idx: Mapped[int] = mapped_column(Integer, primary_key=True)  # 0-based, the order of analysis
-    sha256: Mapped[str] = mapped_column(String(64))  # the image's blob
+    # the sha256 of the image's bytes: kept in the blob store's staging area under `staged`
+    # until analysed (archive items), else the blob of the stored image it was taken from
+    digest: Mapped[str] = mapped_column(String(64))
+    staged: Mapped[str | None] = mapped_column(String(32), nullable=True)
     # the file's name in the archive (its last part), shown beside the result; never a path
     name: Mapped[str | None] = mapped_column(String(255), nullable=True)
     # the stored image it was taken from, for a batch of images already in cases

@@ -12,7 +12,11 @@ rolled back.
 An image the workflow refuses (not decodable, too large) fails its item and the batch goes on. A
 refusal that concerns the model rather than the image (gone, no active version, unavailable), a
 blob store that cannot serve or a submitter no longer allowed stops the batch: it fails with the
-reason, its unanalysed items stay queued, and the cases made before are kept."""
+reason, its unanalysed items stay queued, and the cases made before are kept.
+
+An archive's images are staged uploads (raw DICOM among them): each is discarded once its item
+has an outcome, and all of a batch's are discarded when it is cancelled or stops. What a killed
+run leaves behind is removed by the staging sweep (:func:`staged_in_use`)."""
 
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from clearscan.audit.service import RequestContext
 from clearscan.auth.models import User
 from clearscan.batches.models import BATCH_KIND, BatchItem
+from clearscan.batches.service import discard_staged
 from clearscan.cases.models import Case
 from clearscan.cases.workflow import PredictRejected, predict_images
 from clearscan.errors import ClearScanError, Unprocessable
@@ -249,28 +254,57 @@ def run_batch(
         return case.id
 
     counts.report(ctx, force=True)
-    for idx, status in rows:
-        if status != "queued":
-            continue
-        if ctx.cancelled():
-            raise JobCancelled()
-        outcome = run_item(
-            sessions=sessions,
-            key=ItemKey(ctx.job_id, idx, ctx.attempt),
-            total=counts.total,
-            analyse=analyse,
-            serving=ItemServing(registry, pinned),
-            blobs=blobs,
-        )
-        if outcome == "skipped":  # another run recorded it: count what it recorded
-            counts = Counts.of(_statuses(sessions, ctx.job_id))
-        else:
-            counts.succeeded += outcome == "succeeded"
-            counts.failed += outcome == "failed"
-        counts.report(ctx)
+    try:
+        for idx, status in rows:
+            if status != "queued":
+                continue
+            if ctx.cancelled():
+                raise JobCancelled()
+            outcome = run_item(
+                sessions=sessions,
+                key=ItemKey(ctx.job_id, idx, ctx.attempt),
+                total=counts.total,
+                analyse=analyse,
+                serving=ItemServing(registry, pinned),
+                blobs=blobs,
+            )
+            if outcome == "skipped":  # another run recorded it: count what it recorded
+                counts = Counts.of(_statuses(sessions, ctx.job_id))
+            else:
+                counts.succeeded += outcome == "succeeded"
+                counts.failed += outcome == "failed"
+            counts.report(ctx)
+    except (JobCancelled, BatchStopped):  # the job ends here: its queued items never run
+        discard_staged(blobs, _staged_keys(sessions, ctx.job_id))
+        raise
     counts = Counts.of(_statuses(sessions, ctx.job_id))
     counts.report(ctx, force=True)
     return {"total": counts.total, "succeeded": counts.succeeded, "failed": counts.failed}
+
+
+def _staged_keys(sessions: sessionmaker[Session], batch_id: str) -> list[str]:
+    with sessions() as db:
+        keys = db.scalars(
+            select(BatchItem.staged).where(
+                BatchItem.batch_id == batch_id, BatchItem.staged.is_not(None)
+            )
+        ).all()
+    return [k for k in keys if k]
+
+
+def staged_in_use(db: Session) -> set[str]:
+    """The staging keys of items still to be analysed by a batch that has not ended: the
+    staging sweep keeps these and removes what no batch needs any more."""
+    rows = db.scalars(
+        select(BatchItem.staged)
+        .join(Job, Job.id == BatchItem.batch_id)
+        .where(
+            BatchItem.staged.is_not(None),
+            BatchItem.status == "queued",
+            Job.status.in_(("queued", "running")),
+        )
+    ).all()
+    return {k for k in rows if k}
 
 
 def _statuses(sessions: sessionmaker[Session], batch_id: str) -> list[tuple[int, str]]:
@@ -298,47 +332,74 @@ def run_item(
     this attempt no longer holds the job."""
     with sessions() as db:
         item = db.get(BatchItem, (key.batch_id, key.idx))
-        if item is None or item.status != "queued":
+        if item is None:
             return "skipped"
-        try:
-            data = blobs.get(item.sha256)
-        except (BlobNotFound, BlobIntegrityError) as exc:
-            return _finish(
-                db, key, "failed", error=f"the stored image cannot be read: {exc.detail}"
-            )
-        except BlobError as exc:
-            raise BatchStopped(f"the blob store cannot serve: {exc.detail}") from None
-        note = f"Batch {key.batch_id[:8]}, image {key.idx + 1} of {total}"
-        if item.name:
-            note += f" ({item.name})"
-        db.rollback()  # what was read so far is no part of the analysis' transaction
-        hook = MarkOnCommit(key, serving)
-        event.listen(db, "before_commit", hook)
-        try:
-            case_id = analyse(db, data, serving, note)
-        except ItemTaken:
-            db.rollback()
-            return "skipped"
-        except (JobCancelled, SQLAlchemyError):
-            db.rollback()
-            raise
-        except ClearScanError as exc:  # PredictRejected carries the status of what refused
-            db.rollback()
-            status = exc.status_code
-            if status >= 500 or (isinstance(exc, PredictRejected) and status in STOPPING_STATUSES):
-                raise BatchStopped(f"stopped at image {key.idx + 1}: {exc.detail}") from None
-            return _finish(db, key, "failed", error=exc.detail[:2000])
-        except Exception as exc:
-            db.rollback()
-            log.exception("batch %s: image %d failed", key.batch_id, key.idx + 1)
-            return _finish(db, key, "failed", error=f"internal error ({type(exc).__name__})")
-        finally:
-            event.remove(db, "before_commit", hook)
-        if hook.marked != case_id:
-            # the workflow made its case under an id the hook did not see: record it afterwards
-            log.error("batch %s: image %d: case not marked with it", key.batch_id, key.idx + 1)
-            return _finish(db, key, "succeeded", case_id=case_id)
-        return "succeeded"
+        staged = item.staged
+        # raises leave the staged image: another run may still need it, or run_batch discards
+        # every staged image of a batch that stops
+        outcome = _run_item(db, item, key, total, analyse, serving, blobs)
+        if staged:  # the item has its outcome: its upload is not needed any more
+            discard_staged(blobs, [staged])
+        return outcome
+
+
+def _run_item(
+    db: Session,
+    item: BatchItem,
+    key: ItemKey,
+    total: int,
+    analyse: Analyse,
+    serving: ItemServing,
+    blobs: BlobStore,
+) -> str:
+    if item.status != "queued":
+        return "skipped"
+    try:
+        staged = item.staged
+        data = blobs.get_staged(staged, item.digest) if staged else blobs.get(item.digest)
+    except BlobNotFound as exc:
+        why = (
+            "the uploaded image is no longer staged (a restore from a backup made while "
+            "the batch was queued loses what it had not analysed)"
+            if item.staged
+            else f"the stored image cannot be read: {exc.detail}"
+        )
+        return _finish(db, key, "failed", error=why)
+    except BlobIntegrityError as exc:
+        return _finish(db, key, "failed", error=f"the stored image cannot be read: {exc.detail}")
+    except BlobError as exc:
+        raise BatchStopped(f"the blob store cannot serve: {exc.detail}") from None
+    note = f"Batch {key.batch_id[:8]}, image {key.idx + 1} of {total}"
+    if item.name:
+        note += f" ({item.name})"
+    db.rollback()  # what was read so far is no part of the analysis' transaction
+    hook = MarkOnCommit(key, serving)
+    event.listen(db, "before_commit", hook)
+    try:
+        case_id = analyse(db, data, serving, note)
+    except ItemTaken:
+        db.rollback()
+        return "skipped"
+    except (JobCancelled, SQLAlchemyError):
+        db.rollback()
+        raise
+    except ClearScanError as exc:  # PredictRejected carries the status of what refused
+        db.rollback()
+        status = exc.status_code
+        if status >= 500 or (isinstance(exc, PredictRejected) and status in STOPPING_STATUSES):
+            raise BatchStopped(f"stopped at image {key.idx + 1}: {exc.detail}") from None
+        return _finish(db, key, "failed", error=exc.detail[:2000])
+    except Exception as exc:
+        db.rollback()
+        log.exception("batch %s: image %d failed", key.batch_id, key.idx + 1)
+        return _finish(db, key, "failed", error=f"internal error ({type(exc).__name__})")
+    finally:
+        event.remove(db, "before_commit", hook)
+    if hook.marked != case_id:
+        # the workflow made its case under an id the hook did not see: record it afterwards
+        log.error("batch %s: image %d: case not marked with it", key.batch_id, key.idx + 1)
+        return _finish(db, key, "succeeded", case_id=case_id)
+    return "succeeded"
 
 
 def _finish(

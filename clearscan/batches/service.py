@@ -2,13 +2,15 @@
 cancel. Keyword-only functions that take the session, raise ClearScanError subclasses and commit
 what they change; the API's routes and the web's pages both call them.
 
-A batch is accepted whole or not at all: the images' blobs may be written first (they are
-content-addressed, so a refused batch leaves only unreferenced bytes), then the job row, every
-item row and the audit event are written in one transaction. An idempotency key names one batch:
-the same key again returns that batch."""
+A batch is accepted whole or not at all: an archive's images are staged first (raw uploads, kept
+in the blob store's staging area only until analysed, and discarded when the batch is refused),
+then the job row, every item row and the audit event are written in one transaction. An
+idempotency key names one batch: the same key again returns that batch."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Literal, NamedTuple
@@ -32,7 +34,7 @@ from clearscan.jobs.models import Job
 from clearscan.registry.errors import ModelUnavailable
 from clearscan.registry.ref import valid_name, valid_version
 from clearscan.registry.routing import ModelRegistry
-from clearscan.storage import BlobStore
+from clearscan.storage import BlobError, BlobStore
 from clearscan.teams import service as teams
 from clearscan.teams.service import Scope
 
@@ -55,6 +57,7 @@ __all__ = [
     "summaries",
 ]
 
+log = logging.getLogger(__name__)
 Source = Literal["archive", "images"]
 _CHUNK_BYTES = 32 << 20  # blobs are written in groups of about this size, one sync per group
 
@@ -77,9 +80,10 @@ class BatchForbidden(errors.Forbidden):
 
 @dataclass(frozen=True)
 class NewItem:
-    sha256: str
+    digest: str  # sha256 of the image's bytes
+    staged: str | None = None  # staging key (an archive's image)
     name: str | None = None
-    source_image_id: str | None = None
+    source_image_id: str | None = None  # the stored image (its blob is `digest`)
 
 
 class Submitted(NamedTuple):
@@ -93,6 +97,15 @@ class Submitted(NamedTuple):
 class Batches(NamedTuple):
     items: list[Job]
     total: int
+
+
+def discard_staged(blobs: BlobStore, keys: Iterable[str]) -> None:
+    """Delete staged inputs; a store that fails to is logged (the staging sweep retries)."""
+    for key in keys:
+        try:
+            blobs.discard_staged(key)
+        except BlobError as exc:
+            log.warning("staged input not discarded (the sweep will retry): %s", exc.detail)
 
 
 # --- submitting ---------------------------------------------------------------------------------
@@ -150,7 +163,7 @@ def submit(
     """Write the batch (of team `team_id`, which its cases will belong to): its job row, every
     item and the audit event in one transaction, commit and deliver it to `queue`
     (QueueUnavailable, 503, and nothing written when the queue cannot take it). `model` is what
-    :func:`resolve_model` returned; the items' blobs are stored."""
+    :func:`resolve_model` returned; the items' bytes are stored or staged."""
     if not items:
         raise BatchRefused("a batch needs at least one image")
     if len(items) > MAX_ITEMS:
@@ -182,7 +195,8 @@ def submit(
                 {
                     "batch_id": job.id,
                     "idx": i,
-                    "sha256": it.sha256,
+                    "digest": it.digest,
+                    "staged": it.staged,
                     "name": it.name,
                     "source_image_id": it.source_image_id,
                     "status": "queued",
@@ -219,8 +233,8 @@ def submit_archive(
     team: str | None = None,
 ) -> Submitted:
     """A batch of the images of a ZIP archive (see :mod:`clearscan.batches.archive` for what
-    is refused), in the user's team (`team` names one of several). Nothing but blobs is written
-    unless the whole batch is accepted."""
+    is refused), in the user's team (`team` names one of several). The images are staged, and
+    discarded again unless the whole batch is accepted."""
     jobs.check_key(idempotency_key)
     if idempotency_key and (earlier := _by_key(db=db, key=idempotency_key, user=user)):
         return Submitted(earlier, False)
@@ -231,33 +245,40 @@ def submit_archive(
     names: list[str] = []
 
     def flush() -> None:
-        for digest, name in zip(blobs.put_batch(chunk), names, strict=True):
-            items.append(NewItem(sha256=digest, name=name))
+        keys = blobs.stage_batch(chunk)
+        for data, key, name in zip(chunk, keys, names, strict=True):
+            items.append(NewItem(digest=hashlib.sha256(data).hexdigest(), staged=key, name=name))
         chunk.clear()
         names.clear()
 
-    size = 0
-    for entry in read_archive(archive, limits):
-        chunk.append(entry.data)
-        names.append(entry.name)
-        size += len(entry.data)
-        if size >= _CHUNK_BYTES:
-            flush()
-            size = 0
-    flush()
-    return submit(
-        db=db,
-        ctx=ctx,
-        user=user,
-        model=ref,
-        explain=explain,
-        source="archive",
-        items=items,
-        queue=queue,
-        idempotency_key=idempotency_key,
-        via=via,
-        team_id=team_id,
-    )
+    accepted = None
+    try:
+        size = 0
+        for entry in read_archive(archive, limits):
+            chunk.append(entry.data)
+            names.append(entry.name)
+            size += len(entry.data)
+            if size >= _CHUNK_BYTES:
+                flush()
+                size = 0
+        flush()
+        accepted = submit(
+            db=db,
+            ctx=ctx,
+            user=user,
+            model=ref,
+            explain=explain,
+            source="archive",
+            items=items,
+            queue=queue,
+            idempotency_key=idempotency_key,
+            via=via,
+            team_id=team_id,
+        )
+        return accepted
+    finally:
+        if accepted is None or not accepted.created:  # refused, or an earlier request's batch
+            discard_staged(blobs, [it.staged for it in items if it.staged])
 
 
 def submit_images(
@@ -301,7 +322,7 @@ def submit_images(
             raise BatchRefused(f"image {n} of the list ({image_id!r}) does not exist")
         if row.format == "features":
             raise BatchRefused(f"image {n} of the list holds feature values, not an image")
-        items.append(NewItem(sha256=row.sha256, source_image_id=row.id))
+        items.append(NewItem(digest=row.sha256, source_image_id=row.id))
     return submit(
         db=db,
         ctx=ctx,
@@ -419,12 +440,19 @@ def may_cancel(job: Job, user: User) -> bool:
 
 
 def cancel_batch(
-    *, db: Session, ctx: audit.RequestContext, user: User, batch_id: str, via: str | None = None
+    *,
+    db: Session,
+    ctx: audit.RequestContext,
+    user: User,
+    batch_id: str,
+    blobs: BlobStore,
+    via: str | None = None,
 ) -> Job:
-    """Cancel a queued batch at once, or stop a running one before its next image (the cases
-    made so far are kept); audited. BatchNotFound (404), BatchForbidden (403) for another
-    clinician's batch, JobConflict (409) when it already ended. A batch of a team the user is
-    not in is not found."""
+    """Cancel a queued batch at once (its staged images are discarded), or stop a running one
+    before its next image (the cases made so far are kept; its runner discards the rest);
+    audited. BatchNotFound (404), BatchForbidden (403) for another clinician's batch,
+    JobConflict (409) when it already ended. A batch of a team the user is not in is not
+    found."""
     job = get_batch(db=db, batch_id=batch_id, scope=teams.scope_of(db=db, user=user, ctx=ctx))
     if not may_cancel(job, user):
         raise BatchForbidden("only the clinician who submitted a batch, or an admin, may cancel it")
@@ -437,4 +465,11 @@ def cancel_batch(
         entry.details = {"via": via}
     audit.append(entry, db=db, ctx=ctx)
     db.commit()
+    if job.status == "cancelled":  # it had not started: no runner will discard its inputs
+        staged = db.scalars(
+            select(BatchItem.staged).where(
+                BatchItem.batch_id == job.id, BatchItem.staged.is_not(None)
+            )
+        ).all()
+        discard_staged(blobs, [k for k in staged if k])
     return job

@@ -2,22 +2,27 @@
 request: ``POST /api/v1/datasets`` with ``Prefer: respond-async``.
 
 Submitting refuses at once what is cheap to check (the name's pattern, a name taken or being
-imported), stores the upload as one blob (streamed; the client's file name is never a path),
-then writes the job row and its audit event in one transaction and delivers it
-(`commit_and_deliver`: a queue that cannot take it refuses with 503 and nothing is written; the
-blob, content-addressed, may remain). An idempotency key names one import.
+imported), stages the upload in the blob store's staging area (streamed; the client's file name
+is never a path; raw DICOM is de-identified only by the import itself, so the upload is never a
+blob and never backed up), then writes the job row and its audit event in one transaction and
+delivers it (`commit_and_deliver`: a queue that cannot take it refuses with 503, nothing is
+written and the staged upload is discarded). An idempotency key names one import.
 
-The handler copies the blob to a temporary file in the data dir and runs the synchronous import
+The handler copies the staged upload to a temporary file in the data dir, runs the synchronous
+import
 (:func:`clearscan.datasets.service.import_dataset`) on it. The dataset, its audit event and the
 job's end are one transaction (`JobContext.complete` inside the import's commit), so a run
 killed before that commit left nothing and is run again, and one killed after it is over: the
 job is already succeeded and no worker claims it again. A dataset the import refuses ends the
-job ``failed`` with the reason the synchronous API gives."""
+job ``failed`` with the reason the synchronous API gives. The staged upload is discarded when the
+job ends (succeeded, failed or cancelled); a run killed on the way keeps it for the next run, and
+the staging sweep removes what a job that ended otherwise left (:func:`staged_in_use`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,8 +45,8 @@ from clearscan.imaging.deid import DeidPolicy
 from clearscan.jobs import service as job_service
 from clearscan.jobs.delivery import JobQueue, commit_and_deliver
 from clearscan.jobs.models import Job
-from clearscan.jobs.service import JobContext
-from clearscan.storage import BlobIntegrityError, BlobStore
+from clearscan.jobs.service import JobContext, JobLeaseLost
+from clearscan.storage import BlobError, BlobIntegrityError, BlobStore
 from clearscan.teams import service as teams
 from clearscan.teams.service import Scope
 
@@ -55,6 +60,7 @@ __all__ = [
     "submit_import",
 ]
 
+log = logging.getLogger(__name__)
 DATASET_IMPORT_KIND: Final = "dataset-import"
 """The job kind of a dataset import."""
 PENDING = ("queued", "running")
@@ -75,10 +81,13 @@ class Submitted(NamedTuple):
 
 @dataclass(frozen=True)
 class ImportParams:
-    """What the job row keeps: the import's options, the upload's blob and who asked."""
+    """What the job row keeps: the import's options, the staged upload (its staging key and
+    sha256) and who asked. Imports submitted before uploads were staged name a blob instead
+    (`staged` None, `digest` the blob)."""
 
     options: service.ImportOptions
-    sha256: str
+    staged: str | None
+    digest: str
     size: int
     user_id: int
     actor: str | None
@@ -87,7 +96,8 @@ class ImportParams:
     def to_json(self) -> dict[str, Any]:
         return {
             **dataclasses.asdict(self.options),
-            "sha256": self.sha256,
+            "staged": self.staged,
+            "digest": self.digest,
             "size": self.size,
             "user_id": self.user_id,
             "actor": self.actor,
@@ -99,7 +109,8 @@ class ImportParams:
         names = [f.name for f in dataclasses.fields(service.ImportOptions)]
         return cls(
             options=service.ImportOptions(**{k: params[k] for k in names if k in params}),
-            sha256=str(params["sha256"]),
+            staged=params.get("staged"),
+            digest=str(params["digest"] if "digest" in params else params["sha256"]),
             size=int(params["size"]),
             user_id=int(params["user_id"]),
             actor=params.get("actor"),
@@ -157,10 +168,12 @@ def submit_import(
         raise
     db.rollback()  # no transaction stays open while the upload is stored
     with service.spooled(upload, tmp_dir, max_bytes=max_upload_bytes) as (path, size):
-        digest = blobs.put_file(path)
+        digest = _sha256_of(path)
+        staged = blobs.stage_file(path)
     params = ImportParams(
         options=options,
-        sha256=digest,
+        staged=staged,
+        digest=digest,
         size=size,
         user_id=user_id,
         actor=ctx.actor,
@@ -173,7 +186,7 @@ def submit_import(
             kind=DATASET_IMPORT_KIND,
             action=Action.DATASET_IMPORT_SUBMIT,
             params=params.to_json(),
-            details={"name": options.name, "sha256": digest, "size": size},
+            details={"name": options.name, "digest": digest, "size": size},
             idempotency_key=idempotency_key,
         )
         job.team_id = team_id if team_id is not None else teams.default_team_id(db=db)
@@ -181,11 +194,41 @@ def submit_import(
     except IntegrityError:
         # another request with the same key committed first: that one is the import
         db.rollback()
+        _discard(blobs, staged)
         earlier = _by_key(db=db, key=idempotency_key, user_id=user_id) if idempotency_key else None
         if earlier is None:
             raise
         return Submitted(earlier, False)
+    except BaseException:
+        _discard(blobs, staged)
+        raise
     return Submitted(job, True)
+
+
+def _sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _discard(blobs: BlobStore, staged: str | None) -> None:
+    """Delete a staged upload; a store that fails to is logged (the staging sweep retries)."""
+    if not staged:
+        return
+    try:
+        blobs.discard_staged(staged)
+    except BlobError as exc:
+        log.warning("staged upload not discarded (the sweep will retry): %s", exc.detail)
+
+
+def staged_in_use(db: Session) -> set[str]:
+    """The staged uploads of imports that have not ended: the staging sweep keeps these."""
+    rows = db.scalars(
+        select(Job.params).where(Job.kind == DATASET_IMPORT_KIND, Job.status.in_(PENDING))
+    ).all()
+    return {str(p["staged"]) for p in rows if p and p.get("staged")}
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -209,19 +252,22 @@ def public(*, db: Session, job: Job) -> DatasetImportPublic:
 # --- running ------------------------------------------------------------------------------------
 
 
-def _fetch(blobs: BlobStore, digest: str, out: IO[bytes], on_bytes: Callable[[int], None]) -> None:
-    """Copy the blob into `out` a megabyte at a time, checking its sha256."""
+def _fetch(
+    blobs: BlobStore, p: ImportParams, out: IO[bytes], on_bytes: Callable[[int], None]
+) -> None:
+    """Copy the staged upload (or, for an import submitted before uploads were staged, the
+    blob) into `out` a megabyte at a time, checking its sha256."""
     h = hashlib.sha256()
     n = 0
-    with blobs.open(digest) as src:
+    with blobs.open_staged(p.staged) if p.staged else blobs.open(p.digest) as src:
         while chunk := src.read(_CHUNK):
             h.update(chunk)
             out.write(chunk)
             n += len(chunk)
             on_bytes(n)
     out.flush()
-    if h.hexdigest() != digest:
-        raise BlobIntegrityError(f"stored data failed its integrity check: blob {digest}")
+    if h.hexdigest() != p.digest:
+        raise BlobIntegrityError(f"stored data failed its integrity check: upload {p.digest}")
 
 
 def result_of(ds: Dataset) -> dict[str, Any]:
@@ -246,10 +292,31 @@ def run_import(
     """The ``dataset-import`` job handler (see the module's docstring); DICOM items are
     de-identified under `deid`."""
     p = ImportParams.of(ctx.params)
+    ctx.report(force=True, stage="reading", bytes=0, total_bytes=p.size)
+    try:
+        result = _import(ctx, p, sessions, blobs, tmp_dir, limits, max_bytes, deid)
+    except JobLeaseLost:
+        raise  # another run holds the job and needs the upload
+    except Exception:
+        _discard(blobs, p.staged)  # the job ends failed or cancelled with this
+        raise
+    _discard(blobs, p.staged)
+    return result
+
+
+def _import(
+    ctx: JobContext,
+    p: ImportParams,
+    sessions: sessionmaker[Session],
+    blobs: BlobStore,
+    tmp_dir: Path,
+    limits: Limits,
+    max_bytes: int,
+    deid: DeidPolicy | None,
+) -> dict[str, Any]:
     audit_ctx = audit.RequestContext(
         actor=p.actor, client_addr=p.client_addr, request_id=ctx.job_id
     )
-    ctx.report(force=True, stage="reading", bytes=0, total_bytes=p.size)
 
     def end_job(db: Session, ds: Dataset) -> None:
         ctx.complete(db, result_of(ds))
@@ -258,7 +325,7 @@ def run_import(
         with tempfile.NamedTemporaryFile(dir=tmp_dir, prefix=".dataset-") as tmp:
             _fetch(
                 blobs,
-                p.sha256,
+                p,
                 tmp,
                 lambda n: ctx.report(stage="reading", bytes=n, total_bytes=p.size),
             )

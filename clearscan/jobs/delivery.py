@@ -108,7 +108,9 @@ class InProcessWorker:
         self.notify()
 
     def start(self) -> None:
-        if self._thread is None:
+        """Start the thread (again, after stop(): it picks up what was queued meanwhile)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
             self._thread = threading.Thread(target=self._loop, name="clearscan-jobs", daemon=True)
             self._thread.start()
 

@@ -1,7 +1,11 @@
-"""Blob store contract: content-addressed (sha256) bytes, verified on every read."""
+"""Blob store contract: content-addressed (sha256) bytes, verified on every read; and a staging
+area beside it for the inputs of accepted jobs, which are deleted once the job has used them."""
 
 from __future__ import annotations
 
+import hashlib
+import re
+import secrets
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -26,6 +30,31 @@ class BlobIntegrityError(BlobError):
 
     status_code = 500
     title = "Stored data damaged"
+
+
+_STAGED_KEY = re.compile(r"^[0-9a-f]{32}$")
+STAGING = ".staging"
+"""The staging area's folder (local) or key prefix (S3) under the blob store's root. Staged
+inputs are raw uploads (DICOM as received, before de-identification): they are never blobs,
+never referenced by a case, never copied by a backup, and deleted once their job is done."""
+
+
+def new_staged_key() -> str:
+    return secrets.token_hex(16)
+
+
+def check_staged_key(key: str) -> str:
+    """`key` when it is a staging key (32 hex digits), else BlobNotFound: keys come from the
+    database, never from a client, but are checked before they make a path."""
+    if not _STAGED_KEY.match(key):
+        raise BlobNotFound(f"not a staging key: {key[:80]!r}")
+    return key
+
+
+def verified(data: bytes, digest: str, what: str) -> bytes:
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise BlobIntegrityError(f"stored data failed its integrity check: {what}")
+    return data
 
 
 class BlobStore(Protocol):
@@ -59,4 +88,30 @@ class BlobStore(Protocol):
 
     def check_writable(self) -> None:
         """Raise BlobError when the store cannot accept writes (used by /readyz)."""
+        ...
+
+    # --- staging: the inputs of accepted jobs, until the job is done with them ----------------
+
+    def stage_batch(self, items: list[bytes]) -> list[str]:
+        """Keep each item durably under a new random key until discarded; keys in order."""
+        ...
+
+    def stage_file(self, source: Path) -> str:
+        """Keep a file's bytes durably under a new random key until discarded."""
+        ...
+
+    def open_staged(self, key: str) -> BinaryIO:
+        """A reader of staged bytes (BlobNotFound when discarded or never staged)."""
+        ...
+
+    def get_staged(self, key: str, digest: str) -> bytes:
+        """The staged bytes, checked against `digest` (their sha256, which the job keeps)."""
+        ...
+
+    def discard_staged(self, key: str) -> None:
+        """Delete staged bytes; nothing happens when they are already gone."""
+        ...
+
+    def staged_keys(self, older_than_s: float) -> list[str]:
+        """The keys of staged inputs written more than `older_than_s` seconds ago."""
         ...

@@ -1,5 +1,6 @@
 """Local content-addressed store: <root>/ab/cd/<sha256>. Writes are atomic and fsynced (temp file,
-fsync, rename, fsync directory), so an acknowledged blob survives a crash; reads re-hash."""
+fsync, rename, fsync directory), so an acknowledged blob survives a crash; reads re-hash.
+Staged job inputs live in <root>/.staging/<key>, written the same way."""
 
 from __future__ import annotations
 
@@ -8,11 +9,20 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
-from clearscan.storage.base import BlobError, BlobIntegrityError, BlobNotFound
+from clearscan.storage.base import (
+    STAGING,
+    BlobError,
+    BlobIntegrityError,
+    BlobNotFound,
+    check_staged_key,
+    new_staged_key,
+    verified,
+)
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -137,6 +147,77 @@ class LocalBlobStore:
             os.unlink(tmp)
         except OSError as exc:
             raise BlobError(f"blob store at {self.root} is not writable: {exc}") from exc
+
+    # --- staging ------------------------------------------------------------------------------
+
+    @property
+    def staging(self) -> Path:
+        return self.root / STAGING
+
+    def _staged_path(self, key: str) -> Path:
+        return self.staging / check_staged_key(key)
+
+    def stage_batch(self, items: list[bytes]) -> list[str]:
+        """One file-system sync for the lot, as put_batch."""
+        self.staging.mkdir(mode=0o700, exist_ok=True)
+        keys = []
+        for data in items:
+            key = new_staged_key()
+            fd, tmp = tempfile.mkstemp(dir=self.staging, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, self._staged_path(key))
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            keys.append(key)
+        if keys:
+            os.sync()
+        return keys
+
+    def stage_file(self, source: Path) -> str:
+        self.staging.mkdir(mode=0o700, exist_ok=True)
+        key = new_staged_key()
+        fd, tmp = tempfile.mkstemp(dir=self.staging, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+                for chunk in iter(lambda: src.read(1 << 20), b""):
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self._staged_path(key))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.staging)
+        return key
+
+    def open_staged(self, key: str) -> BinaryIO:
+        try:
+            return self._staged_path(key).open("rb")
+        except FileNotFoundError:
+            raise BlobNotFound(f"staged input {key} is gone") from None
+
+    def get_staged(self, key: str, digest: str) -> bytes:
+        with self.open_staged(key) as f:
+            return verified(f.read(), digest, f"staged input {key}")
+
+    def discard_staged(self, key: str) -> None:
+        self._staged_path(key).unlink(missing_ok=True)
+
+    def staged_keys(self, older_than_s: float) -> list[str]:
+        if not self.staging.is_dir():
+            return []
+        cutoff = time.time() - older_than_s
+        out = []
+        for p in self.staging.iterdir():
+            try:
+                if not p.name.startswith(".") and p.stat().st_mtime < cutoff:
+                    out.append(p.name)
+            except FileNotFoundError:  # discarded meanwhile
+                continue
+        return out
 
 
 @functools.cache

@@ -1,7 +1,8 @@
 """S3 content-addressed store: s3://<bucket>/<prefix>/ab/cd/<sha256>, the same layout as the local
 store. Every read re-hashes; a blob is written once (a conditional put, `If-None-Match: *`, so a
 second writer of the same bytes gets 412 and nothing is rewritten); objects above the multipart
-threshold go up in parts. boto3 (the `s3` extra) is imported only when this store is built."""
+threshold go up in parts. Staged job inputs live under <prefix>/.staging/<key>. boto3 (the `s3`
+extra) is imported only when this store is built."""
 
 from __future__ import annotations
 
@@ -10,10 +11,19 @@ import hashlib
 import io
 import re
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from clearscan.storage.base import BlobError, BlobIntegrityError, BlobNotFound
+from clearscan.storage.base import (
+    STAGING,
+    BlobError,
+    BlobIntegrityError,
+    BlobNotFound,
+    check_staged_key,
+    new_staged_key,
+    verified,
+)
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
@@ -196,6 +206,88 @@ class S3BlobStore:
                 raise BlobError(f"S3 bucket {self.bucket!r} is not accessible: {exc}") from None
             raise BlobError(f"S3 bucket {self.bucket!r} is unreachable: {exc}") from None
 
+    # --- staging ------------------------------------------------------------------------------
+
+    @property
+    def _staging_prefix(self) -> str:
+        return f"{self.prefix}/{STAGING}/" if self.prefix else f"{STAGING}/"
+
+    def _staged_key(self, key: str) -> str:
+        return self._staging_prefix + check_staged_key(key)
+
+    def _stage(self, data: bytes) -> str:
+        key = new_staged_key()
+        name = self._staged_key(key)
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=name,
+                Body=data,
+                ChecksumSHA256=_b64(hashlib.sha256(data).digest()),
+            )
+        except Exception as exc:
+            raise self._error(exc, "stage an input") from exc
+        return key
+
+    def stage_batch(self, items: list[bytes]) -> list[str]:
+        if len(items) <= 1:
+            return [self._stage(d) for d in items]
+        return list(self._pool.map(self._stage, items))
+
+    def stage_file(self, source: Path) -> str:
+        key = new_staged_key()
+        with source.open("rb") as src:
+            try:
+                self.client.upload_fileobj(
+                    src, self.bucket, self._staged_key(key), Config=self.transfer
+                )
+            except Exception as exc:
+                raise self._error(exc, "stage an input") from exc
+        return key
+
+    def open_staged(self, key: str) -> BinaryIO:
+        name = self._staged_key(key)
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=name)["Body"]
+        except Exception as exc:
+            if _code(exc) in _MISSING:
+                raise BlobNotFound(f"staged input {key} is gone") from None
+            raise self._error(exc, f"read staged input {key}") from exc
+        return io.BufferedReader(_BodyReader(body), buffer_size=_CHUNK)
+
+    def get_staged(self, key: str, digest: str) -> bytes:
+        with self.open_staged(key) as f:
+            try:
+                data = f.read()
+            except BlobError:
+                raise
+            except Exception as exc:
+                raise self._error(exc, f"read staged input {key}") from exc
+        return verified(data, digest, f"staged input {key}")
+
+    def discard_staged(self, key: str) -> None:
+        name = self._staged_key(key)
+        try:  # S3 answers 204 for a key that is not there
+            self.client.delete_object(Bucket=self.bucket, Key=name)
+        except Exception as exc:
+            raise self._error(exc, f"delete staged input {key}") from exc
+
+    def staged_keys(self, older_than_s: float) -> list[str]:
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+        out = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._staging_prefix
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    name = obj["Key"][len(self._staging_prefix) :]
+                    if obj["LastModified"] < cutoff and "/" not in name:
+                        out.append(name)
+        except Exception as exc:
+            raise self._error(exc, "list staged inputs") from exc
+        return out
+
 
 def _code(exc: Exception) -> str:
     response = getattr(exc, "response", None)
@@ -219,6 +311,27 @@ class _HashingReader:
         chunk = self.src.read(n)
         self.hash.update(chunk)
         return chunk
+
+
+class _BodyReader(io.RawIOBase):
+    """A raw reader over a botocore streaming body."""
+
+    def __init__(self, body: Any) -> None:
+        self.body = body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self.body.read(len(buffer))
+        n = len(chunk)
+        buffer[:n] = chunk
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self.body.close()
+        super().close()
 
 
 class _VerifyingReader(io.RawIOBase):

@@ -355,3 +355,81 @@ def test_an_idempotency_key_names_one_import(client, admin_headers, make_user, a
     r = upload_async(client, other, data, key="import-1", name="keyed-2")
     assert r.status_code == 409, r.text
     assert import_jobs(app) == 1
+
+
+# --- the upload is staged, never a blob, and gone once the import ends -------------------------
+
+PHI = (b"Doe^Jane", b"PID-4711")  # dicom_bytes' patient name and ID
+
+
+def dicom_zip() -> bytes:
+    from tests.conftest import chest_like, dicom_bytes
+
+    return zip_bytes(
+        {
+            f"ds/{label}/{i:02d}.dcm": dicom_bytes(chest_like(64, 10 * n + i))
+            for n, label in enumerate(("normal", "pneumonia"))
+            for i in range(4)
+        }
+    )
+
+
+def staged_files(app: FastAPI) -> list[str]:
+    root = Path(app.state.clearscan.settings.blob_dir) / ".staging"
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+def files_holding_phi(root: Path) -> list[str]:
+    return [
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and any(phi in p.read_bytes() for phi in PHI)
+    ]
+
+
+def test_the_raw_upload_is_staged_until_imported_and_no_identifier_is_kept(
+    client, admin_headers, app
+):
+    state = app.state.clearscan
+    state.jobs.stop()
+    r = upload_async(client, admin_headers, dicom_zip(), name="dicoms")
+    assert r.status_code == 202, r.text
+    (key,) = staged_files(app)
+    with state.sessions() as db:
+        params = db.get(Job, r.json()["id"]).params
+    assert params["staged"] == key and "sha256" not in params
+    assert files_holding_phi(state.settings.data_dir) == [f"blobs/.staging/{key}"]
+
+    state.jobs.start()
+    done = wait_import(client, admin_headers, r.headers["Location"])
+    assert done["status"] == "succeeded", done
+    assert done["dataset"]["n_items"] == 8
+    assert staged_files(app) == []
+    assert files_holding_phi(state.settings.data_dir) == []
+
+
+def test_a_failed_import_discards_its_upload(client, admin_headers, app):
+    r = upload_async(client, admin_headers, zip_bytes(class_zip({"only": 6})), name="one")
+    done = wait_import(client, admin_headers, r.headers["Location"])
+    assert done["status"] == "failed"
+    assert staged_files(app) == []
+
+
+def test_an_import_submitted_before_uploads_were_staged_still_runs(client, admin_headers, app):
+    """Job rows written by an earlier release name the upload's blob (`sha256`)."""
+    state = app.state.clearscan
+    state.jobs.stop()
+    data = zip_bytes(class_zip({"a": 4, "b": 4}))
+    r = upload_async(client, admin_headers, data, name="legacy")
+    with state.sessions() as db:
+        job = db.get(Job, r.json()["id"])
+        params = dict(job.params)
+        state.blobs.discard_staged(params.pop("staged"))
+        del params["digest"]
+        params["sha256"] = state.blobs.put(data)
+        job.params = params
+        db.commit()
+    state.jobs.start()
+    done = wait_import(client, admin_headers, r.headers["Location"])
+    assert done["status"] == "succeeded", done
+    assert done["dataset"]["n_items"] == 8

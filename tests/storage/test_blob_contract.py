@@ -242,3 +242,55 @@ def test_s3_missing_bucket_is_not_writable(s3_server):
         store.check_writable()
     with pytest.raises(BlobError, match="no-such-bucket-here"):
         store.put(b"x")
+
+
+# --- staging: inputs of accepted jobs, kept apart from the blobs and deleted when used ----------
+
+
+def test_staged_inputs_round_trip_and_are_not_blobs(harness, tmp_path):
+    store: BlobStore = harness.store
+    keys = store.stage_batch([b"raw one", b"raw two", b"raw one"])
+    assert len(set(keys)) == 3  # a new key per input, even for equal bytes
+    assert store.get_staged(keys[1], sha(b"raw two")) == b"raw two"
+    with store.open_staged(keys[0]) as f:
+        assert f.read() == b"raw one"
+    src = tmp_path / "upload.zip"
+    src.write_bytes(os.urandom(3 * 2**20))
+    big = store.stage_file(src)
+    assert store.get_staged(big, sha(src.read_bytes())) == src.read_bytes()
+    # staged bytes are no blob: the content address finds nothing
+    assert not store.exists(sha(b"raw one"))
+    with pytest.raises(BlobIntegrityError):
+        store.get_staged(keys[0], sha(b"something else"))
+
+
+def test_discard_is_idempotent_and_the_input_is_gone(harness):
+    store: BlobStore = harness.store
+    (key,) = store.stage_batch([b"raw"])
+    store.discard_staged(key)
+    store.discard_staged(key)
+    with pytest.raises(BlobNotFound):
+        store.open_staged(key)
+    with pytest.raises(BlobNotFound):
+        store.get_staged(key, sha(b"raw"))
+
+
+def test_staged_keys_lists_by_age_and_refuses_foreign_keys(harness):
+    store: BlobStore = harness.store
+    keys = store.stage_batch([b"a", b"b"])
+    assert set(store.staged_keys(-60)) == set(keys)  # everything older than a minute from now
+    assert store.staged_keys(3600) == []  # nothing is an hour old
+    for bad in ("../../etc/passwd", "ab" * 32, "", "A" * 32):
+        with pytest.raises(BlobNotFound):
+            store.open_staged(bad)
+        with pytest.raises(BlobNotFound):
+            store.discard_staged(bad)
+
+
+def test_local_staging_sits_beside_the_blobs_readable_by_the_owner_only(tmp_path):
+    store = LocalBlobStore(tmp_path / "blobs")
+    (key,) = store.stage_batch([b"raw"])
+    path = tmp_path / "blobs" / ".staging" / key
+    assert path.read_bytes() == b"raw"
+    assert (path.parent.stat().st_mode & 0o777) == 0o700
+    assert [p.name for p in path.parent.iterdir()] == [key]  # no temporary files left

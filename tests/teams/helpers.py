@@ -100,7 +100,7 @@ def general_world(app: FastAPI, client: TestClient, admin: dict[str, str]) -> Wo
             db.add(job)
             ids[key] = job.id
         db.flush()
-        db.add(BatchItem(batch_id=ids["batch_id"], idx=0, sha256=blob, status="queued"))
+        db.add(BatchItem(batch_id=ids["batch_id"], idx=0, digest=blob, status="queued"))
         db.commit()
     other = {
         role: make_user(client, admin, f"other-{role}", role, ["other"])

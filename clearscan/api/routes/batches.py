@@ -146,8 +146,8 @@ def get_batch(batch_id: str, db: SessionDep, scope: TeamScope) -> BatchDetail:
     responses=error_responses(409),
 )
 def cancel_batch(
-    batch_id: str, request: Request, db: SessionDep, user: ClinicianUser
+    batch_id: str, request: Request, db: SessionDep, state: StateDep, user: ClinicianUser
 ) -> BatchPublic:
     ctx = request_context(request, user.username)
-    job = service.cancel_batch(db=db, ctx=ctx, user=user, batch_id=batch_id)
+    job = service.cancel_batch(db=db, ctx=ctx, user=user, batch_id=batch_id, blobs=state.blobs)
     return service.summaries(db=db, jobs=[job])[0]

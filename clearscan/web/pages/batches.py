@@ -192,6 +192,7 @@ def batch_cancel(
             ctx=request_context(request, ws.username),
             user=ws.user,
             batch_id=batch_id,
+            blobs=state.blobs,
             via="web",
         )
     except batches.BatchNotFound:
