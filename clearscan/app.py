@@ -25,6 +25,7 @@ from clearscan.api.ratelimit import RequestThrottle
 from clearscan.api.router import API_PREFIX, API_ROUTERS, include_routers
 from clearscan.auth.service import NotAuthenticated
 from clearscan.bootstrap import (
+    audit_anchoring,
     audit_check,
     backup_schedule,
     build_state,
@@ -90,6 +91,7 @@ def create_app(
         initialise(settings)
     state = build_state(settings, model_cache=model_cache)
     audit_verify = audit_check(state)
+    audit_anchor = audit_anchoring(state)  # the head, every minute by default
     backups = backup_schedule(state)  # None unless CLEARSCAN_BACKUP_SCHEDULE_HOURS is set
     sweep = staging_sweep(state)  # raw uploads of ended jobs that their runner left behind
 
@@ -99,6 +101,7 @@ def create_app(
         state.jobs.start()  # also picks up jobs queued before a restart
         audit_verify.start()  # exports the chain's verdict for the audit alert
         sweep.start()
+        audit_anchor.start()
         if backups is not None:
             backups.start()
         try:
@@ -106,6 +109,7 @@ def create_app(
         finally:
             audit_verify.stop()
             sweep.stop()
+            audit_anchor.stop()
             flush_denials(state)  # the anonymous denials counted since the last summary
             if backups is not None:
                 backups.stop()

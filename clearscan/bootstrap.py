@@ -200,6 +200,23 @@ def audit_check(state: AppState) -> PeriodicCheck:
     return PeriodicCheck("clearscan-audit-verify", check, interval)
 
 
+def audit_anchoring(state: AppState) -> PeriodicCheck:
+    """Anchor the audit chain's head to the anchor file every CLEARSCAN_AUDIT_ANCHOR_INTERVAL_
+    SECONDS when it moved (checking the events since the last anchor): the window in which a
+    deleted tail would go unnoticed is that interval, not the audit check's."""
+    from clearscan.audit.anchors import AnchorError
+
+    def anchor() -> None:
+        with state.sessions() as db:
+            try:
+                audit.anchor_head(db=db)
+            except AnchorError as exc:  # the audit check reports the break (metric, alert)
+                log.error("audit head not anchored: %s", exc)
+
+    interval = state.settings.audit_anchor_interval_seconds
+    return PeriodicCheck("clearscan-audit-anchor", anchor, interval)
+
+
 def backup_schedule(state: AppState) -> PeriodicCheck | None:
     """Submit a `backup` job per CLEARSCAN_BACKUP_SCHEDULE_HOURS slot (None when unscheduled).
     A malformed CLEARSCAN_BACKUP_KEY or destination stops start-up here."""

@@ -149,9 +149,14 @@ class Settings(BaseSettings):
     # the append-only file the chain head is anchored to (unset: <data dir>/audit-anchors.log)
     audit_anchor_file: Path | None = None
     audit_anchor_syslog: bool = False  # also send each anchor to syslog (LOG_AUTHPRIV)
+    # where: a Unix socket path, or udp://host:port / tcp://host:port of a log collector
+    audit_anchor_syslog_address: str = "/dev/log"
     # s3://bucket/prefix in a bucket with Object Lock: each anchor is an object retained so long
     audit_anchor_s3_url: str | None = None
     audit_anchor_retention_days: int = Field(default=2190, ge=1)
+    # the head is anchored to the file this often when it moved (events after the last anchor
+    # can be deleted undetected: this is that window)
+    audit_anchor_interval_seconds: float = Field(default=60.0, ge=1, le=86400)
     # the audit check (verify, then anchor) runs at start-up and then this often
     audit_check_interval_seconds: float = Field(default=3600.0, ge=10)
     # where `clearscan audit archive` writes archived events (unset: <data dir>/audit-archive)

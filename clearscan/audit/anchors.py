@@ -9,6 +9,7 @@ sequence number has another hash, lost or rewrote its tail.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -76,6 +77,7 @@ class AnchorConfig:
     file: Path
     syslog: bool = False
     s3: S3Target | None = None
+    syslog_address: str = "/dev/log"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AnchorConfig:
@@ -101,7 +103,17 @@ class AnchorConfig:
                 secret_access_key=secret.get_secret_value() if secret else None,
             )
         file = settings.audit_anchor_file or settings.data_dir / "audit-anchors.log"
-        return cls(file=file.expanduser().resolve(), syslog=settings.audit_anchor_syslog, s3=s3)
+        address = settings.audit_anchor_syslog_address.strip()
+        try:
+            syslog_target(address)
+        except ValueError as exc:
+            raise ConfigError(f"CLEARSCAN_AUDIT_ANCHOR_SYSLOG_ADDRESS: {exc}") from None
+        return cls(
+            file=file.expanduser().resolve(),
+            syslog=settings.audit_anchor_syslog,
+            s3=s3,
+            syslog_address=address,
+        )
 
 
 _lock = threading.Lock()
@@ -213,11 +225,53 @@ def read_file(keyring: Keyring, path: Path) -> Anchor | None:
 # --- syslog and S3 --------------------------------------------------------------------------
 
 
-def send_syslog(line: str) -> None:
-    import syslog
+def syslog_target(address: str) -> tuple[str | tuple[str, int], int]:
+    """(address, socket type) for SysLogHandler: a Unix socket path (`/dev/log`), or
+    `udp://host:port` / `tcp://host:port` for a log collector. ValueError names the problem."""
+    import socket
 
-    syslog.openlog("clearscan-audit", 0, syslog.LOG_AUTHPRIV)
-    syslog.syslog(syslog.LOG_NOTICE, f"audit anchor {line}")
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        if not address.startswith("/"):
+            raise ValueError(f"{address!r} is neither a socket path nor udp:// or tcp://")
+        return address, socket.SOCK_DGRAM
+    host, _, port = rest.rpartition(":")
+    if scheme not in ("udp", "tcp") or not host or not port.isdigit():
+        raise ValueError(f"{address!r} is not udp://host:port or tcp://host:port")
+    kind = socket.SOCK_DGRAM if scheme == "udp" else socket.SOCK_STREAM
+    return (host.strip("[]"), int(port)), kind
+
+
+SYSLOG_PRIORITY = 10 * 8 + 5  # facility authpriv (10), severity notice (5)
+
+
+def send_syslog(line: str, address: str = "/dev/log") -> None:
+    """One syslog message (`<85>clearscan-audit: audit anchor {...}`: facility authpriv,
+    severity notice) to a Unix socket or a collector over UDP or TCP (newline-framed, RFC 6587).
+    OSError when it cannot be delivered (UDP to a host that is down does not say)."""
+    import socket
+
+    where, kind = syslog_target(address)
+    message = f"<{SYSLOG_PRIORITY}>clearscan-audit: audit anchor {line}".encode()
+    if isinstance(where, str):  # a Unix socket: datagram (rsyslog, journald), else stream
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.connect(where)
+                sock.send(message)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EPROTOTYPE:
+                raise
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(where)
+            sock.sendall(message + b"\n")
+        return
+    if kind == socket.SOCK_DGRAM:
+        with socket.socket(socket.AF_INET6 if ":" in where[0] else socket.AF_INET, kind) as sock:
+            sock.sendto(message, where)
+        return
+    with socket.create_connection(where, timeout=5) as sock:
+        sock.sendall(message + b"\n")
 
 
 def put_s3(target: S3Target, keyring: Keyring, anchor: Anchor) -> str:

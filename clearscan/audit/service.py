@@ -20,7 +20,14 @@ from sqlalchemy.orm import Session
 from clearscan.audit import anchors, keys
 from clearscan.audit.actions import Action
 from clearscan.audit.anchors import Anchor, AnchorConfig, AnchorError
-from clearscan.audit.chain import GENESIS, ChainReport, ChainState, check_chain, keyed_digest
+from clearscan.audit.chain import (
+    GENESIS,
+    ChainReport,
+    ChainState,
+    check_chain,
+    check_since,
+    keyed_digest,
+)
 from clearscan.audit.models import AuditEvent, AuditHead
 
 if TYPE_CHECKING:
@@ -203,12 +210,16 @@ def _read_anchors(db: Session, config: AnchorConfig | None) -> _Anchors:
     return _Anchors(found, None, missing)
 
 
-def verify_chain(*, db: Session, batch: int = 5000) -> ChainReport:
-    """Check the chain and compare it with its anchors (see `_verify`)."""
-    return _verify(db, batch)[0]
+def verify_chain(*, db: Session, batch: int = 5000, compare_anchors: bool = True) -> ChainReport:
+    """Check the chain and compare it with its anchors (see `_verify`). `compare_anchors=False`
+    checks the chain alone: a restore's check, whose backup is older than the anchors written
+    since by design (the audit check compares them once the server runs)."""
+    return _verify(db, batch, compare_anchors=compare_anchors)[0]
 
 
-def _verify(db: Session, batch: int = 5000) -> tuple[ChainReport, bool]:
+def _verify(
+    db: Session, batch: int = 5000, *, compare_anchors: bool = True
+) -> tuple[ChainReport, bool]:
     """(the report, whether its only fault is a missing anchor file).
 
     Check the chain (every HMAC, no gap, no unkeyed event after keyed ones, the start covered
@@ -217,7 +228,7 @@ def _verify(db: Session, batch: int = 5000) -> tuple[ChainReport, bool]:
 
     The anchors are read before the head: one written meanwhile names a head the check sees."""
     keyring = keys.keyring_for(db)
-    config = anchors.config_for(db)
+    config = anchors.config_for(db) if compare_anchors else None
     found = _read_anchors(db, config)
     st = ChainState()
     want = frozenset(a.seq for _, a in found.found)
@@ -276,10 +287,41 @@ def anchor_now(*, db: Session, ctx: RequestContext, start: bool = False) -> Anch
     line = anchors.line_of(keyring, anchor)
     anchors.append_if_newer(config.file, keyring, anchor, line)
     if config.syslog:
-        anchors.send_syslog(line)
+        anchors.send_syslog(line, config.syslog_address)
     if config.s3 is not None:
         anchors.put_s3(config.s3, keyring, anchor)
     db.rollback()  # end the read transaction
+    return anchor
+
+
+def anchor_head(*, db: Session) -> Anchor | None:
+    """Anchor the head to the file (and syslog) when it moved since the file's latest anchor,
+    after checking only the events appended since then (:func:`chain.check_since`): cheap, so
+    the server runs it every CLEARSCAN_AUDIT_ANCHOR_INTERVAL_SECONDS and a deleted tail is
+    detected for all events older than that interval. The whole chain's verification and the
+    S3 anchor stay with :func:`anchor_now` (the periodic audit check).
+
+    None when there is nothing to anchor (no anchor file yet: the audit check starts it; the
+    head has not moved). AnchorError when the events since the anchor do not check out: they
+    are not anchored, and the audit check reports the break."""
+    config = anchors.config_for(db)
+    if config is None or not config.file.exists():
+        return None
+    keyring = keys.keyring_for(db)
+    latest = anchors.read_file(keyring, config.file)
+    if latest is None:
+        return None
+    checked = check_since(db=db, keyring=keyring, after_seq=latest.seq, after_hash=latest.hash)
+    db.rollback()  # end the read transaction
+    if isinstance(checked, str):
+        raise AnchorError(f"the audit events since the last anchor do not verify: {checked}")
+    seq, hash_ = checked
+    if seq == latest.seq:
+        return None
+    anchor = anchors.make_anchor(keyring, seq, hash_)
+    line = anchors.line_of(keyring, anchor)
+    if anchors.append_if_newer(config.file, keyring, anchor, line) and config.syslog:
+        anchors.send_syslog(line, config.syslog_address)
     return anchor
 
 

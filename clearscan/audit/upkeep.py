@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
@@ -43,9 +44,11 @@ def check(
     settings: Settings,
     on_verified: Callable[[ChainReport], None],
     before: Callable[[], None] | None = None,
+    now: datetime | None = None,
 ) -> ChainReport:
     """One round of the periodic check: `before` (e.g. flush denial counts), verify, then (when
-    the chain is whole) anchor and archive what is older than the retention period."""
+    the chain is whole) anchor and archive what is older than the retention period (counted back
+    from `now`, default the current time)."""
     if before is not None:
         before()
     with sessions() as db:
@@ -67,7 +70,11 @@ def check(
         with sessions() as db:
             try:
                 archive_older_than(
-                    db=db, settings=settings, days=settings.audit_retention_days, ctx=SYSTEM
+                    db=db,
+                    settings=settings,
+                    days=settings.audit_retention_days,
+                    ctx=SYSTEM,
+                    now=now,
                 )
             except ArchiveError as exc:
                 log.error("audit archive not written: %s", exc)

@@ -174,3 +174,35 @@ def test_cli_verify_anchor_export_archive(settings, monkeypatch, tmp_path):
     (settings.data_dir / "audit-anchors.log").unlink()
     r = runner.invoke(cli, ["audit", "verify", *data])
     assert r.exit_code == 1 and "missing" in r.output
+
+
+def test_the_periodic_check_archives_past_the_retention_period(app, settings):
+    """CLEARSCAN_AUDIT_RETENTION_DAYS: the audit check (as the server runs it) verifies, anchors
+    and archives what is older; nothing is dropped that the archive does not hold."""
+    from clearscan.audit import upkeep
+
+    sessions = app.state.clearscan.sessions
+    _add(sessions, 4)
+    keep = settings.model_copy(update={"audit_retention_days": 30})
+    verdicts: list[bool] = []
+    with sessions() as db:
+        before = db.execute(select(func.count()).select_from(AuditEvent)).scalar_one()
+    report = upkeep.check(
+        sessions=sessions, settings=keep, on_verified=lambda r: verdicts.append(r.ok)
+    )
+    assert report.ok and verdicts == [True]
+    assert not (settings.data_dir / "audit-archive").exists()  # nothing is 30 days old yet
+
+    later = datetime.now(UTC) + timedelta(days=31)
+    report = upkeep.check(
+        sessions=sessions, settings=keep, on_verified=lambda r: verdicts.append(r.ok), now=later
+    )
+    assert report.ok
+    (archived,) = (settings.data_dir / "audit-archive").iterdir()
+    with sessions() as db:
+        live = db.execute(select(AuditEvent).order_by(AuditEvent.seq)).scalars().all()
+        assert [e.action for e in live][-1] == "audit.archive"
+        checkpoint = live[-1].details
+        assert checkpoint["count"] >= before  # every event then, the check's own anchor too
+        assert verify_archive(archived, db=db).count == checkpoint["count"]
+        assert audit.verify_chain(db=db).ok
