@@ -9,6 +9,7 @@ from typing import Protocol
 import numpy as np
 
 from clearscan.imaging.limits import Limits
+from clearscan.imaging.spacing import PixelSpacing
 
 __all__ = [
     "FATAL",
@@ -50,6 +51,8 @@ class DecodedImage:
     transfer_syntax: str | None = None
     # the memory decoding it was counted to need (clearscan.imaging.limits.decoded_bytes)
     decoded_bytes: int = 0
+    # physical pixel size (DICOM, NIfTI) and where it came from; None: unknown (PNG, JPEG)
+    spacing: PixelSpacing | None = None
 
 
 class FormatDecoder(Protocol):

@@ -35,6 +35,7 @@ from clearscan.imaging.formats.base import (
 from clearscan.imaging.formats.codestream import j2k_frame_size, jpeg_frame_size
 from clearscan.imaging.inflate import inflate_prefix
 from clearscan.imaging.limits import Limits, check_bytes, check_size, decoded_bytes
+from clearscan.imaging.spacing import dicom_spacing
 
 __all__ = ["PLUGIN_ORDER", "decode", "read_dataset"]
 
@@ -316,6 +317,7 @@ def decode(data: bytes, *, limits: Limits, frame: int | None = None) -> DecodedI
         window=window,
         transfer_syntax=stored_ts or str(ts),
         decoded_bytes=need,
+        spacing=dicom_spacing(ds),
     )
 
 

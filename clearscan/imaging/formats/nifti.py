@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from clearscan.imaging.errors import CorruptImage, ImageTooLarge, UnsupportedFor
 from clearscan.imaging.formats.base import DecodedImage, describe_exc, finite, min_max, rescale
 from clearscan.imaging.inflate import GZIP_MAGIC, gunzip_prefix, inflate_chunks
 from clearscan.imaging.limits import Limits, check_bytes, check_size, decoded_bytes
+from clearscan.imaging.spacing import PixelSpacing, nifti_spacing
 
 __all__ = ["decode"]
 
@@ -261,4 +263,19 @@ def decode(data: bytes, *, limits: Limits, frame: int | None = None) -> DecodedI
         frames=n_slices,
         frame_index=index,
         decoded_bytes=need,
+        spacing=_spacing(header, ornt),
     )
+
+
+def _spacing(header: Any, ornt: np.ndarray) -> PixelSpacing | None:
+    """In-plane spacing of the oriented slice: its columns are the RAS x axis, its rows the y
+    axis (see the rot90 above)."""
+    try:
+        zooms = tuple(float(z) for z in header.get_zooms()[:3])
+        unit = str(header.get_xyzt_units()[0])
+    except Exception:  # a header nibabel parsed but cannot describe: no spacing
+        return None
+    axes = {int(out): stored for stored, out in enumerate(ornt[:, 0])}
+    if 0 not in axes or 1 not in axes:
+        return None
+    return nifti_spacing(zooms, unit, col_axis=axes[0], row_axis=axes[1])
