@@ -153,13 +153,43 @@ class Model:
         rng = np.random.default_rng(0)
         return rng.random((1, m.image.channels, m.image.height, m.image.width), dtype=np.float32)
 
+    @property
+    def segments(self) -> bool:
+        """Whether this version outputs per-pixel class scores (task: segmentation)."""
+        return self.manifest.task == "segmentation"
+
+    def _segmentation_output(self, scores: np.ndarray, run_ms: float) -> BatchOutput:
+        """A segmentation's N x C x H x W scores as a batch output: `maps` holds the class
+        probabilities, `probabilities` each class's share of the image, `top` the most present
+        class other than the background."""
+        maps = softmax_channels(scores) if self.manifest.output.kind == "logits" else scores
+        maps = maps.astype(np.float32, copy=False)
+        share = maps.mean(axis=(2, 3))
+        top = share[:, 1:].argmax(axis=1) + 1
+        return BatchOutput(probabilities=share, top=top, cams=None, run_ms=run_ms, maps=maps)
+
     def _check_width(self, scores: np.ndarray) -> None:
         m = self.manifest
+        if self.segments:
+            if scores.ndim != 4 or scores.shape[:2] != (1, len(m.labels)):
+                raise ModelLoadError(
+                    f"{m.ref}: a segmentation with {len(m.labels)} labels outputs "
+                    f"[N, {len(m.labels)}, H, W]; this model outputs {list(scores.shape)}"
+                )
+            return
         if scores.shape != (1, len(m.labels)):
             raise ModelLoadError(
                 f"{m.ref}: labels has {len(m.labels)} entries but the model outputs shape "
                 f"{list(scores.shape)}"
             )
+
+
+def softmax_channels(x: np.ndarray) -> np.ndarray:
+    """Softmax over axis 1 (the classes) of N x C x H x W scores, numerically stable."""
+    z = x - x.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
 
 
 def cpu_cores() -> int:

@@ -308,6 +308,7 @@ class MicroBatcher:
         probs = np.asarray(out.probabilities)
         top = np.asarray(out.top)
         cams = out.cams
+        maps = out.maps
         for i, it in enumerate(live):
             cam = None
             if it.explain and cams is not None:
@@ -321,6 +322,7 @@ class MicroBatcher:
                     batch_size=n,
                     queue_ms=(start - it.arrived) * 1000.0,
                     ood_score=None if out.ood_scores is None else float(out.ood_scores[i]),
+                    map=None if maps is None else np.array(maps[i], copy=True),
                 )
             )
 
@@ -352,6 +354,8 @@ def _check_output(out: BatchOutput, n: int) -> None:
     rows = {"probabilities": len(out.probabilities), "top": len(out.top)}
     if out.cams is not None:
         rows["cams"] = len(out.cams)
+    if out.maps is not None:
+        rows["maps"] = len(out.maps)
     bad = {k: v for k, v in rows.items() if v != n}
     if bad:
         raise RuntimeError(f"model returned {bad} rows for a batch of {n}")

@@ -106,13 +106,37 @@ class ThresholdSpec(BaseModel):
     folded_into_bias: bool = False
 
 
+class SegmentationSpec(BaseModel):
+    """How a segmentation model's N x C x H x W output becomes a label map (`labels[0]` is the
+    background), and which measurements apply to it."""
+
+    model_config = ConfigDict(extra="forbid")
+    # argmax: each pixel takes its most probable class; threshold: a pixel takes the most
+    # probable class whose probability reaches that class's threshold, else background
+    decision: Literal["argmax", "threshold"] = "argmax"
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    # connected components (8-connected) smaller than this many pixels are dropped
+    min_component_px: int = Field(default=0, ge=0, le=1_000_000)
+    # keep only the largest N components of each class (None: all)
+    keep_largest: int | None = Field(default=None, ge=1, le=10_000)
+    # measurement recipes computed from the mask (clearscan.measure)
+    measurements: list[Literal["vessel-qca"]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> SegmentationSpec:
+        for label, value in self.thresholds.items():
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"segmentation.thresholds.{label} must be between 0 and 1")
+        return self
+
+
 class ModelManifest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     schema_version: Literal[1] = 1
     name: str = Field(pattern=NAME_PATTERN)
     version: str = Field(pattern=VERSION_PATTERN)
-    task: Literal["classification"] = "classification"
+    task: Literal["classification", "segmentation"] = "classification"
     # onnx: ONNX Runtime; torchscript: PyTorch (torch.jit.load; never torch.load's pickles);
     # sklearn: a scikit-learn estimator saved with skops (never pickle/joblib)
     runtime: Literal["onnx", "torchscript", "sklearn"] = "onnx"
@@ -130,6 +154,7 @@ class ModelManifest(BaseModel):
     threshold: ThresholdSpec | None = None
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     ood: OodSpec | None = None
+    segmentation: SegmentationSpec | None = None  # segmentation models (task: segmentation)
     metrics: dict[str, object] = Field(default_factory=dict)
     training: dict[str, object] = Field(default_factory=dict)
     intended_use: str | None = None
@@ -163,7 +188,38 @@ class ModelManifest(BaseModel):
             raise ValueError(f"ood.file {self.ood.file!r} must be listed in files")
         if self.threshold and self.threshold.label not in self.labels:
             raise ValueError(f"threshold.label {self.threshold.label!r} is not one of labels")
+        if self.task == "segmentation":
+            self._check_segmentation()
+        elif self.segmentation is not None:
+            raise ValueError("segmentation: only segmentation models (task: segmentation)")
         return self
+
+    def _check_segmentation(self) -> None:
+        if self.input is None:
+            raise ValueError("task segmentation: segmentation models take images (input)")
+        if len(self.labels) < 2:
+            raise ValueError("labels: a segmentation needs the background and at least one class")
+        if self.runtime == "sklearn":
+            raise ValueError("task segmentation: runtime must be onnx or torchscript")
+        if self.threshold is not None:
+            raise ValueError("threshold: a segmentation decides per pixel (segmentation.*)")
+        if self.ood is not None:
+            raise ValueError("ood: segmentation models have no out-of-domain reference yet")
+        spec = self.segmentation or SegmentationSpec()
+        foreground = self.labels[1:]
+        unknown = sorted(set(spec.thresholds) - set(foreground))
+        if unknown:
+            raise ValueError(
+                f"segmentation.thresholds: {', '.join(unknown)} is not a class other than the "
+                f"background {self.labels[0]!r}"
+            )
+        if spec.decision == "threshold" and set(spec.thresholds) != set(foreground):
+            missing = sorted(set(foreground) - set(spec.thresholds))
+            raise ValueError(
+                f"segmentation.thresholds: decision threshold needs one for {', '.join(missing)}"
+            )
+        if self.segmentation is None:
+            self.segmentation = spec
 
     @property
     def ref(self) -> str:

@@ -44,11 +44,14 @@ __all__ = [
     "FeatureRow",
     "ImageClassificationTask",
     "ImageRequest",
+    "ImageSegmentationTask",
     "ImageTask",
     "IncompatibleImage",
     "InferenceTask",
     "InvalidFeatures",
     "PreparedImages",
+    "SegmentationResponse",
+    "SegmentedImage",
     "TabularClassificationTask",
     "TabularOutput",
     "TabularRequest",
@@ -63,6 +66,7 @@ __all__ = [
 class TaskKind(StrEnum):
     IMAGE_CLASSIFICATION = "image-classification"
     TABULAR_CLASSIFICATION = "tabular-classification"
+    IMAGE_SEGMENTATION = "image-segmentation"
 
 
 class WrongTask(Unprocessable):
@@ -83,6 +87,8 @@ def task_kind(manifest: ModelManifest) -> TaskKind:
         return (
             TaskKind.TABULAR_CLASSIFICATION if manifest.tabular else TaskKind.IMAGE_CLASSIFICATION
         )
+    if manifest.task == "segmentation":
+        return TaskKind.IMAGE_SEGMENTATION
     raise WrongTask(f"model {manifest.ref}: no inference task for {manifest.task!r}")
 
 
@@ -275,6 +281,172 @@ class ImageClassificationTask(
         return ClassificationResponse(items=items, prepared=prepared)
 
 
+# --- segmentation ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SegmentedImage:
+    """One image's label map at the image's own resolution (row for row, column for column with
+    the decoded pixels: overlays need no transform) and the area of each class."""
+
+    image: DecodedImage
+    label_map: np.ndarray = field(repr=False)  # uint8 H x W, 0 = labels[0] (the background)
+    labels: list[str]
+    area_px: dict[str, int]  # every class but the background
+    area_mm2: dict[str, float] | None  # None: the image has no known pixel spacing
+    box: tuple[int, int, int, int]  # region the model saw, in image pixels
+    mask_png: bytes  # the label map as an 8-bit grayscale PNG (pixel value = class index)
+    inference_ms: float
+    batch_size: int = 1
+
+    @property
+    def empty(self) -> bool:
+        """No pixel of any class but the background."""
+        return not any(self.area_px.values())
+
+
+@dataclass(frozen=True)
+class SegmentationResponse:
+    items: list[SegmentedImage]  # in upload order
+    prepared: PreparedImages
+
+
+class ImageSegmentationTask(ImageTask[list[ItemOutput], SegmentationResponse]):
+    """A label map per image. The model's class probabilities are resampled (bilinear) from its
+    output grid back onto the region of the image it saw, then decided per pixel (argmax, or
+    per-class thresholds), cleaned (components under `min_component_px` dropped, only the
+    `keep_largest` components of each class kept) and placed at the image's resolution; pixels
+    outside that region (a centre crop) are background. Images go through the version's
+    micro-batcher together, as for classification."""
+
+    kind = TaskKind.IMAGE_SEGMENTATION
+
+    def run(self, prepared: PreparedImages) -> list[ItemOutput]:
+        return self.model.batcher(ExplainMethod.GRADCAM).predict(prepared.tensors, explain=False)
+
+    def postprocess(
+        self, prepared: PreparedImages, output: list[ItemOutput]
+    ) -> SegmentationResponse:
+        items = []
+        for img, box, ms, out in zip(
+            prepared.images, prepared.boxes, prepared.prep_ms, output, strict=True
+        ):
+            if out.map is None:
+                raise WrongTask(f"model {self.manifest.ref} returned no segmentation map")
+            t0 = time.perf_counter()
+            label_map = self.label_map(out.map, img, box)
+            items.append(self._item(img, box, label_map, ms + out.run_ms / out.batch_size, t0, out))
+        return SegmentationResponse(items=items, prepared=prepared)
+
+    def label_map(
+        self, probs: np.ndarray, img: DecodedImage, box: tuple[int, int, int, int]
+    ) -> np.ndarray:
+        """The uint8 label map (img.height x img.width) of one C x h x w probability map."""
+        x0, y0, x1, y1 = box
+        region = _resample(probs, (y1 - y0, x1 - x0))
+        decided = _decide(region, self.manifest)
+        full = np.zeros((img.height, img.width), np.uint8)
+        full[y0:y1, x0:x1] = decided
+        return full
+
+    def _item(
+        self,
+        img: DecodedImage,
+        box: tuple[int, int, int, int],
+        label_map: np.ndarray,
+        ms: float,
+        t0: float,
+        out: ItemOutput,
+    ) -> SegmentedImage:
+        labels = list(self.manifest.labels)
+        counts = np.bincount(label_map.ravel(), minlength=len(labels))
+        area_px = {labels[c]: int(counts[c]) for c in range(1, len(labels))}
+        spacing = img.spacing
+        area_mm2 = (
+            None
+            if spacing is None
+            else {k: round(v * spacing.pixel_area_mm2, 4) for k, v in area_px.items()}
+        )
+        png = _encode_label_map(label_map)
+        return SegmentedImage(
+            image=img,
+            label_map=label_map,
+            labels=labels,
+            area_px=area_px,
+            area_mm2=area_mm2,
+            box=box,
+            mask_png=png,
+            inference_ms=round(ms + (time.perf_counter() - t0) * 1000, 3),
+            batch_size=out.batch_size,
+        )
+
+
+def _resample(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """C x h x w probabilities resampled (bilinear, pixel centres aligned) to C x H x W."""
+    from PIL import Image as PILImage
+
+    height, width = size
+    if probs.shape[1:] == (height, width):
+        return probs
+    planes = [
+        np.asarray(
+            PILImage.fromarray(np.ascontiguousarray(p, dtype=np.float32), mode="F").resize(
+                (width, height), PILImage.Resampling.BILINEAR
+            )
+        )
+        for p in probs
+    ]
+    return np.stack(planes)
+
+
+def _decide(probs: np.ndarray, manifest: ModelManifest) -> np.ndarray:
+    """Per-pixel class (uint8) of C x H x W probabilities under the manifest's rule, cleaned."""
+    spec = manifest.segmentation
+    assert spec is not None  # the manifest's validation sets it for segmentation models
+    if spec.decision == "argmax":
+        decided = probs.argmax(axis=0).astype(np.uint8)
+    else:
+        fg = probs[1:].copy()
+        for i, label in enumerate(manifest.labels[1:]):
+            fg[i][fg[i] < spec.thresholds[label]] = -1.0
+        best = fg.argmax(axis=0)
+        decided = np.where(fg.max(axis=0) >= 0.0, best + 1, 0).astype(np.uint8)
+    if spec.min_component_px or spec.keep_largest:
+        decided = _clean(decided, len(manifest.labels), spec.min_component_px, spec.keep_largest)
+    return decided
+
+
+def _clean(decided: np.ndarray, n_labels: int, min_px: int, keep: int | None) -> np.ndarray:
+    """Drop the 8-connected components of each class smaller than `min_px`, and all but the
+    `keep` largest; what is dropped becomes background."""
+    from scipy import ndimage
+
+    out = decided.copy()
+    structure = np.ones((3, 3), bool)
+    for c in range(1, n_labels):
+        comps, n = ndimage.label(decided == c, structure=structure)
+        if n == 0:
+            continue
+        sizes = np.bincount(comps.ravel())[1:]
+        drop = sizes < min_px
+        if keep is not None and n > keep:
+            order = np.argsort(-sizes, kind="stable")
+            drop[order[keep:]] = True
+        if drop.any():
+            out[np.isin(comps, np.flatnonzero(drop) + 1)] = 0
+    return out
+
+
+def _encode_label_map(label_map: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image as PILImage
+
+    buf = io.BytesIO()
+    PILImage.fromarray(label_map, mode="L").save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
 # --- tables ---------------------------------------------------------------------------------------
 
 
@@ -410,6 +582,7 @@ class TabularClassificationTask(
 TASKS: dict[TaskKind, type[InferenceTask[Any, Any, Any, Any]]] = {
     TaskKind.IMAGE_CLASSIFICATION: ImageClassificationTask,
     TaskKind.TABULAR_CLASSIFICATION: TabularClassificationTask,
+    TaskKind.IMAGE_SEGMENTATION: ImageSegmentationTask,
 }
 
 

@@ -60,6 +60,7 @@ class BatchOutput:
     cams: np.ndarray | None  # N x h x w in [0, 1], for the top class
     run_ms: float  # wall time of the model run for the whole batch
     ood_scores: np.ndarray | None = None  # N distances from the training inputs
+    maps: np.ndarray | None = None  # segmentation: N x C x H x W class probabilities
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class ItemOutput:
     batch_size: int  # number of items in that batch
     queue_ms: float  # time from submit() until the batch started
     ood_score: float | None = None  # distance from the training inputs (None: no reference)
+    map: np.ndarray | None = None  # segmentation: C x H x W class probabilities
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

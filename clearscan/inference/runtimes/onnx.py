@@ -111,7 +111,9 @@ class OnnxModel(Model):
             raise ModelLoadError(
                 f"{m.ref}: {m.weights} is not a readable ONNX model: {exc}"
             ) from exc
-        if m.explain.method == "gradcam":
+        if self.segments:
+            self.cam_error = "explanations of segmentations are not available"
+        elif m.explain.method == "gradcam":
             try:
                 self.cam_head = find_cam_head(proto, m.explain.target)
                 proto = expose_output(proto, self.cam_head.target)
@@ -202,6 +204,8 @@ class OnnxModel(Model):
                 if lean is not None:
                     self._free.append(lean)
         scores = outs[0].astype(np.float32, copy=False)
+        if self.segments:
+            return self._segmentation_output(scores, (time.perf_counter() - t0) * 1000)
         probs = softmax(scores) if m.output.kind == "logits" else scores
         top = self._decide(probs)
         cams = None

@@ -73,7 +73,9 @@ class TorchScriptModel(Model):
         for p in module.parameters():
             p.requires_grad_(False)
         self._module = module
-        if m.explain.method == "gradcam":
+        if self.segments:
+            self.cam_error = "explanations of segmentations are not available"
+        elif m.explain.method == "gradcam":
             x = torch.from_numpy(self._probe_input()).to(self._torch_device)
             try:
                 self._split = find_split(module, x, m.explain.target)
@@ -87,7 +89,7 @@ class TorchScriptModel(Model):
         m = self.manifest
         x = self._probe_input()
         out = self.run(x, explain=False)
-        self._check_width(out.probabilities)
+        self._check_width(out.maps if out.maps is not None else out.probabilities)
         if self._split is not None:
             torch = _torch()
             xt = torch.from_numpy(x).to(self._torch_device)
@@ -119,6 +121,15 @@ class TorchScriptModel(Model):
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self._torch_device)
         split = self._split
         cams = ood = None
+        if self.segments:
+            with torch.inference_mode():
+                raw = self._module(x).float().cpu().numpy()
+            if raw.ndim != 4:
+                raise ModelLoadError(
+                    f"{self.manifest.ref}: a segmentation outputs [N, C, H, W], not "
+                    f"{list(raw.shape)}"
+                )
+            return self._segmentation_output(raw, (time.perf_counter() - t0) * 1000)
         if split is None or not (explain or self.ood is not None):
             with torch.inference_mode():
                 scores = self._module(x)
