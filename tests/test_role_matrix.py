@@ -36,6 +36,7 @@ REQUIRED = {
     ("GET", "/api/v1/images/{image_id}/preview.png"): "viewer",
     ("GET", "/api/v1/images/{image_id}/original"): "admin",
     ("GET", "/api/v1/predictions/{prediction_id}/heatmap.png"): "viewer",
+    ("GET", "/api/v1/predictions/{prediction_id}/mask.png"): "viewer",
     ("POST", "/api/v1/batches"): "clinician",
     ("GET", "/api/v1/batches"): "viewer",
     ("GET", "/api/v1/batches/{batch_id}"): "viewer",

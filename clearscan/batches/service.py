@@ -126,7 +126,7 @@ def resolve_model(
     entry = registry.version(name, version) if sep else registry.get(name)
     if entry.error is not None:
         raise ModelUnavailable(f"model {entry.manifest.ref} is unavailable: {entry.error}")
-    if task_kind(entry.manifest) is not TaskKind.IMAGE_CLASSIFICATION:
+    if task_kind(entry.manifest) is TaskKind.TABULAR_CLASSIFICATION:
         raise BatchRefused(f"model {entry.manifest.ref} takes feature values, not images")
     if sep and user.role != Role.admin.value:
         serving = {registry.get(name).manifest.version}

@@ -94,6 +94,8 @@ class Prediction(Base):
     top_label: Mapped[str] = mapped_column(String(128), index=True)
     heatmap_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     heatmap_box: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
+    # segmentations: the label map PNG (pixel value = index into labels, at the image's size)
+    mask_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     inference_ms: Mapped[float] = mapped_column(Float)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

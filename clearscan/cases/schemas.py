@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
@@ -70,6 +70,30 @@ class PredictionPublic(BaseModel):
         description="tabular models: per feature, how much the log-odds of the decided class "
         "drop when that feature alone is set to its training baseline",
     )
+    task: Literal["classification", "segmentation"] = Field(
+        default="classification",
+        description="segmentation: `probabilities` are each class's share of the image's "
+        "pixels and `top_label` the most present class other than the background",
+    )
+    mask_url: str | None = Field(
+        default=None,
+        description="segmentations: the label map, an 8-bit grayscale PNG at the image's "
+        "resolution whose pixel values index `labels` (0: the background)",
+    )
+    area_px: dict[str, int] | None = Field(
+        default=None, description="segmentations: pixels of each class but the background"
+    )
+    area_mm2: dict[str, float] | None = Field(
+        default=None,
+        description="segmentations: the same areas in mm2 (null: the image has no pixel "
+        "spacing, so figures are in pixels only)",
+    )
+    pixel_spacing: dict[str, Any] | None = Field(
+        default=None,
+        description="segmentations: `row_mm`, `col_mm` and `source` (the DICOM attribute or "
+        "NIfTI header field the spacing was read from, e.g. ImagerPixelSpacing corrected by "
+        "the magnification)",
+    )
     inference_ms: float
     created_at: datetime
 
@@ -89,6 +113,11 @@ class PredictionPublic(BaseModel):
             out_of_domain=None if ood is None else ood > 1.0,
             ood_score=ood,
             contributions=(p.details or {}).get("contributions"),
+            task="segmentation" if p.mask_sha256 else "classification",
+            mask_url=f"{API}/predictions/{p.id}/mask.png" if p.mask_sha256 else None,
+            area_px=(p.details or {}).get("area_px"),
+            area_mm2=(p.details or {}).get("area_mm2"),
+            pixel_spacing=(p.details or {}).get("pixel_spacing"),
             inference_ms=p.inference_ms,
             created_at=p.created_at,
         )

@@ -21,7 +21,7 @@ from clearscan.cases.schemas import CaseDetail, CaseSummary
 from clearscan.db.base import Base, utcnow
 from clearscan.imaging.deid import Deidentified
 from clearscan.inference.manifest import ModelManifest
-from clearscan.inference.tasks import ClassifiedImage, TabularResponse
+from clearscan.inference.tasks import ClassifiedImage, SegmentedImage, TabularResponse
 from clearscan.storage import BlobStore
 from clearscan.teams import service as teams
 from clearscan.teams.service import Scope
@@ -48,7 +48,7 @@ def save_case(
     user: User,
     manifest: ModelManifest,
     uploads: Sequence[bytes],
-    results: Sequence[ClassifiedImage],
+    results: Sequence[ClassifiedImage | SegmentedImage],
     patient_ref: str | None,
     note: str | None,
     explain_method: str | None = None,
@@ -75,14 +75,15 @@ def save_case(
     entries = [audit.Entry(Action.CASE_CREATE, object_type="case", object_id=case_id)]
     if len(uploads) != len(results):
         raise ValueError(f"{len(uploads)} uploads but {len(results)} results")
-    payloads = [*uploads, *(a.heatmap_png for a in results if a.heatmap_png)]
+    extras = [_picture(a) for a in results]  # a heatmap or a label map, per result
+    payloads = [*uploads, *(x for x in extras if x)]
     stored = iter(blobs.put_many(payloads))
     digests = [next(stored) for _ in results]
-    heats = [next(stored) if a.heatmap_png else None for a in results]
+    pictures = [next(stored) if x else None for x in extras]
     image_rows: list[dict[str, Any]] = []
     pred_rows: list[dict[str, Any]] = []
     for pos, (data, a) in enumerate(zip(uploads, results, strict=True)):
-        digest, heat = digests[pos], heats[pos]
+        digest = digests[pos]
         img = a.image
         image_rows.append(
             {
@@ -106,26 +107,34 @@ def save_case(
                 "created_at": now,
             }
         )
-        pred_rows.append(
-            {
-                "id": new_id(),
-                "image_id": image_rows[-1]["id"],
-                "case_id": case_id,
-                "model_name": manifest.name,
-                "model_version": manifest.version,
-                "labels": list(manifest.labels),
-                "probabilities": a.probabilities,
-                "top_label": a.top_label,
-                "heatmap_sha256": heat,
-                "heatmap_box": list(a.box) if heat else None,
-                "inference_ms": a.inference_ms,
-                "details": {
+        row = {
+            "id": new_id(),
+            "image_id": image_rows[-1]["id"],
+            "case_id": case_id,
+            "model_name": manifest.name,
+            "model_version": manifest.version,
+            "labels": list(manifest.labels),
+            "inference_ms": a.inference_ms,
+            "heatmap_sha256": None,
+            "heatmap_box": None,
+            "mask_sha256": None,
+            "created_at": now,
+        }
+        if isinstance(a, SegmentedImage):
+            row.update(_segmentation_fields(a, pictures[pos]))
+        else:
+            heat = pictures[pos]
+            row.update(
+                probabilities=a.probabilities,
+                top_label=a.top_label,
+                heatmap_sha256=heat,
+                heatmap_box=list(a.box) if heat else None,
+                details={
                     **({"explain_method": explain_method} if heat else {}),
                     **({"ood_score": a.ood_score} if a.ood_score is not None else {}),
                 },
-                "created_at": now,
-            }
-        )
+            )
+        pred_rows.append(row)
         entries.append(
             audit.Entry(
                 Action.IMAGE_UPLOAD,
@@ -153,6 +162,38 @@ def save_case(
     audit.append(*entries, db=db, ctx=ctx)
     db.commit()
     return case, predictions
+
+
+def _picture(result: ClassifiedImage | SegmentedImage) -> bytes | None:
+    """The PNG a result stores beside its image: a heatmap, or a segmentation's label map."""
+    if isinstance(result, SegmentedImage):
+        return result.mask_png
+    return result.heatmap_png
+
+
+def _segmentation_fields(a: SegmentedImage, mask: str | None) -> dict[str, Any]:
+    """A segmentation's prediction row: each class's share of the image's pixels as its
+    "probability", the most present class other than the background as the top label (the
+    background when nothing was found), the label map's blob, and the areas."""
+    total = max(1, a.label_map.size)
+    found = sum(a.area_px.values())
+    shares = [round((total - found) / total, 6)] + [
+        round(a.area_px[label] / total, 6) for label in a.labels[1:]
+    ]
+    top = max(a.labels[1:], key=lambda label: a.area_px[label]) if found else a.labels[0]
+    spacing = a.image.spacing
+    return {
+        "probabilities": shares,
+        "top_label": top,
+        "mask_sha256": mask,
+        "details": {
+            "task": "segmentation",
+            "area_px": a.area_px,
+            "area_mm2": a.area_mm2,
+            "pixel_spacing": None if spacing is None else spacing.to_json(),
+            "box": list(a.box),
+        },
+    }
 
 
 def save_tabular_case(

@@ -30,10 +30,14 @@ from clearscan.inference.admission import Admission
 from clearscan.inference.base import Model
 from clearscan.inference.manifest import ModelManifest
 from clearscan.inference.tasks import (
+    ClassificationResponse,
     ClassifiedImage,
     ImageClassificationTask,
     ImageRequest,
+    ImageSegmentationTask,
     PreparedImages,
+    SegmentationResponse,
+    SegmentedImage,
     TaskKind,
     task_kind,
 )
@@ -128,16 +132,20 @@ def predict_images(
         method = ExplainMethod.parse(explain_method)
         # the canary share is decided per case; the version stays loaded while it is used
         with registry.serve(name, case_id) as (entry, model):
-            if task_kind(entry.manifest) is not TaskKind.IMAGE_CLASSIFICATION:
+            kind = task_kind(entry.manifest)
+            if kind is TaskKind.TABULAR_CLASSIFICATION:
                 raise PredictRejected(
                     422,
                     f"model {entry.manifest.ref} takes feature values: POST JSON "
                     '{"model": ..., "features": {...}} with Content-Type application/json',
                 )
-            task = ImageClassificationTask(model)
-            result = task(
-                ImageRequest(uploads=uploads, limits=limits, explain=explain, method=method)
-            )
+            request = ImageRequest(uploads=uploads, limits=limits, explain=explain, method=method)
+            result: ClassificationResponse | SegmentationResponse
+            if kind is TaskKind.IMAGE_SEGMENTATION:
+                result = ImageSegmentationTask(model)(request)
+                explain = False  # segmentations are not explained (yet)
+            else:
+                result = ImageClassificationTask(model)(request)
     case, preds = service.save_case(
         case_id=case_id,
         db=db,
@@ -155,15 +163,18 @@ def predict_images(
         deid=cleaned,
     )
     if metrics is not None:
-        for p, item in zip(preds, result.items, strict=True):
+        items: Sequence[ClassifiedImage | SegmentedImage] = result.items
+        for p, item in zip(preds, items, strict=True):
             metrics.observe_prediction(
                 model=p.model_name,
                 version=p.model_version,
                 label=p.top_label,
                 seconds=p.inference_ms / 1000,
-                ood_score=item.ood_score,
+                ood_score=item.ood_score if isinstance(item, ClassifiedImage) else None,
                 batch_size=item.batch_size,
             )
+    if isinstance(result, SegmentationResponse):
+        return case, preds  # shadow comparisons are of class decisions
     shadow = registry.shadow_of(name)
     if shadow is not None and shadow.manifest.version != entry.manifest.version:
         if shadow_queue is not None and not shadow_queue.runs_here:  # workers run it

@@ -319,3 +319,28 @@ def heatmap(
         ctx=request_context(request, user.username),
     )
     return PHIResponse(data, media_type="image/png")
+
+
+@router.get(
+    "/predictions/{prediction_id}/mask.png",
+    response_class=Response,
+    summary="Segmentation label map (8-bit PNG at the image's resolution; value = class index)",
+)
+def mask(
+    prediction_id: str,
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    user: AnyUser,
+    scope: TeamScope,
+) -> Response:
+    pred = service.get_prediction(db=db, prediction_id=prediction_id, scope=scope)
+    if not pred.mask_sha256:
+        raise service.NotFound(f"prediction {prediction_id} has no mask (not a segmentation)")
+    data = state.blobs.get(pred.mask_sha256)
+    audit.record(
+        audit.Entry(Action.MASK_VIEW, object_type="prediction", object_id=pred.id),
+        db=db,
+        ctx=request_context(request, user.username),
+    )
+    return PHIResponse(data, media_type="image/png")
