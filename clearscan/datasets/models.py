@@ -18,8 +18,8 @@ class Dataset(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True, index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # images | table
-    source_format: Mapped[str] = mapped_column(String(16))  # folder | npz | csv
+    kind: Mapped[str] = mapped_column(String(16))  # images | table | segmentation
+    source_format: Mapped[str] = mapped_column(String(16))  # folder | npz | csv | pairs
     content_hash: Mapped[str] = mapped_column(String(64), index=True)
     classes: Mapped[list[str]] = mapped_column(JSON)
     counts: Mapped[dict[str, dict[str, int]]] = mapped_column(JSON)  # split -> class -> n
@@ -43,5 +43,7 @@ class DatasetItem(Base):
     split: Mapped[str] = mapped_column(String(8), index=True)
     label: Mapped[int] = mapped_column(Integer)
     blob: Mapped[str] = mapped_column(String(64))
+    # segmentation datasets: the item's label map (8-bit PNG; value = index into classes)
+    mask_blob: Mapped[str | None] = mapped_column(String(64), nullable=True)
     height: Mapped[int] = mapped_column(Integer)
     width: Mapped[int] = mapped_column(Integer)

@@ -34,6 +34,7 @@ from clearscan.datasets.importers import (
     read_npz,
 )
 from clearscan.datasets.models import Dataset, DatasetItem
+from clearscan.datasets.pairs import PairSource, is_pairs_layout, read_pairs
 from clearscan.errors import Conflict, NotFound, TooLarge
 from clearscan.imaging import Limits
 from clearscan.imaging.deid import DeidPolicy
@@ -76,7 +77,8 @@ class ImportOptions:
 def detect_format(path: Path) -> str:
     """folder | npz | csv, from the content (the client's file name is never trusted)."""
     if path.is_dir():
-        return "folder"
+        names = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
+        return "pairs" if is_pairs_layout(names) else "folder"
     try:
         with path.open("rb") as f:
             head = f.read(4096)
@@ -91,7 +93,9 @@ def detect_format(path: Path) -> str:
         except zipfile.BadZipFile as exc:
             raise DatasetError(f"not a readable zip file: {exc}") from None
         npy = [n for n in names if n.endswith(".npy")]
-        return "npz" if npy and len(npy) == len(names) else "folder"
+        if npy and len(npy) == len(names):
+            return "npz"
+        return "pairs" if is_pairs_layout(names) else "folder"
     if head[:2] == b"\x80\x04" or head[:1] == b"\x80":
         raise DatasetError("pickle files are refused (unpickling runs arbitrary code)")
     try:
@@ -198,6 +202,11 @@ def import_dataset(
         fmt = detect_format(source)
         if fmt == "csv":
             ds = _import_table(db, blobs, source, options)
+        elif fmt == "pairs":
+            pairs = read_pairs(
+                source, labels=options.labels, limits=limits, max_bytes=max_bytes, deid=deid
+            )
+            ds = _import_pairs(db, blobs, pairs, options)
         else:
             src = (
                 read_npz(source, class_names=options.labels)
@@ -328,6 +337,90 @@ def _import_images(
             "width": r.width,
         }
         for i, (r, s, lab, d) in enumerate(zip(records, splits, labels, digests, strict=True))
+    ]
+    for start in range(0, len(rows), 5000):
+        db.execute(insert(DatasetItem), rows[start : start + 5000])
+    return ds
+
+
+# --- segmentation pairs ---------------------------------------------------------------------------
+
+
+def _import_pairs(
+    db: Session, blobs: BlobStore, src: PairSource, options: ImportOptions
+) -> Dataset:
+    """A segmentation dataset: each item an image and its label map. Splits are stratified by
+    each item's most present class; `counts` per split are the items showing each class."""
+    records = src.records
+    channels = Counter(r.channels for r in records)
+    if len(channels) > 1:
+        seen = ", ".join(f"{c} channel(s): {n} images" for c, n in sorted(channels.items()))
+        raise DatasetError(f"images of mixed channel counts ({seen})")
+    tops = np.array([r.top_label for r in records], dtype=np.int64)
+    splits, split_info = _assign_splits(
+        [r.split for r in records], tops, groups=None, keys=[r.key for r in records]
+    )
+    digests: list[str] = []
+    masks: list[str] = []
+    batch: list[bytes] = []
+    for image, mask in src.reader(records):
+        batch += [image, mask]
+        if len(batch) >= BLOB_BATCH:
+            stored = blobs.put_batch(batch)
+            digests += stored[0::2]
+            masks += stored[1::2]
+            batch = []
+    stored = blobs.put_batch(batch)
+    digests += stored[0::2]
+    masks += stored[1::2]
+    if len(digests) != len(records):  # the source changed between the two passes
+        raise DatasetError("the source changed while it was being imported")
+    counts: dict[str, dict[str, int]] = {}
+    pixels: dict[str, int] = dict.fromkeys(src.labels, 0)
+    for r, s in zip(records, splits, strict=True):
+        per = counts.setdefault(s, dict.fromkeys(src.labels, 0))
+        for label, n in zip(src.labels, r.pixels, strict=True):
+            per[label] += n > 0
+            pixels[label] += n
+    total = max(1, sum(pixels.values()))
+    heights = [r.height for r in records]
+    widths = [r.width for r in records]
+    canon = json.dumps(
+        {"classes": src.labels, "items": sorted(zip(splits, digests, masks, strict=True))},
+        separators=(",", ":"),
+    )
+    ds = Dataset(
+        id=uuid.uuid4().hex,
+        name=options.name,
+        kind="segmentation",
+        source_format="pairs",
+        content_hash=hashlib.sha256(canon.encode()).hexdigest(),
+        classes=src.labels,
+        counts=counts,
+        n_items=len(records),
+        info={
+            "channels": records[0].channels,
+            "height": {"min": min(heights), "max": max(heights)},
+            "width": {"min": min(widths), "max": max(widths)},
+            "splits": split_info,
+            "pixel_share": {k: round(v / total, 6) for k, v in pixels.items()},
+            "warnings": list(src.warnings),
+        },
+    )
+    db.add(ds)
+    db.flush()
+    rows = [
+        {
+            "dataset_id": ds.id,
+            "idx": i,
+            "split": s,
+            "label": r.top_label,
+            "blob": d,
+            "mask_blob": m,
+            "height": r.height,
+            "width": r.width,
+        }
+        for i, (r, s, d, m) in enumerate(zip(records, splits, digests, masks, strict=True))
     ]
     for start in range(0, len(rows), 5000):
         db.execute(insert(DatasetItem), rows[start : start + 5000])

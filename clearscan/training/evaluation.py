@@ -63,6 +63,12 @@ def resolve(
             f"dataset {ds.name!r} has no {req.split!r} split (it has {', '.join(ds.counts)})"
         )
     m = entry.manifest
+    if m.task == "segmentation" or ds.kind == "segmentation":
+        raise EvaluationError(
+            f"model {m.ref} and dataset {ds.name!r}: evaluations of segmentations (Dice, "
+            "clDice, HD95) are not available yet; evaluations are of classifiers on image or "
+            "table datasets"
+        )
     if m.tabular != (ds.kind == "table"):
         kind = "feature values" if m.tabular else "images"
         raise EvaluationError(f"model {m.ref} takes {kind}; dataset {ds.name!r} is {ds.kind}")
