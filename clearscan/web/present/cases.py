@@ -112,6 +112,11 @@ class PredictionView:
     model_known: bool  # the model is still installed
 
 
+# Colours of segmentation classes 1, 2, ... on the case page (distinct on grayscale images and
+# for the common colour-vision deficiencies: Okabe-Ito).
+MASK_COLOURS = ("#e69f00", "#56b4e9", "#009e73", "#f0e442", "#0072b2", "#d55e00", "#cc79a7")
+
+
 @dataclass
 class ImagePanel:
     image: ImagePublic
@@ -119,6 +124,24 @@ class ImagePanel:
     predictions: list[PredictionView]
     overlay: PredictionWithReviews | None = None  # the prediction whose heatmap is overlaid
     facts: list[tuple[str, str]] = field(default_factory=list)
+    mask: PredictionWithReviews | None = None  # the segmentation whose label map is overlaid
+
+    @property
+    def mask_classes(self) -> list[tuple[int, str, str]]:
+        """(value, label, colour) of each class of the overlaid label map but the background,
+        for the legend and static/clearscan.js (which colours value i with the i-th colour)."""
+        if self.mask is None:
+            return []
+        return [
+            (i, label, MASK_COLOURS[(i - 1) % len(MASK_COLOURS)])
+            for i, label in enumerate(self.mask.labels)
+            if i > 0
+        ]
+
+    @property
+    def mask_palette(self) -> str:
+        """The colours of classes 1, 2, ... as "#rrggbb,#rrggbb" (data-palette)."""
+        return ",".join(colour for _, _, colour in self.mask_classes)
 
     @property
     def box(self) -> str:
@@ -196,6 +219,7 @@ def image_panels(images: Sequence[ImagePublic], registry: ModelRegistry) -> list
                 predictions=preds,
                 overlay=overlay,
                 facts=_facts(im),
+                mask=next((p for p in im.predictions if p.mask_url), None),
             )
         )
     return panels

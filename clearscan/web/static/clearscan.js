@@ -27,7 +27,96 @@
     return true;
   }
 
+  /* Segmentation overlay: the label map (a grayscale PNG whose values index the classes, at the
+     image's own resolution) drawn on a canvas of the image's size laid over the preview, so it
+     stays aligned at any zoom; class i takes the i-th colour of data-palette; fill or outline. */
+  function hexColour(hex) {
+    var n = parseInt(String(hex).replace("#", ""), 16);
+    return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
+  }
+
+  function drawMask(canvas, labels, outline) {
+    var w = canvas.width, h = canvas.height;
+    var palette = (canvas.dataset.palette || "").split(",").filter(Boolean).map(hexColour);
+    var ctx = canvas.getContext("2d");
+    var out = ctx.createImageData(w, h);
+    var px = out.data;
+    for (var y = 0; y < h; y++) {
+      for (var x = 0; x < w; x++) {
+        var i = y * w + x;
+        var v = labels[i];
+        if (!v || v > palette.length) continue;
+        if (outline) {
+          var edge = x === 0 || y === 0 || x === w - 1 || y === h - 1 ||
+            labels[i - 1] !== v || labels[i + 1] !== v || labels[i - w] !== v || labels[i + w] !== v;
+          if (!edge) continue;
+        }
+        var c = palette[v - 1];
+        px[4 * i] = c[0];
+        px[4 * i + 1] = c[1];
+        px[4 * i + 2] = c[2];
+        px[4 * i + 3] = 255;
+      }
+    }
+    ctx.putImageData(out, 0, 0);
+  }
+
+  function initMask(viewer) {
+    var canvas = viewer.querySelector("[data-mask]");
+    if (!canvas) return;
+    var toggle = viewer.querySelector("[data-mask-toggle]");
+    var outline = viewer.querySelector("[data-mask-outline]");
+    var slider = viewer.querySelector("[data-mask-opacity]");
+    var output = viewer.querySelector("[data-mask-opacity-value]");
+    all("[data-swatch]", viewer).forEach(function (s) {
+      s.style.backgroundColor = s.dataset.swatch;
+    });
+    var labels = null;
+    var img = new Image();
+    img.addEventListener("load", function () {
+      if (img.naturalWidth !== canvas.width || img.naturalHeight !== canvas.height) {
+        canvas.hidden = true;  // never draw a map that does not match the image
+        return;
+      }
+      var scratch = document.createElement("canvas");
+      scratch.width = canvas.width;
+      scratch.height = canvas.height;
+      var sctx = scratch.getContext("2d");
+      sctx.drawImage(img, 0, 0);
+      var rgba = sctx.getImageData(0, 0, scratch.width, scratch.height).data;
+      labels = new Uint8Array(scratch.width * scratch.height);
+      for (var i = 0; i < labels.length; i++) labels[i] = rgba[4 * i];
+      drawMask(canvas, labels, outline && outline.checked);
+      canvas.classList.add("is-placed");
+      canvas.dataset.drawn = outline && outline.checked ? "outline" : "fill";
+    });
+    img.src = canvas.dataset.maskSrc;
+    var setOpacity = function () {
+      var value = Math.max(0, Math.min(100, Number(slider.value)));
+      canvas.style.opacity = String(value / 100);
+      if (output) output.textContent = value + "%";
+    };
+    if (slider) {
+      slider.addEventListener("input", setOpacity);
+      slider.addEventListener("change", setOpacity);
+      setOpacity();
+    }
+    if (toggle) {
+      toggle.addEventListener("change", function () {
+        canvas.classList.toggle("is-hidden", !toggle.checked);
+      });
+    }
+    if (outline) {
+      outline.addEventListener("change", function () {
+        if (!labels) return;
+        drawMask(canvas, labels, outline.checked);
+        canvas.dataset.drawn = outline.checked ? "outline" : "fill";
+      });
+    }
+  }
+
   function initViewer(viewer) {
+    initMask(viewer);
     var preview = viewer.querySelector("[data-preview]");
     var heat = viewer.querySelector("[data-heatmap]");
     var slider = viewer.querySelector("[data-opacity]");
