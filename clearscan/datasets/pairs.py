@@ -10,7 +10,8 @@ read as 0/1) or NIfTI label volumes (the same slice as the image: the middle one
 Checks before anything is stored: every image has one mask and every mask an image, a mask has
 its image's size, and no mask value lies outside the labels (``labels`` option, background first;
 default ``background``, ``foreground``). Masks with no foreground pixel are imported and warned
-about. Messages name folders, never file names (which may name a patient). Masks are stored as
+about; files at the top level (a README, a table of findings) are not imported and are counted
+in a warning. Messages name folders, never file names (which may name a patient). Masks are stored as
 8-bit PNG label maps whatever their source format."""
 
 from __future__ import annotations
@@ -218,7 +219,11 @@ def read_pairs(
                 return z.read(str(ref))
 
     found: dict[tuple[str | None, str], dict[str, Any]] = {}
+    beside = 0
     for parts, ref in entries:
+        if len(parts) == 1:  # README, LICENSE, a table of findings: not part of the pairs
+            beside += 1
+            continue
         got = _role(parts)
         if got is None:
             raise DatasetError(
@@ -276,6 +281,8 @@ def read_pairs(
     warnings = []
     if empty:
         warnings.append(f"{empty} mask(s) have no foreground pixel")
+    if beside:
+        warnings.append(f"{beside} file(s) at the top level were not imported")
     refs = {r.stem + "\x00" + (r.split or ""): found[(r.split, r.stem)] for r in records}
 
     def reader(recs: list[PairRecord]) -> Iterator[tuple[bytes, bytes]]:

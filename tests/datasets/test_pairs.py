@@ -156,3 +156,19 @@ def test_segmentation_datasets_are_not_trained_or_evaluated_as_classifiers(clien
         json={"model": "pneumonia-cxr", "dataset": "segs", "split": "val"},
     )
     assert r.status_code == 422 and "not available yet" in r.json()["detail"], r.text
+
+
+def test_a_synthetic_angiogram_folder_imports_as_is(client, admin_headers, tmp_path):
+    """What `clearscan datasets synth-angio` writes (images/, masks/, stenoses.csv, README.md)
+    is a segmentation dataset; the files beside the folders are counted, not imported."""
+    from clearscan.datasets.synth_angio import write_dataset
+
+    out = tmp_path / "synth"
+    write_dataset(out, n=3, seed=5, size=128)
+    files = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    r = upload(client, admin_headers, zip_bytes(files), name="synth", labels="background,vessel")
+    assert r.status_code == 201, r.text
+    ds = r.json()
+    assert ds["kind"] == "segmentation" and ds["n_items"] == 3
+    assert any("2 file(s) at the top level" in w for w in ds["warnings"])
+    assert 0.01 < ds["info"]["pixel_share"]["vessel"] < 0.3
