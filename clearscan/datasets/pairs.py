@@ -11,8 +11,8 @@ Checks before anything is stored: every image has one mask and every mask an ima
 its image's size, and no mask value lies outside the labels (``labels`` option, background first;
 default ``background``, ``foreground``). Masks with no foreground pixel are imported and warned
 about; files at the top level (a README, a table of findings) are not imported and are counted
-in a warning. Messages name folders, never file names (which may name a patient). Masks are stored as
-8-bit PNG label maps whatever their source format."""
+in a warning. Messages name folders, never file names (which may name a patient). Masks are
+stored as 8-bit PNG label maps whatever their source format."""
 
 from __future__ import annotations
 
