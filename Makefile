@@ -49,6 +49,8 @@ test: install-dev lint
 bench: install-dev
 	$(BIN)/python benchmarks/bench_predict.py
 	$(BIN)/python benchmarks/bench_serving.py
+	$(BIN)/python benchmarks/bench_measure.py
+	$(BIN)/python benchmarks/bench_dicom_outputs.py
 
 model: install-dev
 	$(BIN)/python scripts/train_bundled_model.py --data ../shared/datasets/pneumoniamnist/pneumoniamnist_trainval.npz

@@ -12,6 +12,7 @@ from clearscan import __version__
 from clearscan.cli import apikeys, audit, backup, datasets, models, teams, users
 from clearscan.cli.common import DataDirOpt, console, fail, load_settings
 from clearscan.cli.evaluate import evaluate
+from clearscan.cli.measure import measure
 from clearscan.cli.predict import predict
 from clearscan.cli.train import train
 from clearscan.cli.worker import worker
@@ -36,6 +37,7 @@ app.add_typer(db_app, name="db")
 app.command("predict")(predict)
 app.command("train")(train)
 app.command("evaluate")(evaluate)
+app.command("measure")(measure)
 app.command("worker")(worker)
 
 
