@@ -37,6 +37,7 @@ class Action(StrEnum):
     FEATURES_UPLOAD = "features.upload"
     HEATMAP_VIEW = "heatmap.view"
     MASK_VIEW = "mask.view"
+    DICOM_EXPORT = "dicom.export"
     IMAGE_ORIGINAL_VIEW = "image.original_view"  # an admin read an upload as received
     IMAGE_UPLOAD = "image.upload"
     IMAGE_VIEW = "image.view"

@@ -94,6 +94,14 @@ class PredictionPublic(BaseModel):
         "NIfTI header field the spacing was read from, e.g. ImagerPixelSpacing corrected by "
         "the magnification)",
     )
+    measurements: dict[str, Any] | None = Field(
+        default=None,
+        description="segmentations whose model names measurement recipes: by recipe. "
+        "`vessel-qca`: `unit` (mm or px, with `unit_note` saying why px), `stenoses` (most "
+        "severe first, at least the model's threshold: `percent_stenosis`, `mld`, `rvd` "
+        "(interpolated reference), `rvd_proximal_distal_mean`, `lesion_length`, `position`), "
+        "`segments`, `diameter_method`, `ms`",
+    )
     inference_ms: float
     created_at: datetime
 
@@ -118,6 +126,7 @@ class PredictionPublic(BaseModel):
             area_px=(p.details or {}).get("area_px"),
             area_mm2=(p.details or {}).get("area_mm2"),
             pixel_spacing=(p.details or {}).get("pixel_spacing"),
+            measurements=(p.details or {}).get("measurements"),
             inference_ms=p.inference_ms,
             created_at=p.created_at,
         )

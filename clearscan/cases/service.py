@@ -192,6 +192,7 @@ def _segmentation_fields(a: SegmentedImage, mask: str | None) -> dict[str, Any]:
             "area_mm2": a.area_mm2,
             "pixel_spacing": None if spacing is None else spacing.to_json(),
             "box": list(a.box),
+            **({"measurements": a.measurements} if a.measurements else {}),
         },
     }
 

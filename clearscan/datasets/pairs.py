@@ -18,13 +18,18 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import uuid
 import zipfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from sqlalchemy import insert
+from sqlalchemy.orm import Session
 
 from clearscan.datasets.importers import (
     _SPLIT_ALIASES,
@@ -35,10 +40,23 @@ from clearscan.datasets.importers import (
     _folder_entries,
     _zip_members,
 )
+from clearscan.datasets.models import Dataset, DatasetItem
+from clearscan.datasets.splits import BLOB_BATCH, _assign_splits
 from clearscan.imaging import ImagingError, Limits, decode
 from clearscan.imaging.deid import DeidPolicy
+from clearscan.storage.base import BlobStore
 
-__all__ = ["DEFAULT_LABELS", "PairRecord", "PairSource", "is_pairs_layout", "read_pairs"]
+if TYPE_CHECKING:
+    from clearscan.datasets.service import ImportOptions
+
+__all__ = [
+    "DEFAULT_LABELS",
+    "PairRecord",
+    "PairSource",
+    "is_pairs_layout",
+    "read_pairs",
+    "store_pairs",
+]
 
 DEFAULT_LABELS = ["background", "foreground"]
 _ROLES = {"images": "image", "masks": "mask"}
@@ -299,3 +317,83 @@ def read_pairs(
             yield image, mask_png
 
     return PairSource(records=records, labels=labels, reader=reader, warnings=warnings)
+
+
+def store_pairs(db: Session, blobs: BlobStore, src: PairSource, options: ImportOptions) -> Dataset:
+    """Store a checked segmentation source as a dataset (not committed): each item an image and
+    its label map. Splits are stratified by each item's most present class; `counts` per split
+    are the items showing each class."""
+    records = src.records
+    channels = Counter(r.channels for r in records)
+    if len(channels) > 1:
+        seen = ", ".join(f"{c} channel(s): {n} images" for c, n in sorted(channels.items()))
+        raise DatasetError(f"images of mixed channel counts ({seen})")
+    tops = np.array([r.top_label for r in records], dtype=np.int64)
+    splits, split_info = _assign_splits(
+        [r.split for r in records], tops, groups=None, keys=[r.key for r in records]
+    )
+    digests: list[str] = []
+    masks: list[str] = []
+    batch: list[bytes] = []
+    for image, mask in src.reader(records):
+        batch += [image, mask]
+        if len(batch) >= BLOB_BATCH:
+            stored = blobs.put_batch(batch)
+            digests += stored[0::2]
+            masks += stored[1::2]
+            batch = []
+    stored = blobs.put_batch(batch)
+    digests += stored[0::2]
+    masks += stored[1::2]
+    if len(digests) != len(records):  # the source changed between the two passes
+        raise DatasetError("the source changed while it was being imported")
+    counts: dict[str, dict[str, int]] = {}
+    pixels: dict[str, int] = dict.fromkeys(src.labels, 0)
+    for r, s in zip(records, splits, strict=True):
+        per = counts.setdefault(s, dict.fromkeys(src.labels, 0))
+        for label, n in zip(src.labels, r.pixels, strict=True):
+            per[label] += n > 0
+            pixels[label] += n
+    total = max(1, sum(pixels.values()))
+    heights = [r.height for r in records]
+    widths = [r.width for r in records]
+    canon = json.dumps(
+        {"classes": src.labels, "items": sorted(zip(splits, digests, masks, strict=True))},
+        separators=(",", ":"),
+    )
+    ds = Dataset(
+        id=uuid.uuid4().hex,
+        name=options.name,
+        kind="segmentation",
+        source_format="pairs",
+        content_hash=hashlib.sha256(canon.encode()).hexdigest(),
+        classes=src.labels,
+        counts=counts,
+        n_items=len(records),
+        info={
+            "channels": records[0].channels,
+            "height": {"min": min(heights), "max": max(heights)},
+            "width": {"min": min(widths), "max": max(widths)},
+            "splits": split_info,
+            "pixel_share": {k: round(v / total, 6) for k, v in pixels.items()},
+            "warnings": list(src.warnings),
+        },
+    )
+    db.add(ds)
+    db.flush()
+    rows = [
+        {
+            "dataset_id": ds.id,
+            "idx": i,
+            "split": s,
+            "label": r.top_label,
+            "blob": d,
+            "mask_blob": m,
+            "height": r.height,
+            "width": r.width,
+        }
+        for i, (r, s, d, m) in enumerate(zip(records, splits, digests, masks, strict=True))
+    ]
+    for start in range(0, len(rows), 5000):
+        db.execute(insert(DatasetItem), rows[start : start + 5000])
+    return ds

@@ -34,7 +34,8 @@ from clearscan.datasets.importers import (
     read_npz,
 )
 from clearscan.datasets.models import Dataset, DatasetItem
-from clearscan.datasets.pairs import PairSource, is_pairs_layout, read_pairs
+from clearscan.datasets.pairs import is_pairs_layout, read_pairs, store_pairs
+from clearscan.datasets.splits import BLOB_BATCH, _assign_splits
 from clearscan.errors import Conflict, NotFound, TooLarge
 from clearscan.imaging import Limits
 from clearscan.imaging.deid import DeidPolicy
@@ -43,10 +44,7 @@ from clearscan.teams import service as teams
 from clearscan.teams.service import Scope
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-VAL_FRACTION = 0.15
-SPLIT_SEED = 0
 TINY_CLASS = 10  # fewer items of a class in a split than this: warned
-BLOB_BATCH = 256
 
 
 class DatasetExists(Conflict, DatasetError):
@@ -206,7 +204,7 @@ def import_dataset(
             pairs = read_pairs(
                 source, labels=options.labels, limits=limits, max_bytes=max_bytes, deid=deid
             )
-            ds = _import_pairs(db, blobs, pairs, options)
+            ds = store_pairs(db, blobs, pairs, options)
         else:
             src = (
                 read_npz(source, class_names=options.labels)
@@ -343,90 +341,6 @@ def _import_images(
     return ds
 
 
-# --- segmentation pairs ---------------------------------------------------------------------------
-
-
-def _import_pairs(
-    db: Session, blobs: BlobStore, src: PairSource, options: ImportOptions
-) -> Dataset:
-    """A segmentation dataset: each item an image and its label map. Splits are stratified by
-    each item's most present class; `counts` per split are the items showing each class."""
-    records = src.records
-    channels = Counter(r.channels for r in records)
-    if len(channels) > 1:
-        seen = ", ".join(f"{c} channel(s): {n} images" for c, n in sorted(channels.items()))
-        raise DatasetError(f"images of mixed channel counts ({seen})")
-    tops = np.array([r.top_label for r in records], dtype=np.int64)
-    splits, split_info = _assign_splits(
-        [r.split for r in records], tops, groups=None, keys=[r.key for r in records]
-    )
-    digests: list[str] = []
-    masks: list[str] = []
-    batch: list[bytes] = []
-    for image, mask in src.reader(records):
-        batch += [image, mask]
-        if len(batch) >= BLOB_BATCH:
-            stored = blobs.put_batch(batch)
-            digests += stored[0::2]
-            masks += stored[1::2]
-            batch = []
-    stored = blobs.put_batch(batch)
-    digests += stored[0::2]
-    masks += stored[1::2]
-    if len(digests) != len(records):  # the source changed between the two passes
-        raise DatasetError("the source changed while it was being imported")
-    counts: dict[str, dict[str, int]] = {}
-    pixels: dict[str, int] = dict.fromkeys(src.labels, 0)
-    for r, s in zip(records, splits, strict=True):
-        per = counts.setdefault(s, dict.fromkeys(src.labels, 0))
-        for label, n in zip(src.labels, r.pixels, strict=True):
-            per[label] += n > 0
-            pixels[label] += n
-    total = max(1, sum(pixels.values()))
-    heights = [r.height for r in records]
-    widths = [r.width for r in records]
-    canon = json.dumps(
-        {"classes": src.labels, "items": sorted(zip(splits, digests, masks, strict=True))},
-        separators=(",", ":"),
-    )
-    ds = Dataset(
-        id=uuid.uuid4().hex,
-        name=options.name,
-        kind="segmentation",
-        source_format="pairs",
-        content_hash=hashlib.sha256(canon.encode()).hexdigest(),
-        classes=src.labels,
-        counts=counts,
-        n_items=len(records),
-        info={
-            "channels": records[0].channels,
-            "height": {"min": min(heights), "max": max(heights)},
-            "width": {"min": min(widths), "max": max(widths)},
-            "splits": split_info,
-            "pixel_share": {k: round(v / total, 6) for k, v in pixels.items()},
-            "warnings": list(src.warnings),
-        },
-    )
-    db.add(ds)
-    db.flush()
-    rows = [
-        {
-            "dataset_id": ds.id,
-            "idx": i,
-            "split": s,
-            "label": r.top_label,
-            "blob": d,
-            "mask_blob": m,
-            "height": r.height,
-            "width": r.width,
-        }
-        for i, (r, s, d, m) in enumerate(zip(records, splits, digests, masks, strict=True))
-    ]
-    for start in range(0, len(rows), 5000):
-        db.execute(insert(DatasetItem), rows[start : start + 5000])
-    return ds
-
-
 # --- tables -------------------------------------------------------------------------------------
 
 
@@ -485,56 +399,6 @@ def _import_table(db: Session, blobs: BlobStore, source: Path, options: ImportOp
 
 
 # --- splits and summaries -----------------------------------------------------------------------
-
-
-def _assign_splits(
-    given: Sequence[str | None],
-    labels: np.ndarray,
-    *,
-    groups: Sequence[str] | None,
-    keys: Sequence[str] | None = None,
-) -> tuple[list[str], dict[str, Any]]:
-    """The source's splits; when it has no validation split, a stratified one (by class; by
-    whole groups when there are groups) is carved out of train with a fixed seed. With `keys`
-    (content digests) the choice does not depend on the order the source lists its files."""
-    splits = [s or "train" for s in given]
-    if "val" in splits:
-        return splits, {"validation": "from the source"}
-    rng = np.random.default_rng(SPLIT_SEED)
-    train_idx = [i for i, s in enumerate(splits) if s == "train"]
-    if keys is not None:
-        train_idx.sort(key=lambda i: (keys[i], i))
-    train = np.array(train_idx, dtype=np.int64)
-    chosen: list[int] = []
-    if groups is not None:
-        group_rows: dict[str, list[int]] = defaultdict(list)
-        for i in train:
-            group_rows[groups[i]].append(int(i))
-        by_class: dict[int, list[str]] = defaultdict(list)
-        for g, rows in group_rows.items():  # a group's class: its most frequent label
-            by_class[int(np.bincount(labels[rows]).argmax())].append(g)
-        for _, gs in sorted(by_class.items()):
-            gs = sorted(gs)
-            rng.shuffle(gs)
-            take = round(len(gs) * VAL_FRACTION) if len(gs) > 1 else 0
-            for g in gs[:take]:
-                chosen += group_rows[g]
-        unit = "groups"
-    else:
-        for c in np.unique(labels[train]) if train.size else []:
-            idx = train[labels[train] == c]
-            idx = idx[rng.permutation(idx.size)]
-            take = round(idx.size * VAL_FRACTION) if idx.size > 1 else 0
-            chosen += idx[: max(take, 1 if idx.size > 1 else 0)].tolist()
-        unit = "rows"
-    for i in chosen:
-        splits[i] = "val"
-    info = {
-        "validation": "made: stratified by class" + (", whole groups" if unit == "groups" else ""),
-        "fraction": VAL_FRACTION,
-        "seed": SPLIT_SEED,
-    }
-    return splits, info
 
 
 def _counts(splits: Sequence[str], labels: np.ndarray, classes: list[str]) -> dict[str, Any]:

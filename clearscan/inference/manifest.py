@@ -121,6 +121,8 @@ class SegmentationSpec(BaseModel):
     keep_largest: int | None = Field(default=None, ge=1, le=10_000)
     # measurement recipes computed from the mask (clearscan.measure)
     measurements: list[Literal["vessel-qca"]] = Field(default_factory=list)
+    # vessel-qca: narrowings of at least this percent diameter stenosis are listed as stenoses
+    stenosis_threshold_percent: float = Field(default=50.0, gt=0, lt=100)
 
     @model_validator(mode="after")
     def _check(self) -> SegmentationSpec:

@@ -33,6 +33,7 @@ from clearscan.imaging import DecodedImage, ImagingError, Limits, decode
 from clearscan.inference.base import Model
 from clearscan.inference.explain.heatmap import encode_heatmap
 from clearscan.inference.manifest import ModelManifest
+from clearscan.inference.masks import decide, encode_label_map, resample, vessel_qca
 from clearscan.inference.preprocess import preprocess
 from clearscan.inference.types import ExplainMethod, ItemOutput, ModelLoadError
 
@@ -298,6 +299,8 @@ class SegmentedImage:
     mask_png: bytes  # the label map as an 8-bit grayscale PNG (pixel value = class index)
     inference_ms: float
     batch_size: int = 1
+    # the manifest's measurement recipes (vessel-qca: clearscan.measure.QcaResult.to_json())
+    measurements: dict[str, Any] | None = None
 
     @property
     def empty(self) -> bool:
@@ -343,8 +346,8 @@ class ImageSegmentationTask(ImageTask[list[ItemOutput], SegmentationResponse]):
     ) -> np.ndarray:
         """The uint8 label map (img.height x img.width) of one C x h x w probability map."""
         x0, y0, x1, y1 = box
-        region = _resample(probs, (y1 - y0, x1 - x0))
-        decided = _decide(region, self.manifest)
+        region = resample(probs, (y1 - y0, x1 - x0))
+        decided = decide(region, self.manifest)
         full = np.zeros((img.height, img.width), np.uint8)
         full[y0:y1, x0:x1] = decided
         return full
@@ -367,7 +370,11 @@ class ImageSegmentationTask(ImageTask[list[ItemOutput], SegmentationResponse]):
             if spacing is None
             else {k: round(v * spacing.pixel_area_mm2, 4) for k, v in area_px.items()}
         )
-        png = _encode_label_map(label_map)
+        png = encode_label_map(label_map)
+        spec = self.manifest.segmentation
+        measurements = None
+        if spec is not None and "vessel-qca" in spec.measurements:
+            measurements = {"vessel-qca": vessel_qca(label_map, spacing, spec)}
         return SegmentedImage(
             image=img,
             label_map=label_map,
@@ -378,73 +385,8 @@ class ImageSegmentationTask(ImageTask[list[ItemOutput], SegmentationResponse]):
             mask_png=png,
             inference_ms=round(ms + (time.perf_counter() - t0) * 1000, 3),
             batch_size=out.batch_size,
+            measurements=measurements,
         )
-
-
-def _resample(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """C x h x w probabilities resampled (bilinear, pixel centres aligned) to C x H x W."""
-    from PIL import Image as PILImage
-
-    height, width = size
-    if probs.shape[1:] == (height, width):
-        return probs
-    planes = [
-        np.asarray(
-            PILImage.fromarray(np.ascontiguousarray(p, dtype=np.float32), mode="F").resize(
-                (width, height), PILImage.Resampling.BILINEAR
-            )
-        )
-        for p in probs
-    ]
-    return np.stack(planes)
-
-
-def _decide(probs: np.ndarray, manifest: ModelManifest) -> np.ndarray:
-    """Per-pixel class (uint8) of C x H x W probabilities under the manifest's rule, cleaned."""
-    spec = manifest.segmentation
-    assert spec is not None  # the manifest's validation sets it for segmentation models
-    if spec.decision == "argmax":
-        decided = probs.argmax(axis=0).astype(np.uint8)
-    else:
-        fg = probs[1:].copy()
-        for i, label in enumerate(manifest.labels[1:]):
-            fg[i][fg[i] < spec.thresholds[label]] = -1.0
-        best = fg.argmax(axis=0)
-        decided = np.where(fg.max(axis=0) >= 0.0, best + 1, 0).astype(np.uint8)
-    if spec.min_component_px or spec.keep_largest:
-        decided = _clean(decided, len(manifest.labels), spec.min_component_px, spec.keep_largest)
-    return decided
-
-
-def _clean(decided: np.ndarray, n_labels: int, min_px: int, keep: int | None) -> np.ndarray:
-    """Drop the 8-connected components of each class smaller than `min_px`, and all but the
-    `keep` largest; what is dropped becomes background."""
-    from scipy import ndimage
-
-    out = decided.copy()
-    structure = np.ones((3, 3), bool)
-    for c in range(1, n_labels):
-        comps, n = ndimage.label(decided == c, structure=structure)
-        if n == 0:
-            continue
-        sizes = np.bincount(comps.ravel())[1:]
-        drop = sizes < min_px
-        if keep is not None and n > keep:
-            order = np.argsort(-sizes, kind="stable")
-            drop[order[keep:]] = True
-        if drop.any():
-            out[np.isin(comps, np.flatnonzero(drop) + 1)] = 0
-    return out
-
-
-def _encode_label_map(label_map: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image as PILImage
-
-    buf = io.BytesIO()
-    PILImage.fromarray(label_map, mode="L").save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
 
 
 # --- tables ---------------------------------------------------------------------------------------

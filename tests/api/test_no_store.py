@@ -21,16 +21,22 @@ FILE_ROUTES = {
     "/api/v1/images/{image_id}/preview.png",
     "/api/v1/predictions/{prediction_id}/heatmap.png",
     "/api/v1/predictions/{prediction_id}/mask.png",
+    "/api/v1/predictions/{prediction_id}/segmentation.dcm",
+    "/api/v1/predictions/{prediction_id}/report.dcm",
+    "/api/v1/predictions/{prediction_id}/secondary-capture.dcm",
     "/api/v1/datasets/{dataset_id}/items/{idx}/image.png",
     "/api/v1/evaluations/{eval_id}/report.html",
     "/api/v1/images/{image_id}/original",
     "/api/v1/audit/export",
 }
 # needs CLEARSCAN_KEEP_ORIGINALS and a DICOM upload: checked in tests/cases/test_deid_api.py
-# a segmentation model's prediction: checked in tests/cases/test_segmentation_api.py
+# a segmentation model's prediction: tests/cases/test_segmentation_api.py, test_dicom_exports.py
 ELSEWHERE = {
     "/api/v1/images/{image_id}/original",
     "/api/v1/predictions/{prediction_id}/mask.png",
+    "/api/v1/predictions/{prediction_id}/segmentation.dcm",
+    "/api/v1/predictions/{prediction_id}/report.dcm",
+    "/api/v1/predictions/{prediction_id}/secondary-capture.dcm",
 }
 
 

@@ -131,3 +131,81 @@ def test_the_case_page_shows_a_segmentation(app, client, clinician_headers, vess
     browser.close()
     assert page.status_code == 200, page.text[:500]
     assert "vessels" in page.text and "vessel" in page.text
+
+
+def stenosed_tube(h: int = 120, w: int = 260, r: float = 10.0, percent: float = 60.0) -> np.ndarray:
+    """A dark horizontal tube of radius r (bright background) with a cosine-shaped narrowing of
+    `percent` diameter stenosis, 60 px long, at its middle."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    centre = w / 2
+    dip = np.where(np.abs(xx - centre) < 30, 0.5 * (1 + np.cos(np.pi * (xx - centre) / 30)), 0.0)
+    radius = r * (1 - percent / 100 * dip)
+    tube = (np.abs(yy + 0.5 - h / 2) <= radius) & (xx >= 10) & (xx < w - 10)
+    return np.where(tube, 20, 220).astype(np.uint8)
+
+
+@pytest.fixture
+def qca_model(client, admin_headers, tmp_path) -> str:
+    pkg = write_package(
+        tmp_path, dark_vessel_graph(), name="qca", segmentation={"measurements": ["vessel-qca"]}
+    )
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for f in pkg.iterdir():
+            zf.write(f, f.name)
+    r = client.post(
+        "/api/v1/models",
+        headers=admin_headers,
+        files={"file": ("qca.zip", buf.getvalue(), "application/zip")},
+    )
+    assert r.status_code == 201, r.text
+    assert (
+        client.post("/api/v1/models/qca/versions/1.0.0/activate", headers=admin_headers).status_code
+        == 200
+    )
+    return "qca"
+
+
+def test_vessel_qca_measures_the_stenosis_in_mm(client, clinician_headers, qca_model):
+    img = stenosed_tube()
+    ds = dcmread(io.BytesIO(dicom_bytes(img.astype(np.float32) / 255, modality="XA")))
+    ds.PixelSpacing = [0.25, 0.25]
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    r = predict(client, clinician_headers, qca_model, "a.dcm", buf.getvalue(), "application/dicom")
+    assert r.status_code == 200, r.text
+    qca = r.json()["predictions"][0]["measurements"]["vessel-qca"]
+    assert qca["unit"] == "mm" and "unit_note" not in qca
+    (stenosis,) = qca["stenoses"]
+    assert stenosis["percent_stenosis"] == pytest.approx(60, abs=8)
+    # the mask comes through a 64 x 64 model grid (4x coarser): edges move by a pixel or so
+    assert stenosis["rvd"] == pytest.approx(20 * 0.25, abs=0.75)
+    assert stenosis["position"]["x"] == pytest.approx(130, abs=8)
+    # a PNG has no spacing: the same figures in pixels, and the reply says why
+    r = predict(client, clinician_headers, qca_model, "a.png", png(img), "image/png")
+    qca = r.json()["predictions"][0]["measurements"]["vessel-qca"]
+    assert qca["unit"] == "px" and "no pixel spacing" in qca["unit_note"]
+    assert qca["stenoses"][0]["rvd"] == pytest.approx(20, abs=3)
+
+
+def test_no_vessel_means_no_measurement_and_no_error(client, clinician_headers, qca_model):
+    blank = png(np.full((64, 64), 230, np.uint8))
+    r = predict(client, clinician_headers, qca_model, "blank.png", blank, "image/png")
+    assert r.status_code == 200, r.text
+    qca = r.json()["predictions"][0]["measurements"]["vessel-qca"]
+    assert qca["stenoses"] == [] and qca["segments"] == [] and "no vessel" in qca["message"]
+
+
+def test_the_case_page_lists_the_stenoses(app, client, clinician_headers, qca_model):
+    from fastapi.testclient import TestClient
+
+    from tests.conftest import ADMIN_PASSWORD
+    from tests.web.test_pages import web_login
+
+    r = predict(client, clinician_headers, qca_model, "a.png", png(stenosed_tube()), "image/png")
+    browser = TestClient(app, raise_server_exceptions=False)  # the app is already running
+    assert web_login(browser, "admin", ADMIN_PASSWORD).status_code == 303
+    page = browser.get(f"/cases/{r.json()['case_id']}")
+    browser.close()
+    assert page.status_code == 200
+    assert 'data-testid="stenoses"' in page.text and "the image has no pixel spacing" in page.text

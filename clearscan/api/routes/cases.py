@@ -22,8 +22,9 @@ from clearscan.api.errors import error_responses
 from clearscan.api.responses import PHIResponse
 from clearscan.audit import service as audit
 from clearscan.audit.actions import Action
-from clearscan.cases import service
+from clearscan.cases import dicom_exports, service
 from clearscan.cases.features import predict_features
+from clearscan.cases.models import Case, Image
 from clearscan.cases.schemas import (
     CaseDetail,
     CaseList,
@@ -344,3 +345,56 @@ def mask(
         ctx=request_context(request, user.username),
     )
     return PHIResponse(data, media_type="image/png")
+
+
+_DICOM_PARTS = {
+    "seg": ("segmentation.dcm", "DICOM Segmentation (LABELMAP) of a segmentation's label map"),
+    "sr": ("report.dcm", "DICOM Structured Report (TID 1500) of a segmentation's QCA measurements"),
+    "sc": (
+        "secondary-capture.dcm",
+        "DICOM Secondary Capture of a non-DICOM upload (the image the SEG and SR reference)",
+    ),
+}
+
+
+def _dicom_route(part: dicom_exports.Part) -> None:
+    path, summary = _DICOM_PARTS[part]
+
+    @router.get(
+        f"/predictions/{{prediction_id}}/{path}",
+        response_class=Response,
+        summary=summary,
+        name=f"prediction_{part}",
+    )
+    def get_part(
+        prediction_id: str,
+        request: Request,
+        db: SessionDep,
+        state: StateDep,
+        user: AnyUser,
+        scope: TeamScope,
+    ) -> Response:
+        pred = service.get_prediction(db=db, prediction_id=prediction_id, scope=scope)
+        case = db.get(Case, pred.case_id)
+        image = db.get(Image, pred.image_id)
+        assert case is not None and image is not None  # foreign keys
+        made = dicom_exports.export(blobs=state.blobs, case=case, image=image, pred=pred, part=part)
+        audit.record(
+            audit.Entry(
+                Action.DICOM_EXPORT,
+                object_type="prediction",
+                object_id=pred.id,
+                details={"object": part},
+            ),
+            db=db,
+            ctx=request_context(request, user.username),
+        )
+        return PHIResponse(
+            made.data,
+            media_type="application/dicom",
+            headers={"Content-Disposition": f'attachment; filename="{made.filename}"'},
+        )
+
+
+for _part in ("seg", "sr", "sc"):
+    _dicom_route(_part)
