@@ -164,8 +164,10 @@ def dicom_bytes(
     bits: int = 16,
     patient_name: str = "Doe^Jane",
     patient_id: str = "PID-4711",
+    **attrs: Any,
 ) -> bytes:
-    """An uncompressed DICOM (MONOCHROME2) with patient identifiers that must never be logged."""
+    """An uncompressed DICOM (MONOCHROME2) with patient identifiers that must never be logged;
+    `attrs` sets more attributes by keyword (PixelSpacing=[0.2, 0.3], ...)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -194,6 +196,8 @@ def dicom_bytes(
     ds.HighBit = bits - 1
     ds.PixelRepresentation = 0
     ds.PixelData = pixels.tobytes()
+    for keyword, value in attrs.items():
+        setattr(ds, keyword, value)
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image as PILImage
-from pydicom import dcmread
 
 from tests.api.test_no_store import assert_no_store
 from tests.conftest import dicom_bytes
@@ -79,13 +78,14 @@ def test_predict_with_a_segmentation_model(client, clinician_headers, admin_head
 
 def test_areas_in_mm2_with_the_spacing_source(client, clinician_headers, vessels):
     arr = np.where(picture(100, 100, [(slice(20, 40), slice(0, 100))]) < 128, 0.1, 0.9)
-    ds = dcmread(io.BytesIO(dicom_bytes(arr, modality="XA")))
-    ds.ImagerPixelSpacing = [0.3, 0.3]
-    ds.DistanceSourceToDetector = 1200
-    ds.DistanceSourceToPatient = 800
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    r = predict(client, clinician_headers, vessels, "a.dcm", buf.getvalue(), "application/dicom")
+    data = dicom_bytes(
+        arr,
+        modality="XA",
+        ImagerPixelSpacing=[0.3, 0.3],
+        DistanceSourceToDetector=1200,
+        DistanceSourceToPatient=800,
+    )
+    r = predict(client, clinician_headers, vessels, "a.dcm", data, "application/dicom")
     assert r.status_code == 200, r.text
     (pred,) = r.json()["predictions"]
     spacing = pred["pixel_spacing"]
@@ -168,11 +168,8 @@ def qca_model(client, admin_headers, tmp_path) -> str:
 
 def test_vessel_qca_measures_the_stenosis_in_mm(client, clinician_headers, qca_model):
     img = stenosed_tube()
-    ds = dcmread(io.BytesIO(dicom_bytes(img.astype(np.float32) / 255, modality="XA")))
-    ds.PixelSpacing = [0.25, 0.25]
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    r = predict(client, clinician_headers, qca_model, "a.dcm", buf.getvalue(), "application/dicom")
+    data = dicom_bytes(img.astype(np.float32) / 255, modality="XA", PixelSpacing=[0.25, 0.25])
+    r = predict(client, clinician_headers, qca_model, "a.dcm", data, "application/dicom")
     assert r.status_code == 200, r.text
     qca = r.json()["predictions"][0]["measurements"]["vessel-qca"]
     assert qca["unit"] == "mm" and "unit_note" not in qca

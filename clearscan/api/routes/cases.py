@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -297,6 +297,31 @@ def image_preview(
     return PHIResponse(png, media_type="image/png")
 
 
+def _prediction_png(
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    user: AnyUser,
+    scope: TeamScope,
+    prediction_id: str,
+    kind: Literal["heatmap", "mask"],
+) -> Response:
+    """A prediction's stored PNG (its heatmap or its label map), audited as its view."""
+    pred = service.get_prediction(db=db, prediction_id=prediction_id, scope=scope)
+    digest = pred.heatmap_sha256 if kind == "heatmap" else pred.mask_sha256
+    if not digest:
+        why = "heatmap (explain was off)" if kind == "heatmap" else "mask (not a segmentation)"
+        raise service.NotFound(f"prediction {prediction_id} has no {why}")
+    data = state.blobs.get(digest)
+    action = Action.HEATMAP_VIEW if kind == "heatmap" else Action.MASK_VIEW
+    audit.record(
+        audit.Entry(action, object_type="prediction", object_id=pred.id),
+        db=db,
+        ctx=request_context(request, user.username),
+    )
+    return PHIResponse(data, media_type="image/png")
+
+
 @router.get(
     "/predictions/{prediction_id}/heatmap.png",
     response_class=Response,
@@ -310,16 +335,7 @@ def heatmap(
     user: AnyUser,
     scope: TeamScope,
 ) -> Response:
-    pred = service.get_prediction(db=db, prediction_id=prediction_id, scope=scope)
-    if not pred.heatmap_sha256:
-        raise service.NotFound(f"prediction {prediction_id} has no heatmap (explain was off)")
-    data = state.blobs.get(pred.heatmap_sha256)
-    audit.record(
-        audit.Entry(Action.HEATMAP_VIEW, object_type="prediction", object_id=pred.id),
-        db=db,
-        ctx=request_context(request, user.username),
-    )
-    return PHIResponse(data, media_type="image/png")
+    return _prediction_png(request, db, state, user, scope, prediction_id, "heatmap")
 
 
 @router.get(
@@ -335,16 +351,7 @@ def mask(
     user: AnyUser,
     scope: TeamScope,
 ) -> Response:
-    pred = service.get_prediction(db=db, prediction_id=prediction_id, scope=scope)
-    if not pred.mask_sha256:
-        raise service.NotFound(f"prediction {prediction_id} has no mask (not a segmentation)")
-    data = state.blobs.get(pred.mask_sha256)
-    audit.record(
-        audit.Entry(Action.MASK_VIEW, object_type="prediction", object_id=pred.id),
-        db=db,
-        ctx=request_context(request, user.username),
-    )
-    return PHIResponse(data, media_type="image/png")
+    return _prediction_png(request, db, state, user, scope, prediction_id, "mask")
 
 
 _DICOM_PARTS = {

@@ -27,6 +27,19 @@
     return true;
   }
 
+  /* An overlay's opacity follows its slider (0-100), shown in its output element. */
+  function bindOpacity(el, slider, output) {
+    if (!slider) return;
+    var set = function () {
+      var value = Math.max(0, Math.min(100, Number(slider.value)));
+      el.style.opacity = String(value / 100);
+      if (output) output.textContent = value + "%";
+    };
+    slider.addEventListener("input", set);
+    slider.addEventListener("change", set);
+    set();
+  }
+
   /* Segmentation overlay: the label map (a grayscale PNG whose values index the classes, at the
      image's own resolution) drawn on a canvas of the image's size laid over the preview, so it
      stays aligned at any zoom; class i takes the i-th colour of data-palette; fill or outline. */
@@ -91,16 +104,7 @@
       canvas.dataset.drawn = outline && outline.checked ? "outline" : "fill";
     });
     img.src = canvas.dataset.maskSrc;
-    var setOpacity = function () {
-      var value = Math.max(0, Math.min(100, Number(slider.value)));
-      canvas.style.opacity = String(value / 100);
-      if (output) output.textContent = value + "%";
-    };
-    if (slider) {
-      slider.addEventListener("input", setOpacity);
-      slider.addEventListener("change", setOpacity);
-      setOpacity();
-    }
+    bindOpacity(canvas, slider, output);
     if (toggle) {
       toggle.addEventListener("change", function () {
         canvas.classList.toggle("is-hidden", !toggle.checked);
@@ -124,16 +128,7 @@
     var toggle = viewer.querySelector("[data-heatmap-toggle]");
 
     if (heat && placeHeatmap(heat)) {
-      var setOpacity = function () {
-        var value = Math.max(0, Math.min(100, Number(slider.value)));
-        heat.style.opacity = String(value / 100);
-        if (output) output.textContent = value + "%";
-      };
-      if (slider) {
-        slider.addEventListener("input", setOpacity);
-        slider.addEventListener("change", setOpacity);
-        setOpacity();
-      }
+      bindOpacity(heat, slider, output);
       if (toggle) {
         toggle.addEventListener("change", function () {
           heat.classList.toggle("is-hidden", !toggle.checked);
