@@ -18,7 +18,7 @@ from clearscan.app import create_app
 from clearscan.audit import anchors, keys
 from clearscan.audit import service as audit
 from clearscan.config import ConfigError, Settings
-from tests.audit.test_tamper import CTX, _add, _unprotect, _verify
+from tests.audit.test_tamper import CTX, _add, _delete_tail, _unprotect, _verify
 from tests.conftest import ADMIN_PASSWORD, login
 
 
@@ -56,15 +56,7 @@ def test_a_tail_deleted_after_a_head_anchor_is_detected(app, sessions):
         anchor = audit.anchor_head(db=db)
     assert anchor is not None
     cut = anchor.seq - 2
-    with sessions() as db:
-        _unprotect(db)
-        db.execute(text("DELETE FROM audit_events WHERE seq > :s"), {"s": cut})
-        last = db.execute(text("SELECT hash FROM audit_events WHERE seq = :s"), {"s": cut})
-        db.execute(
-            text("UPDATE audit_head SET seq = :s, hash = :h WHERE id = 1"),
-            {"s": cut, "h": last.scalar_one()},
-        )
-        db.commit()
+    _delete_tail(sessions, cut)
     report = _verify(sessions)
     assert not report.ok and f"names event {anchor.seq}" in (report.reason or "")
     with sessions() as db, pytest.raises(anchors.AnchorError, match="before the anchored"):

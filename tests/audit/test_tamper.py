@@ -84,6 +84,19 @@ def _plain_rechain(db, *, drop_key: bool) -> None:
     db.execute(text("UPDATE audit_head SET hash = :h WHERE id = 1"), {"h": prev})
 
 
+def _delete_tail(sessions, cut: int) -> None:
+    """Delete the events after `cut` and rewind the head to it, as an attacker would."""
+    with sessions() as db:
+        _unprotect(db)
+        db.execute(text("DELETE FROM audit_events WHERE seq > :s"), {"s": cut})
+        last = db.execute(text("SELECT hash FROM audit_events WHERE seq = :s"), {"s": cut})
+        db.execute(
+            text("UPDATE audit_head SET seq = :s, hash = :h WHERE id = 1"),
+            {"s": cut, "h": last.scalar_one()},
+        )
+        db.commit()
+
+
 def test_a_fresh_chain_is_keyed_anchored_and_verifies(app, sessions, settings):
     _add(sessions)
     assert _verify(sessions).ok
@@ -131,15 +144,7 @@ def test_deleted_tail_with_rewound_head_is_detected_by_the_anchor(app, sessions)
     _add(sessions, 3)
     assert _verify(sessions).ok
     cut = anchor.seq - 2
-    with sessions() as db:
-        _unprotect(db)
-        db.execute(text("DELETE FROM audit_events WHERE seq > :s"), {"s": cut})
-        last = db.execute(text("SELECT hash FROM audit_events WHERE seq = :s"), {"s": cut})
-        db.execute(
-            text("UPDATE audit_head SET seq = :s, hash = :h WHERE id = 1"),
-            {"s": cut, "h": last.scalar_one()},
-        )
-        db.commit()
+    _delete_tail(sessions, cut)
     report = _verify(sessions)
     assert not report.ok
     assert f"names event {anchor.seq}" in (report.reason or "")
