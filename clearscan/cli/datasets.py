@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -69,6 +69,10 @@ def import_(
         labels=[x.strip() for x in labels.split(",") if x.strip()] if labels else None,
         license=license,
     )
+    _import(settings, path, options, as_json)
+
+
+def _import(settings: Any, path: Path, options: service.ImportOptions, as_json: bool) -> None:
     with db_session(settings) as db:
         try:
             with console.status("importing (reading and checking every item)"):
@@ -128,28 +132,60 @@ def synth_angio(
     seed: Annotated[
         int, typer.Option(help="Base seed; image i uses seed * 100003 + i (reproducible alone).")
     ],
-    out: Annotated[Path, typer.Option(help="Output folder (must not exist or be empty).")],
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (must not exist or be empty).")
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Also import the images as a segmentation dataset of this name (labels "
+            "background, vessel; the true stenoses kept with it)."
+        ),
+    ] = None,
     size: Annotated[int, typer.Option(help="Image side in pixels (128-2048).")] = 512,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the dataset as JSON.")] = False,
+    data_dir: DataDirOpt = None,
 ) -> None:
-    """Write synthetic X-ray coronary angiograms with vessel masks and known stenoses."""
+    """Write synthetic X-ray coronary angiograms with vessel masks and known stenoses, to a
+    folder (--out), as a dataset (--name), or both."""
+    import tempfile
+
     from clearscan.datasets import synth_angio as synth
     from clearscan.errors import ClearScanError
 
-    try:
-        with console.status(f"generating {n} synthetic angiograms") as status:
-            rows = synth.write_dataset(
-                out,
-                n=n,
-                seed=seed,
-                size=size,
-                progress=lambda i: status.update(f"generating: {i}/{n}"),
+    if out is None and name is None:
+        raise fail("give --out DIR, --name NAME, or both")
+    settings = load_settings(data_dir) if name else None
+    if settings is not None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(
+        prefix=".synth-", dir=settings.data_dir if settings else None
+    ) as tmp:
+        target = out or Path(tmp) / "synth"
+        try:
+            with console.status(f"generating {n} synthetic angiograms") as status:
+                rows = synth.write_dataset(
+                    target,
+                    n=n,
+                    seed=seed,
+                    size=size,
+                    progress=lambda i: status.update(f"generating: {i}/{n}"),
+                )
+        except ClearScanError as exc:
+            raise fail(exc.detail) from None
+        if not as_json:
+            console.print(
+                f"wrote {n} images, {n} masks and {len(rows)} stenoses"
+                + (f" to {out}" if out else "")
+                + f" (generator {synth.GENERATOR_VERSION}; synthetic, not clinical images)"
             )
-    except ClearScanError as exc:
-        raise fail(exc.detail) from None
-    console.print(
-        f"wrote {n} images, {n} masks and {len(rows)} stenoses to {out} "
-        f"(generator {synth.GENERATOR_VERSION}; synthetic, not clinical images)"
-    )
+        if settings is not None and name is not None:
+            options = service.ImportOptions(
+                name=name,
+                labels=["background", "vessel"],
+                license="synthetic images made by ClearScan's generator: no licence needed",
+            )
+            _import(settings, target, options, as_json)
 
 
 def _print(d: DatasetPublic, as_json: bool) -> None:

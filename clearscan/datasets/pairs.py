@@ -10,9 +10,11 @@ read as 0/1) or NIfTI label volumes (the same slice as the image: the middle one
 Checks before anything is stored: every image has one mask and every mask an image, a mask has
 its image's size, and no mask value lies outside the labels (``labels`` option, background first;
 default ``background``, ``foreground``). Masks with no foreground pixel are imported and warned
-about; files at the top level (a README, a table of findings) are not imported and are counted
-in a warning. Messages name folders, never file names (which may name a patient). Masks are
-stored as 8-bit PNG label maps whatever their source format."""
+about; a ``stenoses.csv`` at the top level (the true stenoses, as ``clearscan datasets
+synth-angio`` writes them) is checked and kept with the dataset (``info.stenoses_blob``); other
+files at the top level (a README) are not imported and are counted in a warning. Messages name
+folders, never file names (which may name a patient). Masks are stored as 8-bit PNG label maps
+whatever their source format."""
 
 from __future__ import annotations
 
@@ -61,6 +63,8 @@ __all__ = [
 DEFAULT_LABELS = ["background", "foreground"]
 _ROLES = {"images": "image", "masks": "mask"}
 _MAX_LABELS = 255  # masks are stored as 8-bit label maps
+TRUTH_FILE = "stenoses.csv"  # a ground-truth table at the top level, kept with the dataset
+MAX_TRUTH_BYTES = 16 * 2**20
 
 
 @dataclass
@@ -88,6 +92,7 @@ class PairSource:
     labels: list[str]
     reader: Any  # callable(records) -> iterator of (image bytes, mask PNG bytes)
     warnings: list[str] = field(default_factory=list)
+    truth: tuple[bytes, int] | None = None  # stenoses.csv and its row count
 
 
 def _role(parts: tuple[str, ...]) -> tuple[str | None, str, str] | None:
@@ -238,9 +243,13 @@ def read_pairs(
 
     found: dict[tuple[str | None, str], dict[str, Any]] = {}
     beside = 0
+    truth_ref = None
     for parts, ref in entries:
         if len(parts) == 1:  # README, LICENSE, a table of findings: not part of the pairs
-            beside += 1
+            if parts[0].lower() == TRUTH_FILE:
+                truth_ref = ref
+            else:
+                beside += 1
             continue
         got = _role(parts)
         if got is None:
@@ -302,6 +311,7 @@ def read_pairs(
     if beside:
         warnings.append(f"{beside} file(s) at the top level were not imported")
     refs = {r.stem + "\x00" + (r.split or ""): found[(r.split, r.stem)] for r in records}
+    truth = None if truth_ref is None else _truth(read(truth_ref), {r.stem for r in records})
 
     def reader(recs: list[PairRecord]) -> Iterator[tuple[bytes, bytes]]:
         for r in recs:
@@ -316,7 +326,33 @@ def read_pairs(
             )
             yield image, mask_png
 
-    return PairSource(records=records, labels=labels, reader=reader, warnings=warnings)
+    return PairSource(records=records, labels=labels, reader=reader, warnings=warnings, truth=truth)
+
+
+def _truth(data: bytes, stems: set[str]) -> tuple[bytes, int]:
+    """The ground-truth stenosis table (`stenoses.csv`, as `clearscan datasets synth-angio`
+    writes it): UTF-8 CSV with at least the columns `image` and `percent_stenosis`, each row's
+    image one of the dataset's, each percentage a number from 0 to 100. (bytes, rows)."""
+    import csv
+
+    if len(data) > MAX_TRUTH_BYTES:
+        raise DatasetError(f"{TRUTH_FILE} is larger than {MAX_TRUTH_BYTES // 2**20} MB")
+    try:
+        rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"{TRUTH_FILE} is not a UTF-8 CSV table ({exc})") from None
+    if rows and not {"image", "percent_stenosis"} <= set(rows[0]):
+        raise DatasetError(f"{TRUTH_FILE} needs the columns image and percent_stenosis")
+    for n, row in enumerate(rows, start=2):
+        if (row.get("image") or "").split(".", 1)[0] not in stems:
+            raise DatasetError(f"{TRUTH_FILE} line {n} names an image the dataset does not have")
+        try:
+            value = float(row.get("percent_stenosis") or "nan")
+        except ValueError:
+            value = float("nan")
+        if not 0.0 <= value <= 100.0:
+            raise DatasetError(f"{TRUTH_FILE} line {n}: percent_stenosis is not 0-100")
+    return data, len(rows)
 
 
 def store_pairs(db: Session, blobs: BlobStore, src: PairSource, options: ImportOptions) -> Dataset:
@@ -376,6 +412,11 @@ def store_pairs(db: Session, blobs: BlobStore, src: PairSource, options: ImportO
             "width": {"min": min(widths), "max": max(widths)},
             "splits": split_info,
             "pixel_share": {k: round(v / total, 6) for k, v in pixels.items()},
+            **(
+                {"stenoses_blob": blobs.put(src.truth[0]), "stenoses": src.truth[1]}
+                if src.truth
+                else {}
+            ),
             "warnings": list(src.warnings),
         },
     )

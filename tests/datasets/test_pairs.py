@@ -170,5 +170,21 @@ def test_a_synthetic_angiogram_folder_imports_as_is(client, admin_headers, tmp_p
     assert r.status_code == 201, r.text
     ds = r.json()
     assert ds["kind"] == "segmentation" and ds["n_items"] == 3
-    assert any("2 file(s) at the top level" in w for w in ds["warnings"])
+    assert any("1 file(s) at the top level" in w for w in ds["warnings"])  # the README
     assert 0.01 < ds["info"]["pixel_share"]["vessel"] < 0.3
+    assert ds["info"]["stenoses"] == len((out / "stenoses.csv").read_text().splitlines()) - 1
+    assert ds["info"]["stenoses_blob"]
+
+
+@pytest.mark.parametrize(
+    ("table", "words"),
+    [
+        ("image,percent_stenosis\n999.png,50\n", "line 2 names an image"),
+        ("image,percent_stenosis\n000.png,150\n", "line 2: percent_stenosis is not 0-100"),
+        ("image,severity\n000.png,50\n", "needs the columns image and percent_stenosis"),
+    ],
+)
+def test_a_wrong_truth_table_is_refused(client, admin_headers, table, words):
+    files = {**pairs(4), "stenoses.csv": table.encode()}
+    r = upload(client, admin_headers, zip_bytes(files), name="with-truth")
+    assert r.status_code == 422 and words in r.json()["detail"], r.text

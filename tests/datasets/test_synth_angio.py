@@ -255,3 +255,51 @@ def test_cli_writes_the_folder_and_refuses_a_non_empty_one(tmp_path):
     assert again.exit_code == 1
     assert "not an empty folder" in " ".join(again.output.split())
     assert sorted(p.name for p in (out / "images").iterdir()) == names  # untouched
+
+
+def test_cli_imports_a_segmentation_dataset_with_its_true_stenoses(tmp_path, monkeypatch):
+    import json as _json
+
+    from sqlalchemy import create_engine, select
+
+    from clearscan.bootstrap import blob_store
+    from clearscan.config import Settings
+    from clearscan.datasets.models import Dataset
+
+    monkeypatch.setenv("CLEARSCAN_ADMIN_PASSWORD", "admin-password-123")
+    data = tmp_path / "data"
+    runner = CliRunner()
+    r = runner.invoke(
+        app,
+        [
+            "datasets",
+            "synth-angio",
+            "--n",
+            "3",
+            "--seed",
+            "2",
+            "--size",
+            "128",
+            "--name",
+            "synth-demo",
+            "--json",
+            "--data-dir",
+            str(data),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    ds = _json.loads(r.output)
+    assert ds["kind"] == "segmentation" and ds["classes"] == ["background", "vessel"]
+    assert ds["n_items"] == 3
+    settings = Settings(data_dir=data)
+    engine = create_engine(settings.sqlalchemy_url)
+    with engine.connect() as conn:
+        info = conn.execute(select(Dataset.info).where(Dataset.name == "synth-demo")).scalar_one()
+    engine.dispose()
+    assert info["stenoses"] >= 1
+    table = blob_store(settings).get(info["stenoses_blob"]).decode()
+    assert table.splitlines()[0].startswith("image,branch,x,y,percent_stenosis")
+    assert len(table.splitlines()) == info["stenoses"] + 1
+    assert not list(data.glob(".synth-*"))  # the generated folder is gone
+    r = runner.invoke(app, ["datasets", "synth-angio", "--n", "1", "--seed", "1"])
+    assert r.exit_code == 1 and "--out DIR, --name NAME" in r.output
