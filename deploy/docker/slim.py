@@ -1,6 +1,7 @@
 """Slim an installed virtual environment's site-packages for the image (run at build time).
 
-- removes the test suites that numpy, scipy, scikit-learn, nibabel, joblib and skops ship, the
+- removes the test suites that numpy, scipy, scikit-learn, nibabel, joblib, skops,
+  scikit-image, networkx, imageio and tifffile ship, the
   ONNX backend's test data, and files only a compiler or a debugger reads (C/Cython sources and
   headers, source maps);
 - hard-links files with identical content and mode (wheels cannot hold symlinks, so shared
@@ -17,7 +18,18 @@ import shutil
 import sys
 from pathlib import Path
 
-TEST_SUITES = ("numpy", "scipy", "sklearn", "nibabel", "joblib", "skops")
+TEST_SUITES = (
+    "numpy",
+    "scipy",
+    "sklearn",
+    "nibabel",
+    "joblib",
+    "skops",
+    "skimage",
+    "networkx",
+    "imageio",
+    "tifffile",
+)
 TREES = ("onnx/backend/test/data",)
 SUFFIXES = (".c", ".cpp", ".h", ".hpp", ".pyx", ".pxd", ".pxi", ".js.map", ".css.map")
 MIN_DEDUP = 64 * 1024

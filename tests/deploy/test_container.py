@@ -196,7 +196,9 @@ def image(docker: str, base_image: str, tmp_path_factory: pytest.TempPathFactory
     )
     size = int(run(docker, "image", "inspect", "--format", "{{.Size}}", IMAGE).stdout)
     print(f"\nimage {IMAGE}: built in {time.monotonic() - started:.0f} s, {size / 1e6:.0f} MB")
-    assert size < 700e6, f"the image is {size / 1e6:.0f} MB (target: under 700 MB)"
+    # 668 MB before segmentation; scikit-image (vessel centrelines) and highdicom (DICOM SEG and
+    # SR, with the standard's tables) add about 100 MB: the budget is 800 MB
+    assert size < 800e6, f"the image is {size / 1e6:.0f} MB (target: under 800 MB)"
     return IMAGE
 
 
