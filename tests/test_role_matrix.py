@@ -32,6 +32,7 @@ REQUIRED = {
     ("GET", "/api/v1/cases"): "viewer",
     ("GET", "/api/v1/cases/{case_id}"): "viewer",
     ("POST", "/api/v1/predictions/{prediction_id}/review"): "clinician",
+    ("POST", "/api/v1/predictions/{prediction_id}/findings/{finding}/review"): "clinician",
     ("GET", "/api/v1/images/{image_id}/file"): "viewer",
     ("GET", "/api/v1/images/{image_id}/preview.png"): "viewer",
     ("GET", "/api/v1/images/{image_id}/original"): "admin",
@@ -196,6 +197,7 @@ OWNED_PARAMS = {
     "run_id",
     "eval_id",
     "import_id",
+    "finding",  # a finding of a prediction: owned through the prediction
 }
 """Path parameters naming something a team owns (a case, an image, a prediction, a dataset, a
 batch, a training run, an evaluation, a dataset import)."""
@@ -207,6 +209,7 @@ NOT_OWNED_PARAMS = {
 }
 WEB_NEED = {
     ("POST", "/cases/{case_id}/predictions/{prediction_id}/review"): "clinician",
+    ("POST", "/cases/{case_id}/predictions/{prediction_id}/findings/{finding}/review"): "clinician",
     ("POST", "/batches/{batch_id}/cancel"): "clinician",
     ("POST", "/training/{run_id}/cancel"): "admin",
 }
@@ -222,6 +225,7 @@ MISSING = {
     "run_id": "2" * 32,
     "eval_id": "3" * 32,
     "import_id": "4" * 32,
+    "finding": "0",
 }
 
 
@@ -288,7 +292,9 @@ def test_ownership_matrix(app, client, admin_headers, role):
         url, missing_url = _fill(path, world.ids), _fill(path, MISSING)
         if is_api:
             need = REQUIRED[(method, path)]
-            body = {"agree": True} if path.endswith("/review") else None
+            body = None
+            if path.endswith("/review"):
+                body = {"accept": True} if "/findings/" in path else {"agree": True}
             r = client.request(method, url, headers=headers, json=body)
             r_missing = client.request(method, missing_url, headers=headers, json=body)
         else:

@@ -38,6 +38,7 @@ class Action(StrEnum):
     HEATMAP_VIEW = "heatmap.view"
     MASK_VIEW = "mask.view"
     DICOM_EXPORT = "dicom.export"
+    FINDING_REVIEW = "finding.review"
     IMAGE_ORIGINAL_VIEW = "image.original_view"  # an admin read an upload as received
     IMAGE_UPLOAD = "image.upload"
     IMAGE_VIEW = "image.view"

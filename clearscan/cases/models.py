@@ -104,6 +104,9 @@ class Prediction(Base):
     reviews: Mapped[list[Review]] = relationship(
         back_populates="prediction", order_by="Review.created_at", cascade="all, delete-orphan"
     )
+    finding_reviews: Mapped[list[FindingReview]] = relationship(
+        order_by="FindingReview.created_at", cascade="all, delete-orphan"
+    )
 
 
 class Review(Base):
@@ -120,3 +123,20 @@ class Review(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     prediction: Mapped[Prediction] = relationship(back_populates="reviews")
+
+
+class FindingReview(Base):
+    """A reviewer's verdict on one finding of a prediction: a stenosis of its QCA, by position
+    in the prediction's list (most severe first)."""
+
+    __tablename__ = "finding_reviews"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    prediction_id: Mapped[str] = mapped_column(
+        ForeignKey("predictions.id", ondelete="CASCADE"), index=True
+    )
+    finding: Mapped[int] = mapped_column(Integer)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    accept: Mapped[bool] = mapped_column(Boolean)
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from clearscan.cases.models import Case, Image, Prediction, Review
+from clearscan.cases.models import Case, FindingReview, Image, Prediction, Review
 
 API = "/api/v1"
 
@@ -132,8 +132,37 @@ class PredictionPublic(BaseModel):
         )
 
 
+class FindingReviewCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    accept: StrictBool
+    comment: str | None = Field(default=None, max_length=4000)
+
+
+class FindingReviewPublic(BaseModel):
+    id: str
+    prediction_id: str
+    finding: int = Field(description="0-based position in the prediction's stenoses")
+    user: str | None
+    accept: bool
+    comment: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, r: FindingReview, names: dict[int, str]) -> FindingReviewPublic:
+        return cls(
+            id=r.id,
+            prediction_id=r.prediction_id,
+            finding=r.finding,
+            user=names.get(r.user_id),
+            accept=r.accept,
+            comment=r.comment,
+            created_at=r.created_at,
+        )
+
+
 class PredictionWithReviews(PredictionPublic):
     reviews: list[ReviewPublic] = Field(default_factory=list)
+    finding_reviews: list[FindingReviewPublic] = Field(default_factory=list)
 
 
 class PredictResponse(BaseModel):
@@ -169,6 +198,7 @@ class ImagePublic(BaseModel):
             PredictionWithReviews(
                 **PredictionPublic.of(p).model_dump(),
                 reviews=[ReviewPublic.of(r, names) for r in p.reviews],
+                finding_reviews=[FindingReviewPublic.of(r, names) for r in p.finding_reviews],
             )
             for p in im.predictions
         ]

@@ -16,7 +16,15 @@ from clearscan import errors
 from clearscan.audit import service as audit
 from clearscan.audit.actions import Action
 from clearscan.auth.models import User
-from clearscan.cases.models import Case, Image, OriginalImage, Prediction, Review, new_id
+from clearscan.cases.models import (
+    Case,
+    FindingReview,
+    Image,
+    OriginalImage,
+    Prediction,
+    Review,
+    new_id,
+)
 from clearscan.cases.schemas import CaseDetail, CaseSummary
 from clearscan.db.base import Base, utcnow
 from clearscan.imaging.deid import Deidentified
@@ -359,7 +367,10 @@ def get_case(*, db: Session, case_id: str, scope: Scope | None = None) -> Case:
         .options(
             selectinload(Case.images)
             .selectinload(Image.predictions)
-            .selectinload(Prediction.reviews)
+            .selectinload(Prediction.reviews),
+            selectinload(Case.images)
+            .selectinload(Image.predictions)
+            .selectinload(Prediction.finding_reviews),
         )
     ).scalar_one_or_none()
     missing = NotFound(f"case {case_id} not found")
@@ -420,6 +431,49 @@ def get_prediction(*, db: Session, prediction_id: str, scope: Scope | None = Non
         missing=missing,
     )
     return pred
+
+
+def findings(prediction: Prediction) -> list[dict[str, Any]]:
+    """The prediction's findings a reviewer can accept or reject: its QCA stenoses."""
+    qca = ((prediction.details or {}).get("measurements") or {}).get("vessel-qca") or {}
+    return list(qca.get("stenoses") or [])
+
+
+def add_finding_review(
+    *,
+    db: Session,
+    ctx: audit.RequestContext,
+    user: User,
+    prediction: Prediction,
+    finding: int,
+    accept: bool,
+    comment: str | None,
+) -> FindingReview:
+    """Accept or reject finding `finding` (0-based, most severe first) of the prediction, with a
+    comment; audited. NotFound for a finding the prediction does not have."""
+    if not 0 <= finding < len(findings(prediction)):
+        raise NotFound(f"prediction {prediction.id} has no finding {finding}")
+    review = FindingReview(
+        prediction_id=prediction.id,
+        finding=finding,
+        user_id=user.id,
+        accept=accept,
+        comment=(comment or None),
+    )
+    db.add(review)
+    db.flush()
+    audit.append(
+        audit.Entry(
+            Action.FINDING_REVIEW,
+            object_type="prediction",
+            object_id=prediction.id,
+            details={"review_id": review.id, "finding": finding, "accept": accept},
+        ),
+        db=db,
+        ctx=ctx,
+    )
+    db.commit()
+    return review
 
 
 def add_review(
@@ -505,9 +559,10 @@ def view_case(
     """A case with its images, predictions and reviews, naming who made them (NotFound
     otherwise, and for a case `scope` may not see); the view is audited and committed."""
     case = get_case(db=db, case_id=case_id, scope=scope)
-    ids = {case.created_by_id} | {
-        r.user_id for im in case.images for p in im.predictions for r in p.reviews
-    }
+    ids = {case.created_by_id}
+    for im in case.images:
+        for p in im.predictions:
+            ids |= {r.user_id for r in p.reviews} | {r.user_id for r in p.finding_reviews}
     detail = CaseDetail.of_detail(case, usernames(db=db, ids=ids))
     audit.record(
         audit.Entry(Action.CASE_VIEW, object_type="case", object_id=case.id), db=db, ctx=ctx

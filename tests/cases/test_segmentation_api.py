@@ -206,3 +206,61 @@ def test_the_case_page_lists_the_stenoses(app, client, clinician_headers, qca_mo
     browser.close()
     assert page.status_code == 200
     assert 'data-testid="stenoses"' in page.text and "the image has no pixel spacing" in page.text
+
+
+def test_reviewers_accept_or_reject_each_finding(
+    app, client, clinician_headers, viewer_headers, admin_headers, qca_model
+):
+    r = predict(client, clinician_headers, qca_model, "a.png", png(stenosed_tube()), "image/png")
+    pred = r.json()["predictions"][0]
+    url = f"/api/v1/predictions/{pred['id']}/findings"
+    r = client.post(
+        f"{url}/0/review",
+        headers=clinician_headers,
+        json={"accept": False, "comment": "foreshortened view"},
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["finding"] == 0 and r.json()["accept"] is False and r.json()["user"]
+    assert (
+        client.post(f"{url}/5/review", headers=clinician_headers, json={"accept": True}).status_code
+        == 404
+    )
+    assert (
+        client.post(f"{url}/0/review", headers=viewer_headers, json={"accept": True}).status_code
+        == 403
+    )
+    bad = client.post(f"{url}/0/review", headers=clinician_headers, json={"accept": "yes"})
+    assert bad.status_code == 422
+    case_id = client.get("/api/v1/cases?limit=1", headers=clinician_headers).json()["items"][0][
+        "id"
+    ]
+    case = client.get(f"/api/v1/cases/{case_id}", headers=clinician_headers).json()
+    (stored,) = case["images"][0]["predictions"]
+    assert [(f["finding"], f["accept"], f["comment"]) for f in stored["finding_reviews"]] == [
+        (0, False, "foreshortened view")
+    ]
+    events = client.get("/api/v1/audit?action=finding.review", headers=admin_headers).json()
+    assert events["total"] == 1 and events["items"][0]["details"]["accept"] is False
+
+    # the case page's buttons do the same
+    from fastapi.testclient import TestClient
+
+    from tests.conftest import ADMIN_PASSWORD
+    from tests.web.test_pages import csrf_of, web_login
+
+    browser = TestClient(app, raise_server_exceptions=False)  # the app is already running
+    assert web_login(browser, "admin", ADMIN_PASSWORD).status_code == 303
+    page = browser.get(f"/cases/{case['id']}")
+    assert 'data-testid="finding-review-0"' in page.text
+    form_url = f"/cases/{case['id']}/predictions/{pred['id']}/findings/0/review"
+    r = browser.post(
+        form_url,
+        data={"csrf_token": csrf_of(page.text), "verdict": "accept", "comment": "agreed"},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303, r.text[:300]
+    page = browser.get(f"/cases/{case['id']}")
+    assert "Accepted" in page.text and "agreed" in page.text
+    r = browser.post(form_url, data={"verdict": "accept"}, follow_redirects=False)
+    assert r.status_code in (403, 422) and "Accepted" in browser.get(f"/cases/{case['id']}").text
+    browser.close()

@@ -58,6 +58,7 @@ def general_world(app: FastAPI, client: TestClient, admin: dict[str, str]) -> Wo
         "image_id": image["id"],
         "prediction_id": prediction["id"],
         "idx": "0",
+        "finding": "0",
     }
     with state.sessions() as db:
         general = db.scalar(select(Team.id).where(Team.name == DEFAULT_TEAM))

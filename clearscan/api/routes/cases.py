@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Path, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from clearscan.api.deps import (
@@ -29,6 +29,8 @@ from clearscan.cases.schemas import (
     CaseDetail,
     CaseList,
     CaseSummary,
+    FindingReviewCreate,
+    FindingReviewPublic,
     PredictionPublic,
     PredictResponse,
     ReviewCreate,
@@ -197,6 +199,33 @@ def review(
         comment=body.comment,
     )
     return ReviewPublic.of(r, {user.id: user.username})
+
+
+@router.post(
+    "/predictions/{prediction_id}/findings/{finding}/review",
+    response_model=FindingReviewPublic,
+    status_code=201,
+    summary="Accept or reject one finding (a stenosis of a segmentation's QCA) with a comment",
+)
+def finding_review(
+    prediction_id: str,
+    finding: Annotated[int, Path(ge=0, le=10_000)],
+    body: FindingReviewCreate,
+    request: Request,
+    db: SessionDep,
+    user: ClinicianUser,
+    scope: TeamScope,
+) -> FindingReviewPublic:
+    r = service.add_finding_review(
+        db=db,
+        ctx=request_context(request, user.username),
+        user=user,
+        prediction=service.get_prediction(db=db, prediction_id=prediction_id, scope=scope),
+        finding=finding,
+        accept=body.accept,
+        comment=body.comment,
+    )
+    return FindingReviewPublic.of(r, {user.id: user.username})
 
 
 @router.get("/images/{image_id}/file", response_class=Response, summary="The original upload")

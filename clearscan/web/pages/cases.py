@@ -134,6 +134,56 @@ def _review_problem(verdict: str | None, correct_label: str | None, comment: str
     return None
 
 
+@router.post(
+    "/cases/{case_id}/predictions/{prediction_id}/findings/{finding}/review",
+    response_class=HTMLResponse,
+)
+def finding_review_submit(
+    case_id: str,
+    prediction_id: str,
+    finding: int,
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    ws: ClinicianSession,
+    scope: WebScope,
+    verdict: FormStr = None,
+    comment: FormStr = None,
+    csrf_token: FormStr = None,
+) -> Response:
+    """Accept or reject one stenosis of a prediction (the stenosis table's buttons)."""
+    require_csrf(request, db, state, ws, csrf_token)
+    try:
+        pred = cases.get_prediction(db=db, prediction_id=prediction_id, scope=scope)
+    except cases.NotFound:
+        pred = None
+    if pred is None or pred.case_id != case_id:
+        raise PageError(404, "Prediction not found", "This prediction does not exist.")
+    text = (comment or "").strip()
+    problem = None
+    if verdict not in ("accept", "reject"):
+        problem = "Choose Accept or Reject."
+    elif len(text) > 4000:
+        problem = "The comment is longer than 4000 characters."
+    if problem is None:
+        try:
+            cases.add_finding_review(
+                db=db,
+                ctx=request_context(request, ws.username),
+                user=ws.user,
+                prediction=pred,
+                finding=finding,
+                accept=verdict == "accept",
+                comment=text or None,
+            )
+        except cases.NotFound:
+            raise PageError(404, "Finding not found", "This finding does not exist.") from None
+        return redirect(f"/cases/{case_id}#prediction-{prediction_id}")
+    return _case_page(
+        request, db, state, ws, scope, case_id, status=422, review_error={prediction_id: problem}
+    )
+
+
 @router.post("/cases/{case_id}/predictions/{prediction_id}/review", response_class=HTMLResponse)
 def review_submit(
     case_id: str,
