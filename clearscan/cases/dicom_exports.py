@@ -51,7 +51,9 @@ def _label_map(blobs: BlobStore, pred: Prediction) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8)
 
 
-def _source(blobs: BlobStore, case: Case, image: Image, pred: Prediction) -> tuple[Any, bool]:
+def _source(
+    blobs: BlobStore, case: Case, image: Image, pred: Prediction, limits: Limits
+) -> tuple[Any, bool]:
     """The source dataset, and whether it was made here (a secondary capture)."""
     from pydicom import dcmread
 
@@ -60,7 +62,7 @@ def _source(blobs: BlobStore, case: Case, image: Image, pred: Prediction) -> tup
     data = blobs.get(image.sha256)
     if image.format == "dicom":
         return dcmread(io.BytesIO(data)), False
-    img = decode(data, limits=Limits(), frame=image.frame_index)
+    img = decode(data, limits=limits, frame=image.frame_index)
     pixels = img.pixels
     arr = (np.clip(pixels, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
     spacing = img.spacing
@@ -87,14 +89,21 @@ def _frames(source: Any, image: Image, label_map: np.ndarray) -> np.ndarray:
 
 
 def export(
-    *, blobs: BlobStore, case: Case, image: Image, pred: Prediction, part: Part
+    *,
+    blobs: BlobStore,
+    case: Case,
+    image: Image,
+    pred: Prediction,
+    part: Part,
+    limits: Limits,
 ) -> DicomExport:
-    """The prediction's `part` as DICOM Part 10 bytes; NoSuchExport when it has none."""
+    """The prediction's `part` as DICOM Part 10 bytes; NoSuchExport when it has none. A
+    non-DICOM image is decoded again under `limits` (the site's, which accepted it)."""
     from clearscan.dicom import measurement_report, segmentation, to_bytes
 
     if not pred.mask_sha256:
         raise NoSuchExport(f"prediction {pred.id} is not a segmentation: no DICOM objects")
-    source, made_here = _source(blobs, case, image, pred)
+    source, made_here = _source(blobs, case, image, pred, limits)
     short = pred.id[:8]
     if part == "sc":
         if not made_here:

@@ -414,7 +414,9 @@ def _dicom_route(part: dicom_exports.Part) -> None:
         case = db.get(Case, pred.case_id)
         image = db.get(Image, pred.image_id)
         assert case is not None and image is not None  # foreign keys
-        made = dicom_exports.export(blobs=state.blobs, case=case, image=image, pred=pred, part=part)
+        made = dicom_exports.export(
+            blobs=state.blobs, case=case, image=image, pred=pred, part=part, limits=state.limits
+        )
         audit.record(
             audit.Entry(
                 Action.DICOM_EXPORT,

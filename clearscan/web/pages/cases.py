@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from clearscan.api.deps import SessionDep, StateDep, request_context
 from clearscan.audit import service as audit
 from clearscan.cases import service as cases
+from clearscan.cases.models import Prediction
 from clearscan.state import AppState
 from clearscan.teams.service import Scope
 from clearscan.web.errors import PageError, page_router
@@ -134,6 +135,20 @@ def _review_problem(verdict: str | None, correct_label: str | None, comment: str
     return None
 
 
+def _case_prediction(
+    db: Session, scope: Scope | None, case_id: str, prediction_id: str
+) -> Prediction:
+    """The prediction of this case the user may see; a 404 page otherwise (a prediction of
+    another case is not found either)."""
+    try:
+        pred = cases.get_prediction(db=db, prediction_id=prediction_id, scope=scope)
+    except cases.NotFound:
+        pred = None
+    if pred is None or pred.case_id != case_id:
+        raise PageError(404, "Prediction not found", "This prediction does not exist.")
+    return pred
+
+
 @router.post(
     "/cases/{case_id}/predictions/{prediction_id}/findings/{finding}/review",
     response_class=HTMLResponse,
@@ -153,12 +168,7 @@ def finding_review_submit(
 ) -> Response:
     """Accept or reject one stenosis of a prediction (the stenosis table's buttons)."""
     require_csrf(request, db, state, ws, csrf_token)
-    try:
-        pred = cases.get_prediction(db=db, prediction_id=prediction_id, scope=scope)
-    except cases.NotFound:
-        pred = None
-    if pred is None or pred.case_id != case_id:
-        raise PageError(404, "Prediction not found", "This prediction does not exist.")
+    pred = _case_prediction(db, scope, case_id, prediction_id)
     text = (comment or "").strip()
     problem = None
     if verdict not in ("accept", "reject"):
@@ -199,12 +209,7 @@ def review_submit(
     csrf_token: FormStr = None,
 ) -> Response:
     require_csrf(request, db, state, ws, csrf_token)
-    try:
-        pred = cases.get_prediction(db=db, prediction_id=prediction_id, scope=scope)
-    except cases.NotFound:
-        pred = None
-    if pred is None or pred.case_id != case_id:  # a prediction of another case is not found
-        raise PageError(404, "Prediction not found", "This prediction does not exist.")
+    pred = _case_prediction(db, scope, case_id, prediction_id)
     form = {
         "verdict": verdict or "",
         "correct_label": correct_label or "",
